@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what confroom needs on a Debian 12 machine (run as root, or with sudo available):
+#   scripts/setup.sh          apt packages for running + a virtualenv with confroom
+#   scripts/setup.sh --test   the same plus what the test suite needs (SIPp, sox, test extras)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+apt_pkgs=(espeak-ng)
+[ "$want_test" = 1 ] && apt_pkgs+=(sip-tester sox)
+
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "setup: installing apt packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+extras=""
+[ "$want_test" = 1 ] && extras="[test]"
+# Reinstall only when the project's declared dependencies changed.
+stamp="$VENV/.confroom-installed$( [ "$want_test" = 1 ] && echo -test)"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q -e ".$extras"
+  touch "$stamp"
+fi

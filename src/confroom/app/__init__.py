@@ -1,0 +1,1 @@
+"""Applications: webhooks, verb validation and the verb runner for one call."""

@@ -1,0 +1,98 @@
+"""The `confroom` command line: `confroom serve [options]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from confroom import __version__
+from confroom.config import ConfigError, load
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="confroom",
+        description="confroom: a SIP/RTP voice conferencing server driven by jambonz-style "
+        "webhook applications.",
+    )
+    p.add_argument("--version", action="version", version=f"confroom {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the SIP server. Flags override the config file, which overrides "
+        "CONFROOM_* environment variables' defaults (see README, Configuration).",
+    )
+    s.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML configuration file (default: none, built-in defaults)")
+    s.add_argument("--sip-host", metavar="H",
+                   help="address to listen on for SIP (UDP and TCP); default 0.0.0.0")
+    s.add_argument("--sip-port", type=int, metavar="N",
+                   help="SIP port for UDP and TCP; default 5060 (0 picks a free port)")
+    s.add_argument("--rtp-ports", metavar="LO-HI",
+                   help="UDP port range for RTP, one port per call; default 20000-30000")
+    s.add_argument("--app", metavar="URL-or-FILE",
+                   help="the default application: a call-hook URL (http/https) that answers "
+                   "with a JSON verb list, or a local JSON verb file; default: the embedded app")
+    s.add_argument("--http-port", type=int, metavar="N",
+                   help="port of the REST API, metrics and health endpoint; default off")
+    s.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from confroom.server import Server
+
+    overrides = {
+        "sip_host": args.sip_host,
+        "sip_port": args.sip_port,
+        "rtp_ports": args.rtp_ports,
+        "app": args.app,
+        "http_port": args.http_port,
+    }
+    try:
+        config = load(args.config, overrides=overrides)
+    except ConfigError as e:
+        logging.getLogger("confroom").error("configuration error: %s", e)
+        return 2
+    server = Server(config)
+    try:
+        await server.start()
+    except OSError as e:
+        logging.getLogger("confroom").error("cannot start: %s", e)
+        await server.stop()
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("confroom").info("shutting down: ending %d call(s)", len(server.calls))
+    await server.stop()
+    logging.getLogger("confroom").info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "serve":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency
+            return asyncio.run(_serve(args))
+        return uvloop.run(_serve(args))
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""Configuration: the TOML file, CONFROOM_* environment variables and command-line flags.
+
+Precedence (lowest to highest): built-in defaults, the TOML file, environment variables,
+command-line flags. Everything the server needs to know is in one frozen `Config`.
+
+TOML layout::
+
+    [sip]
+    host = "0.0.0.0"            # listen address
+    port = 5060                 # UDP and TCP
+    transports = ["udp", "tcp"]
+    advertised_host = ""        # address written into Contact / SDP (default: host, or
+                                #   127.0.0.1 when host is a wildcard)
+    [rtp]
+    ports = "20000-30000"       # inclusive range, one UDP port per call
+    timeout = 30.0              # seconds without RTP before the call is ended (0 = never)
+    [http]
+    host = "127.0.0.1"
+    port = 0                    # REST API / metrics / health; 0 = off
+    [media]
+    dir = "media"               # local files `play` may read; nothing outside it
+    cache_dir = ""              # TTS and downloaded audio (default: <dir>/.cache)
+    [tts]
+    voice = "en-us"
+    [webhooks]
+    timeout = 10.0
+    [[apps]]
+    name = "default"
+    call_hook = "http://127.0.0.1:3000/call"   # URL, hook table, or path to a JSON verb file
+    call_status_hook = ""                      # optional
+    webhook_secret = ""                        # signs requests (Jambonz-Signature)
+    account_sid = "..."
+    application_sid = "..."
+    numbers = ["1000"]                         # dialled numbers (user part); "*" = default
+
+Environment: CONFROOM_SIP_HOST, CONFROOM_SIP_PORT, CONFROOM_RTP_PORTS, CONFROOM_RTP_TIMEOUT,
+CONFROOM_HTTP_PORT, CONFROOM_MEDIA_DIR, CONFROOM_APP (call hook of the default app),
+CONFROOM_WEBHOOK_SECRET (secret of the default app).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ACCOUNT_SID = "00000000-0000-4000-8000-000000000001"
+DEFAULT_APPLICATION_SID = "00000000-0000-4000-8000-000000000002"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A webhook: a URL plus how to call it."""
+
+    url: str
+    method: str = "POST"
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, value: object, where: str) -> Hook:
+        """Accept a URL string or a {url, method, username, password} table."""
+        if isinstance(value, str) and value:
+            return cls(url=value)
+        if isinstance(value, Mapping):
+            url = value.get("url")
+            if not isinstance(url, str) or not url:
+                raise ConfigError(f"{where}: hook needs a non-empty 'url'")
+            method = str(value.get("method", "POST")).upper()
+            if method not in ("GET", "POST"):
+                raise ConfigError(f"{where}: hook method must be GET or POST, not {method!r}")
+            user = value.get("username")
+            pw = value.get("password")
+            return cls(
+                url=url,
+                method=method,
+                username=str(user) if user is not None else None,
+                password=str(pw) if pw is not None else None,
+            )
+        raise ConfigError(f"{where}: a hook is a URL string or a table with 'url'")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """One application: where its verbs come from and who it belongs to."""
+
+    name: str = "default"
+    # Either a webhook (call_hook) or a local JSON verb list (verbs_file); exactly one is set.
+    call_hook: Hook | None = None
+    verbs_file: Path | None = None
+    call_status_hook: Hook | None = None
+    webhook_secret: str | None = None
+    account_sid: str = DEFAULT_ACCOUNT_SID
+    application_sid: str = DEFAULT_APPLICATION_SID
+    numbers: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
+class Config:
+    sip_host: str = "0.0.0.0"
+    sip_port: int = 5060
+    sip_transports: tuple[str, ...] = ("udp", "tcp")
+    advertised_host: str = ""
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 30000
+    rtp_timeout: float = 30.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    media_dir: Path = Path("media")
+    cache_dir: Path | None = None
+    tts_voice: str = "en-us"
+    webhook_timeout: float = 10.0
+    apps: tuple[AppConfig, ...] = field(default_factory=lambda: (default_app(),))
+
+    @property
+    def contact_host(self) -> str:
+        """The address peers should use to reach us (Contact, Via sent-by, SDP c=)."""
+        if self.advertised_host:
+            return self.advertised_host
+        if self.sip_host in ("0.0.0.0", "::", ""):
+            return "127.0.0.1"
+        return self.sip_host
+
+    @property
+    def media_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.media_dir / ".cache"
+
+    def app_for_number(self, number: str) -> AppConfig:
+        """The app serving a dialled number: an exact match, else the '*' app, else the first."""
+        for app in self.apps:
+            if number in app.numbers:
+                return app
+        for app in self.apps:
+            if "*" in app.numbers:
+                return app
+        return self.apps[0]
+
+
+def embedded_app_path() -> Path:
+    """The JSON verb file shipped with the package (what `make run` answers calls with)."""
+    return Path(str(resources.files("confroom") / "apps" / "default.json"))
+
+
+def default_app() -> AppConfig:
+    return AppConfig(verbs_file=embedded_app_path())
+
+
+def parse_port_range(value: str, where: str) -> tuple[int, int]:
+    try:
+        lo_s, hi_s = value.split("-", 1)
+        lo, hi = int(lo_s), int(hi_s)
+    except ValueError:
+        raise ConfigError(
+            f"{where}: expected a port range like 20000-30000, got {value!r}"
+        ) from None
+    if not (1 <= lo <= hi <= 65535):
+        raise ConfigError(f"{where}: port range {value!r} is not within 1-65535 or is reversed")
+    return lo, hi
+
+
+def app_source(value: str, where: str) -> dict[str, Any]:
+    """`--app` / call_hook: an http(s) URL is a webhook, anything else a local verb file."""
+    if value.startswith(("http://", "https://")):
+        return {"call_hook": Hook(url=value), "verbs_file": None}
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"{where}: {value!r} is neither an http(s) URL nor an existing file")
+    return {"call_hook": None, "verbs_file": path}
+
+
+def _app_from_table(t: Mapping[str, Any], index: int) -> AppConfig:
+    where = f"apps[{index}]"
+    kw: dict[str, Any] = {"name": str(t.get("name", f"app{index}"))}
+    hook = t.get("call_hook")
+    if isinstance(hook, str):
+        kw.update(app_source(hook, f"{where}.call_hook"))
+    elif hook is not None:
+        kw["call_hook"] = Hook.parse(hook, f"{where}.call_hook")
+    else:
+        raise ConfigError(f"{where}: 'call_hook' (URL or verb file) is required")
+    if t.get("call_status_hook"):
+        kw["call_status_hook"] = Hook.parse(t["call_status_hook"], f"{where}.call_status_hook")
+    if t.get("webhook_secret"):
+        kw["webhook_secret"] = str(t["webhook_secret"])
+    kw["account_sid"] = str(t.get("account_sid", DEFAULT_ACCOUNT_SID))
+    kw["application_sid"] = str(t.get("application_sid", uuid.uuid4()))
+    numbers = t.get("numbers", ["*"])
+    if not isinstance(numbers, list) or not all(isinstance(n, str) for n in numbers):
+        raise ConfigError(f"{where}.numbers: expected a list of strings")
+    kw["numbers"] = tuple(numbers)
+    return AppConfig(**kw)
+
+
+def _num(t: Mapping[str, Any], key: str, where: str, kind: type = float) -> Any:
+    v = t[key]
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ConfigError(f"{where}.{key}: expected a number, got {v!r}")
+    return kind(v)
+
+
+def load(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the Config from file, environment and flag overrides (see module docstring)."""
+    env = os.environ if env is None else env
+    kw: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+
+    sip = data.get("sip", {})
+    if "host" in sip:
+        kw["sip_host"] = str(sip["host"])
+    if "port" in sip:
+        kw["sip_port"] = _num(sip, "port", "sip", int)
+    if "transports" in sip:
+        tr = tuple(str(x).lower() for x in sip["transports"])
+        if not tr or any(x not in ("udp", "tcp") for x in tr):
+            raise ConfigError("sip.transports: a non-empty list of 'udp' and/or 'tcp'")
+        kw["sip_transports"] = tr
+    if "advertised_host" in sip:
+        kw["advertised_host"] = str(sip["advertised_host"])
+    rtp = data.get("rtp", {})
+    if "ports" in rtp:
+        kw["rtp_port_min"], kw["rtp_port_max"] = parse_port_range(str(rtp["ports"]), "rtp.ports")
+    if "timeout" in rtp:
+        kw["rtp_timeout"] = _num(rtp, "timeout", "rtp")
+    http = data.get("http", {})
+    if "host" in http:
+        kw["http_host"] = str(http["host"])
+    if "port" in http:
+        kw["http_port"] = _num(http, "port", "http", int)
+    media = data.get("media", {})
+    if "dir" in media:
+        kw["media_dir"] = Path(media["dir"])
+    if media.get("cache_dir"):
+        kw["cache_dir"] = Path(media["cache_dir"])
+    if "voice" in data.get("tts", {}):
+        kw["tts_voice"] = str(data["tts"]["voice"])
+    if "timeout" in data.get("webhooks", {}):
+        kw["webhook_timeout"] = _num(data["webhooks"], "timeout", "webhooks")
+    if "apps" in data:
+        if not isinstance(data["apps"], list) or not data["apps"]:
+            raise ConfigError("apps: expected one or more [[apps]] tables")
+        kw["apps"] = tuple(_app_from_table(t, i) for i, t in enumerate(data["apps"]))
+
+    # Environment variables.
+    def env_int(name: str) -> int | None:
+        v = env.get(name)
+        if v is None or v == "":
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {v!r}") from None
+
+    if env.get("CONFROOM_SIP_HOST"):
+        kw["sip_host"] = env["CONFROOM_SIP_HOST"]
+    if (p := env_int("CONFROOM_SIP_PORT")) is not None:
+        kw["sip_port"] = p
+    if env.get("CONFROOM_RTP_PORTS"):
+        kw["rtp_port_min"], kw["rtp_port_max"] = parse_port_range(
+            env["CONFROOM_RTP_PORTS"], "CONFROOM_RTP_PORTS"
+        )
+    if env.get("CONFROOM_RTP_TIMEOUT"):
+        try:
+            kw["rtp_timeout"] = float(env["CONFROOM_RTP_TIMEOUT"])
+        except ValueError:
+            raise ConfigError("CONFROOM_RTP_TIMEOUT: expected a number") from None
+    if (p := env_int("CONFROOM_HTTP_PORT")) is not None:
+        kw["http_port"] = p
+    if env.get("CONFROOM_MEDIA_DIR"):
+        kw["media_dir"] = Path(env["CONFROOM_MEDIA_DIR"])
+
+    cfg = Config(**kw)
+    app_over: dict[str, Any] = {}
+    if env.get("CONFROOM_APP"):
+        app_over.update(app_source(env["CONFROOM_APP"], "CONFROOM_APP"))
+    if env.get("CONFROOM_WEBHOOK_SECRET"):
+        app_over["webhook_secret"] = env["CONFROOM_WEBHOOK_SECRET"]
+
+    # Command-line flags.
+    ov = dict(overrides or {})
+    if ov.get("app"):
+        app_over.update(app_source(str(ov.pop("app")), "--app"))
+    ov.pop("app", None)
+    if ov.get("rtp_ports"):
+        ov["rtp_port_min"], ov["rtp_port_max"] = parse_port_range(
+            str(ov.pop("rtp_ports")), "--rtp-ports"
+        )
+    ov.pop("rtp_ports", None)
+    cfg = replace(cfg, **{k: v for k, v in ov.items() if v is not None})
+    if app_over:
+        first = replace(cfg.apps[0], **app_over)
+        cfg = replace(cfg, apps=(first, *cfg.apps[1:]))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    if not (0 <= cfg.sip_port <= 65535):
+        raise ConfigError(f"sip.port {cfg.sip_port} is out of range")
+    if not (0 <= cfg.http_port <= 65535):
+        raise ConfigError(f"http.port {cfg.http_port} is out of range")
+    if cfg.rtp_port_max - cfg.rtp_port_min < 1:
+        raise ConfigError("rtp.ports: the range needs at least two ports")
+    if cfg.rtp_timeout < 0:
+        raise ConfigError("rtp.timeout must be >= 0")
+    for app in cfg.apps:
+        if (app.call_hook is None) == (app.verbs_file is None):
+            raise ConfigError(f"app {app.name!r}: needs exactly one of a call hook or a verb file")

@@ -1,0 +1,121 @@
+"""Download of remote audio files (http/https) into the local cache.
+
+Owns `fetch_audio()`: streams a URL into the cache directory under sha256(url), checks that the
+result is a WAV `load_wav` can read, and returns its path. Cached files are reused without
+revalidation; files appear atomically (temp file + `os.replace`); identical concurrent requests
+share one download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Final
+
+import aiohttp
+
+from confroom.media.sources import AudioFileError, load_wav
+
+__all__ = ["MAX_AUDIO_BYTES", "FetchError", "cache_path", "fetch_audio"]
+
+MAX_AUDIO_BYTES: Final = 64 * 1024 * 1024
+
+_inflight: dict[Path, asyncio.Task[Path]] = {}
+
+
+class FetchError(Exception):
+    """The audio could not be downloaded (HTTP error status, network error, timeout)."""
+
+    def __init__(self, message: str, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+def cache_path(url: str, cache_dir: Path) -> Path:
+    return Path(cache_dir) / f"url-{hashlib.sha256(url.encode()).hexdigest()}.wav"
+
+
+async def fetch_audio(
+    url: str,
+    cache_dir: Path,
+    session: aiohttp.ClientSession,
+    timeout: float = 10.0,
+    max_bytes: int = MAX_AUDIO_BYTES,
+) -> Path:
+    """Path of the cached copy of the WAV at `url`, downloading it if needed.
+
+    Raises `FetchError` for non-http(s) URLs, HTTP errors (with the status), network errors,
+    timeouts and oversized bodies; `AudioFileError` if the body is not a readable WAV.
+    """
+    if not url.lower().startswith(("http://", "https://")):
+        raise FetchError(f"unsupported audio URL (http/https only): {url}", url)
+    path = cache_path(url, cache_dir)
+    if path.exists():
+        return path
+    task = _inflight.get(path)
+    if task is None or task.get_loop() is not asyncio.get_running_loop():
+        task = asyncio.ensure_future(_download(url, path, session, timeout, max_bytes))
+        _inflight[path] = task
+        task.add_done_callback(lambda t, p=path: _forget(p, t))  # type: ignore[misc]
+    return await asyncio.shield(task)
+
+
+def _forget(path: Path, task: asyncio.Task[Path]) -> None:
+    if _inflight.get(path) is task:
+        del _inflight[path]
+    if not task.cancelled():
+        task.exception()  # mark retrieved: callers may all have gone away
+
+
+async def _download(
+    url: str, path: Path, session: aiohttp.ClientSession, timeout: float, max_bytes: int
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".fetch-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            await _stream_to(url, f, session, timeout, max_bytes)
+        try:
+            await asyncio.to_thread(load_wav, tmp_name)  # may be large: keep it off the loop
+        except AudioFileError as exc:
+            reason = str(exc).removeprefix(f"{tmp_name}: ")
+            raise AudioFileError(f"{url}: not a usable audio file: {reason}") from exc
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+async def _stream_to(
+    url: str,
+    f: BinaryIO,
+    session: aiohttp.ClientSession,
+    timeout: float,
+    max_bytes: int,
+) -> None:
+    write = f.write
+    size = 0
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            if resp.status >= 400:
+                raise FetchError(
+                    f"GET {url} failed: HTTP {resp.status} {resp.reason or ''}".rstrip(),
+                    url,
+                    resp.status,
+                )
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise FetchError(f"GET {url}: body larger than {max_bytes} bytes", url)
+                write(chunk)
+    except TimeoutError:
+        raise FetchError(f"GET {url} timed out after {timeout:g} s", url) from None
+    except aiohttp.ClientError as exc:
+        raise FetchError(f"GET {url} failed: {exc}", url) from exc

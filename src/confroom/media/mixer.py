@@ -1,0 +1,315 @@
+"""Conference mixing: N-1 ("everyone but me") mixes for all members of one conference at once.
+
+Owns `mix` (plain conference), `mix_with_audience` (coach/whisper: a speaker heard only by one
+tag group), the per-conference `ConferenceMixer` (preallocated buffers that grow by doubling)
+and `beep_frames` (a short faded tone a conference can overlay on everyone's output).
+
+Everything here is pure, sans-IO numpy on int16 frames of `FRAME_SAMPLES` samples. A tick of
+one conference is a handful of array passes whatever its size:
+
+* the sum of the speaking rows is taken once in int32 (exact for any realistic member count);
+* every member hears that same sum, so the output is first filled by broadcasting the clipped
+  total (a plain int16 copy, no per-member arithmetic);
+* only rows whose own audio is part of the sum they hear (the speakers) are then recomputed as
+  ``clip(total - own)``, so the cost above the copy is proportional to the number of speakers.
+
+Clipping saturates at -32768/32767; nothing ever wraps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from confroom.media.sources import FRAME_SAMPLES, SAMPLE_RATE
+
+__all__ = [
+    "ConferenceMixer",
+    "beep_frames",
+    "mix",
+    "mix_with_audience",
+]
+
+Int16Frames = npt.NDArray[np.int16]
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.intp]
+
+_I16_MIN = -32768
+_I16_MAX = 32767
+_SMALL = 8 * FRAME_SAMPLES  # below this many samples, call overhead dominates
+
+
+def _check_frames(frames: Int16Frames, speaking: BoolArray) -> int:
+    if frames.ndim != 2 or frames.shape[1] != FRAME_SAMPLES:
+        raise ValueError(f"frames must have shape (M, {FRAME_SAMPLES}), got {frames.shape}")
+    if frames.dtype != np.int16:
+        raise TypeError(f"frames must be int16, got {frames.dtype}")
+    m = int(frames.shape[0])
+    if speaking.shape != (m,):
+        raise ValueError(f"speaking must have shape ({m},), got {speaking.shape}")
+    return m
+
+
+def _out_buffer(out: Int16Frames | None, m: int) -> Int16Frames:
+    if out is None:
+        return np.empty((m, FRAME_SAMPLES), dtype=np.int16)
+    if out.shape != (m, FRAME_SAMPLES) or out.dtype != np.int16:
+        raise ValueError(f"out must be int16 of shape ({m}, {FRAME_SAMPLES}), got {out.shape}")
+    return out
+
+
+def _sum_rows(frames: Int16Frames, rows: IntArray) -> npt.NDArray[np.int32]:
+    """int32 sum of the given rows (zeros when there are none)."""
+    if rows.size == 0:
+        return np.zeros(FRAME_SAMPLES, dtype=np.int32)
+    if rows.size == 1:
+        one: npt.NDArray[np.int32] = frames[int(rows[0])].astype(np.int32)
+        return one
+    picked = frames if rows.size == frames.shape[0] else frames[rows]
+    total: npt.NDArray[np.int32] = picked.sum(axis=0, dtype=np.int32)
+    return total
+
+
+def _saturate(x: npt.NDArray[np.int32]) -> None:
+    """Clamp int32 values to the int16 range in place (np.minimum/np.maximum: several times
+    less call overhead than np.clip on small arrays)."""
+    if x.size <= _SMALL:
+        np.minimum(x, _I16_MAX, out=x)
+        np.maximum(x, _I16_MIN, out=x)
+    else:
+        np.clip(x, _I16_MIN, _I16_MAX, out=x)
+
+
+def _clip16(x: npt.NDArray[np.int32]) -> Int16Frames:
+    _saturate(x)
+    return x.astype(np.int16)
+
+
+def _subtract_own(
+    out: Int16Frames,
+    heard: npt.NDArray[np.int32],
+    frames: Int16Frames,
+    rows: IntArray,
+) -> None:
+    """out[rows] = clip(heard - frames[rows]); `heard` is (160,) or (len(rows), 160)."""
+    if rows.size == 0:
+        return
+    if rows.size == frames.shape[0]:  # every row: no gather/scatter needed
+        diff = np.subtract(heard, frames, dtype=np.int32)
+        _saturate(diff)
+        out[...] = diff
+        return
+    diff = np.subtract(heard, frames[rows], dtype=np.int32)
+    _saturate(diff)
+    out[rows] = diff
+
+
+def mix(
+    frames: Int16Frames,
+    speaking: BoolArray,
+    out: Int16Frames | None = None,
+    *,
+    overlay: Int16Frames | None = None,
+) -> Int16Frames:
+    """N-1 mix of one conference.
+
+    frames:   (M, 160) int16 inbound audio, one row per member (rows of silent/absent members
+              may hold anything when their `speaking` is False; they are ignored).
+    speaking: (M,) bool, True where the member's audio goes into the mix.
+    out:      optional (M, 160) int16 buffer to write into (returned).
+    overlay:  optional (160,) int16 frame added to everyone's output (e.g. a beep) before
+              clipping.
+
+    Row i of the result is ``clip(total - frames[i])`` for a speaking member and
+    ``clip(total)`` for the others, where ``total`` is the int32 sum of all speaking rows
+    (plus the overlay). A lone member therefore hears silence (or just the overlay).
+    """
+    m = _check_frames(frames, speaking)
+    result = _out_buffer(out, m)
+    if m == 0:
+        return result
+    rows = np.flatnonzero(speaking)
+    total = _sum_rows(frames, rows)
+    if overlay is not None:
+        total += overlay.astype(np.int32)
+    result[...] = _clip16(total.copy())
+    _subtract_own(result, total, frames, rows)
+    return result
+
+
+def mix_with_audience(
+    frames: Int16Frames,
+    speaking: BoolArray,
+    restricted: npt.NDArray[np.integer],
+    member_group: npt.NDArray[np.integer],
+    out: Int16Frames | None = None,
+    *,
+    overlay: Int16Frames | None = None,
+) -> Int16Frames:
+    """N-1 mix with coach/whisper audiences.
+
+    restricted:   (M,) int; for each member the audience group its audio is restricted to
+                  (``speakOnlyTo``), or -1 when everyone hears it.
+    member_group: (M,) int; the group each member belongs to (its ``memberTag``), or -1.
+                  Group numbers are small non-negative ints chosen by the caller (e.g. one
+                  per distinct tag in the conference).
+
+    Everyone hears the public sum (speaking members with ``restricted == -1``); a member of
+    group g additionally hears the sum of speaking members restricted to g. Nobody hears
+    themself: a member's own frame is subtracted from exactly the sum(s) that contain it
+    (a coach restricted to a group it is not in hears only the public mix).
+
+    Per-group sums are taken only over the restricted *speaking* rows (sorted by group and
+    reduced with `np.add.reduceat`), so their cost is proportional to the number of
+    restricted speakers, not to M x groups. Each output row is then a gather of its group's
+    pre-clipped mix plus, for the speakers, one subtraction.
+    """
+    m = _check_frames(frames, speaking)
+    result = _out_buffer(out, m)
+    if m == 0:
+        return result
+    restricted = np.asarray(restricted)
+    member_group = np.asarray(member_group)
+    if restricted.shape != (m,) or member_group.shape != (m,):
+        raise ValueError("restricted and member_group must have shape (M,)")
+
+    is_public = restricted < 0
+    public_rows = np.flatnonzero(speaking & is_public)
+    private_rows = np.flatnonzero(speaking & ~is_public)
+    total = _sum_rows(frames, public_rows)
+    if overlay is not None:
+        total += overlay.astype(np.int32)
+
+    if private_rows.size == 0:
+        # No whisperers speaking: identical to the plain mix.
+        result[...] = _clip16(total.copy())
+        _subtract_own(result, total, frames, public_rows)
+        return result
+
+    n_groups = int(max(int(restricted.max()), int(member_group.max()))) + 1
+    # heard[g] = what a member of group g hears (before removing its own voice);
+    # the extra last row is for members without a group (index -1 lands there).
+    heard = np.empty((n_groups + 1, FRAME_SAMPLES), dtype=np.int32)
+    heard[:] = total
+    groups = restricted[private_rows]
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    sums = np.add.reduceat(frames[private_rows[order]].astype(np.int32), starts, axis=0)
+    heard[sorted_groups[starts]] += sums
+
+    heard16 = _clip16(heard.copy())
+    group_index = np.where(member_group < 0, n_groups, member_group)
+    np.take(heard16, group_index, axis=0, out=result)
+
+    # Rows whose own voice is inside what they hear: public speakers (everyone hears them)
+    # and restricted speakers who belong to their own audience group.
+    own_rows = np.flatnonzero(speaking & (is_public | (restricted == member_group)))
+    if own_rows.size:
+        _subtract_own(result, heard[group_index[own_rows]], frames, own_rows)
+    return result
+
+
+class ConferenceMixer:
+    """Per-conference mixing state: inbound/outbound buffers sized to a capacity.
+
+    Usage per tick::
+
+        inbound = mixer.inbound(n)           # (n, 160) view to fill with members' frames
+        ...                                  # write each member's decoded frame into its row
+        outbound = mixer.mix(n, speaking)    # (n, 160) view of everyone's N-1 mix
+
+    Buffers grow by doubling when `n` exceeds the capacity; views returned earlier are
+    invalid after a growth. A beep (or any list of frames) can be queued with `play_overlay`;
+    one frame of it is added to every member's output per `mix` call until it runs out.
+    """
+
+    def __init__(self, capacity: int = 8) -> None:
+        capacity = max(1, int(capacity))
+        self._in = np.zeros((capacity, FRAME_SAMPLES), dtype=np.int16)
+        self._out = np.zeros((capacity, FRAME_SAMPLES), dtype=np.int16)
+        self._overlay: list[Int16Frames] = []
+        self._overlay_pos = 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self._in.shape[0])
+
+    def reserve(self, n: int) -> None:
+        """Make room for at least `n` members (doubling), keeping inbound contents."""
+        cap = self.capacity
+        if n <= cap:
+            return
+        while cap < n:
+            cap *= 2
+        grown = np.zeros((cap, FRAME_SAMPLES), dtype=np.int16)
+        grown[: self._in.shape[0]] = self._in
+        self._in = grown
+        self._out = np.zeros((cap, FRAME_SAMPLES), dtype=np.int16)
+
+    def inbound(self, n: int) -> Int16Frames:
+        """The (n, 160) inbound buffer for this tick (rows keep last tick's data)."""
+        self.reserve(n)
+        return self._in[:n]
+
+    def play_overlay(self, frames: list[Int16Frames]) -> None:
+        """Queue frames (e.g. `beep_frames()`) to be added to everyone's output, replacing any
+        overlay still playing."""
+        self._overlay = list(frames)
+        self._overlay_pos = 0
+
+    @property
+    def overlay_active(self) -> bool:
+        return self._overlay_pos < len(self._overlay)
+
+    def _next_overlay(self) -> Int16Frames | None:
+        if self._overlay_pos >= len(self._overlay):
+            if self._overlay:
+                self._overlay = []
+                self._overlay_pos = 0
+            return None
+        frame = self._overlay[self._overlay_pos]
+        self._overlay_pos += 1
+        return frame
+
+    def mix(
+        self,
+        n: int,
+        speaking: BoolArray,
+        restricted: npt.NDArray[np.integer] | None = None,
+        member_group: npt.NDArray[np.integer] | None = None,
+    ) -> Int16Frames:
+        """Mix the first `n` inbound rows; returns a (n, 160) view of the outbound buffer."""
+        self.reserve(n)
+        overlay = self._next_overlay()
+        frames = self._in[:n]
+        out = self._out[:n]
+        if restricted is None or member_group is None:
+            return mix(frames, speaking, out, overlay=overlay)
+        return mix_with_audience(frames, speaking, restricted, member_group, out, overlay=overlay)
+
+
+def beep_frames(
+    freq: float = 1000.0, duration_s: float = 0.2, amplitude: float = 0.25
+) -> list[Int16Frames]:
+    """A sine beep as whole 20 ms frames, with 5 ms raised-cosine fade in/out (no clicks).
+
+    `amplitude` is the peak relative to full scale (0.25 is about -15 dBFS RMS). The last
+    frame is zero-padded.
+    """
+    if not 0.0 <= amplitude <= 1.0:
+        raise ValueError("amplitude must be within [0, 1]")
+    n = max(1, round(duration_s * SAMPLE_RATE))
+    t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
+    wave = amplitude * 32767.0 * np.sin(2.0 * math.pi * freq * t)
+    fade = min(round(0.005 * SAMPLE_RATE), n // 2)
+    if fade > 0:
+        ramp = 0.5 - 0.5 * np.cos(math.pi * np.arange(fade, dtype=np.float64) / fade)
+        wave[:fade] *= ramp
+        wave[n - fade :] *= ramp[::-1]
+    n_frames = math.ceil(n / FRAME_SAMPLES)
+    padded = np.zeros(n_frames * FRAME_SAMPLES, dtype=np.int16)
+    padded[:n] = np.round(wave).astype(np.int16)
+    return [padded[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES].copy() for i in range(n_frames)]

@@ -1,0 +1,145 @@
+"""RTP (RFC 3550) packets and RFC 4733 telephone-events, sans-IO.
+
+Owns: parsing a datagram into an `RtpPacket` (CSRC list, header extension and padding handled),
+building the fixed 12-byte header, the per-stream sender state (`RtpSender`: SSRC, sequence
+number, timestamp), and DTMF reception (`DtmfReceiver`: one digit per telephone-event).
+Everything here is called per packet, so it is kept to `struct.unpack_from` and slicing.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from typing import Final, NamedTuple
+
+__all__ = [
+    "DTMF_EVENTS",
+    "DtmfReceiver",
+    "RtpPacket",
+    "RtpSender",
+    "build_rtp_header",
+    "parse_rtp",
+    "parse_telephone_event",
+]
+
+DTMF_EVENTS: Final = "0123456789*#ABCD"  # RFC 4733 event codes 0..15
+
+_HEADER: Final = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
+_EXT_LENGTH: Final = struct.Struct("!H")  # header extension length, in 32-bit words
+_EVENT: Final = struct.Struct("!BBH")  # event, E/R/volume, duration
+
+_MIN_HEADER: Final = 12
+_SAMPLES_PER_FRAME: Final = 160
+
+
+class RtpPacket(NamedTuple):
+    payload_type: int
+    marker: bool
+    seq: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+
+
+def parse_rtp(data: bytes) -> RtpPacket | None:
+    """Parse one RTP datagram; None if it is not a well-formed RTP version 2 packet."""
+    size = len(data)
+    if size < _MIN_HEADER:
+        return None
+    first, second, seq, timestamp, ssrc = _HEADER.unpack_from(data)
+    if first & 0xC0 != 0x80:
+        return None
+    offset = _MIN_HEADER + ((first & 0x0F) << 2)
+    if first & 0x10:
+        if size < offset + 4:
+            return None
+        offset += 4 + (_EXT_LENGTH.unpack_from(data, offset + 2)[0] << 2)
+    end = size
+    if first & 0x20:
+        padding = data[-1]
+        if padding == 0:
+            return None
+        end -= padding
+    if offset > end:
+        return None
+    return RtpPacket(second & 0x7F, second >= 0x80, seq, timestamp, ssrc, data[offset:end])
+
+
+def build_rtp_header(pt: int, marker: bool, seq: int, ts: int, ssrc: int) -> bytes:
+    """The 12-byte fixed header (version 2, no padding, no extension, no CSRCs)."""
+    return _HEADER.pack(
+        0x80, (pt & 0x7F) | (0x80 if marker else 0), seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc
+    )
+
+
+def parse_telephone_event(payload: bytes) -> tuple[int, bool, int, int] | None:
+    """RFC 4733 event payload -> (event, end, volume, duration); None if too short."""
+    if len(payload) < 4:
+        return None
+    event, flags, duration = _EVENT.unpack_from(payload)
+    return event, flags >= 0x80, flags & 0x3F, duration
+
+
+class DtmfReceiver:
+    """Turns a telephone-event stream into digits, each reported exactly once.
+
+    RFC 4733: all packets of one event share the RTP timestamp of its start (the first packet
+    usually carries the marker bit), the duration grows in the repeats, and the final state is
+    sent three times with the E bit. A digit is reported on the first packet seen with a new
+    (SSRC, timestamp); repeats and the redundant end packets are ignored. The same digit pressed
+    twice is two events (two timestamps), so it is reported twice. Stragglers of an older event
+    (timestamp slightly behind the last one) are ignored too.
+    """
+
+    __slots__ = ("_last_ssrc", "_last_ts")
+
+    # Timestamps up to this far behind the last event are stale repeats, not new events
+    # (10 s at 8 kHz; a sender that restarts its timestamps further back is a new stream).
+    _STALE_WINDOW: Final = 80_000
+
+    def __init__(self) -> None:
+        self._last_ssrc: int | None = None
+        self._last_ts = 0
+
+    def reset(self) -> None:
+        self._last_ssrc = None
+
+    def feed(self, pkt: RtpPacket) -> str | None:
+        """The digit if `pkt` starts a new DTMF event, else None."""
+        payload = pkt.payload
+        if len(payload) < 4:
+            return None
+        ts = pkt.timestamp
+        if pkt.ssrc == self._last_ssrc:
+            behind = (self._last_ts - ts) & 0xFFFFFFFF
+            if behind < self._STALE_WINDOW:  # 0 = same event; small = an older event's packet
+                return None
+        self._last_ssrc = pkt.ssrc
+        self._last_ts = ts
+        event = payload[0]
+        return DTMF_EVENTS[event] if event < 16 else None
+
+
+class RtpSender:
+    """Outgoing stream state: random SSRC, random initial sequence number and timestamp."""
+
+    __slots__ = ("samples_per_packet", "seq", "ssrc", "ts")
+
+    def __init__(self, samples_per_packet: int = _SAMPLES_PER_FRAME) -> None:
+        rng = random.SystemRandom()
+        self.ssrc: int = rng.getrandbits(32)
+        self.seq: int = rng.getrandbits(16)
+        self.ts: int = rng.getrandbits(32)
+        self.samples_per_packet = samples_per_packet
+
+    def next_header(self, pt: int, marker: bool = False) -> bytes:
+        """Header for the next packet; advances seq by 1 and the timestamp by one packet."""
+        seq = self.seq
+        ts = self.ts
+        self.seq = (seq + 1) & 0xFFFF
+        self.ts = (ts + self.samples_per_packet) & 0xFFFFFFFF
+        return _HEADER.pack(0x80, (pt & 0x7F) | (0x80 if marker else 0), seq, ts, self.ssrc)
+
+    def skip(self, samples: int) -> None:
+        """Advance the timestamp without sending (time passed while nothing was sent)."""
+        self.ts = (self.ts + samples) & 0xFFFFFFFF

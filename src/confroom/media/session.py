@@ -1,0 +1,213 @@
+"""`MediaSession`: the media state of one call leg, sans-IO.
+
+Owns what the engine needs per call: the negotiated codec and payload types, where to send
+(symmetric RTP latching), the send/receive permissions derived from the remote SDP direction,
+the inbound jitter buffer and DTMF receiver, the outbound RTP sender state, the current audio
+source and the per-tick frame slots (`inbound`, `mix_out`). No sockets and no asyncio here: the
+engine feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from confroom.media import g711
+from confroom.media.jitter import JitterBuffer
+from confroom.media.rtp import DtmfReceiver, RtpSender, parse_rtp
+from confroom.media.sources import Frame, Source
+
+__all__ = ["DIRECTIONS", "MediaSession"]
+
+DIRECTIONS: Final = ("sendrecv", "sendonly", "recvonly", "inactive")
+_CN_PAYLOAD_TYPE: Final = 13  # RFC 3389 comfort noise: a keepalive, never played
+
+
+class MediaSession:
+    """Per-call media state. Created by `MediaEngine.open_session()`; see `update()`."""
+
+    __slots__ = (
+        "_last_in",
+        "_plc_left",
+        "_rx_rearm",
+        "_timed_out",
+        "closed",
+        "codec",
+        "dtmf",
+        "dtmf_digits",
+        "dtmf_payload_type",
+        "inbound",
+        "jitter",
+        "last_rx",
+        "local_port",
+        "marker_pending",
+        "mix_out",
+        "on_dtmf",
+        "on_play_done",
+        "on_timeout",
+        "payload_type",
+        "receive_expected",
+        "remote",
+        "remote_direction",
+        "send_enabled",
+        "sender",
+        "source",
+    )
+
+    def __init__(self, local_port: int, now: float = 0.0, jitter_depth: int = 2) -> None:
+        self.local_port = local_port
+        self.codec = "PCMU"
+        self.payload_type = 0
+        self.dtmf_payload_type: int | None = None
+        self.remote: tuple[str, int] | None = None
+        self.remote_direction = "sendrecv"
+        # Nothing is negotiated yet: do not send, do not time out.
+        self.send_enabled = False
+        self.receive_expected = False
+        self.last_rx = now
+        self.jitter = JitterBuffer(depth=jitter_depth, fill=g711.ULAW_SILENCE)
+        self.dtmf = DtmfReceiver()
+        self.dtmf_digits: list[str] = []
+        self.sender = RtpSender()
+        self.marker_pending = True  # set the RTP marker on the next packet sent
+        self.inbound: Frame | None = None
+        self.mix_out: Frame | None = None
+        self.source: Source | None = None
+        self.on_play_done: Callable[[bool], None] | None = None
+        self.on_dtmf: Callable[[str], None] | None = None
+        self.on_timeout: Callable[[], None] | None = None
+        self.closed = False
+        # Engine-private state (packet-loss concealment and the inactivity timer).
+        self._last_in: Frame | None = None
+        self._plc_left = 0
+        self._rx_rearm = False
+        self._timed_out = False
+
+    # --- negotiation ------------------------------------------------------------------------
+
+    def update(
+        self,
+        codec: str,
+        payload_type: int,
+        dtmf_payload_type: int | None,
+        remote_host: str | None,
+        remote_port: int | None,
+        remote_direction: str = "sendrecv",
+    ) -> None:
+        """Apply a (re-)negotiated SDP answer/offer.
+
+        `remote_direction` is the direction attribute of the *remote* SDP (RFC 3264 semantics,
+        from the remote's point of view):
+          sendrecv -> we send and expect RTP;
+          sendonly -> the remote holds us: we must not send; it may or may not send (music on
+                      hold), so no inactivity timeout;
+          recvonly -> we send; the remote sends nothing, so no inactivity timeout;
+          inactive -> neither.
+        A missing/0.0.0.0/:: host or port 0 also disables sending (old-style hold / rejected).
+        """
+        if codec not in ("PCMU", "PCMA"):
+            raise ValueError(f"unsupported codec {codec!r}")
+        if remote_direction not in DIRECTIONS:
+            raise ValueError(f"unknown SDP direction {remote_direction!r}")
+        if codec != self.codec:
+            self.jitter = JitterBuffer(depth=self.jitter.depth, fill=g711.silence_byte(codec))
+            self._last_in = None
+            self._plc_left = 0
+        self.codec = codec
+        self.payload_type = payload_type
+        self.dtmf_payload_type = dtmf_payload_type
+        self.remote_direction = remote_direction
+        reachable = bool(remote_host) and remote_host not in ("0.0.0.0", "::") and bool(remote_port)
+        if reachable:
+            assert remote_host is not None and remote_port is not None
+            new_remote = (remote_host, remote_port)
+            if new_remote != self.remote:
+                self.remote = new_remote
+                self.marker_pending = True
+        send = reachable and remote_direction in ("sendrecv", "recvonly")
+        if send and not self.send_enabled:
+            self.marker_pending = True
+        self.send_enabled = send
+        expect = remote_direction == "sendrecv"
+        if expect and not self.receive_expected:
+            self._rx_rearm = True  # start the inactivity timer afresh at the next check
+        self.receive_expected = expect
+        self._timed_out = False
+
+    # --- inbound (called per datagram: keep it lean, no numpy) ------------------------------
+
+    def on_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        """Handle one received datagram: audio -> jitter buffer, telephone-event -> digits."""
+        if self.closed:
+            return
+        pkt = parse_rtp(data)
+        if pkt is None:
+            return
+        pt = pkt.payload_type
+        if pt == self.payload_type:
+            self.jitter.push(pkt.seq, pkt.timestamp, pkt.payload, pkt.ssrc)
+        elif pt == self.dtmf_payload_type:
+            digit = self.dtmf.feed(pkt)
+            if digit is not None:
+                self.dtmf_digits.append(digit)
+                if self.on_dtmf is not None:
+                    self.on_dtmf(digit)
+        elif pt != _CN_PAYLOAD_TYPE:
+            return  # unknown payload type (or RTCP on a muxed port): not ours
+        if addr != self.remote:
+            self.remote = (addr[0], addr[1])  # symmetric RTP: answer where it comes from
+        self.last_rx = now
+        self._rx_rearm = False
+        self._timed_out = False
+
+    # --- playback ---------------------------------------------------------------------------
+
+    @property
+    def playing(self) -> bool:
+        return self.source is not None
+
+    def play(self, source: Source) -> None:
+        """Make `source` the current source; a replaced one gets `on_play_done(False)`."""
+        old = self.source
+        self.source = source
+        if old is not None and self.on_play_done is not None:
+            self.on_play_done(False)
+
+    def stop(self) -> None:
+        """Stop the current source (if any), which gets `on_play_done(False)`."""
+        old = self.source
+        self.source = None
+        if old is not None and self.on_play_done is not None:
+            self.on_play_done(False)
+
+    def close(self) -> None:
+        """Stop playback and ignore everything from now on (the engine closes the socket)."""
+        if self.closed:
+            return
+        self.stop()
+        self.closed = True
+        self.send_enabled = False
+        self.receive_expected = False
+        self.inbound = None
+        self.mix_out = None
+
+    # --- engine hooks -----------------------------------------------------------------------
+
+    def check_timeout(self, now: float, timeout: float) -> bool:
+        """True exactly once per silence longer than `timeout` while RTP is expected."""
+        if not self.receive_expected or self._timed_out or self.closed:
+            return False
+        if self._rx_rearm:
+            self._rx_rearm = False
+            self.last_rx = now
+            return False
+        if now - self.last_rx > timeout:
+            self._timed_out = True
+            return True
+        return False
+
+    def __repr__(self) -> str:
+        return (
+            f"<MediaSession port={self.local_port} {self.codec}/{self.payload_type} "
+            f"remote={self.remote} dir={self.remote_direction}{' closed' if self.closed else ''}>"
+        )

@@ -1,0 +1,327 @@
+"""`Server`: wires the SIP core, the transports, the media engine and the calls together.
+
+This is the asyncio side of confroom: it feeds received SIP bytes to the sans-IO `SipCore`,
+sends what the core wants sent, keeps one timer armed at the core's next deadline, creates a
+`Call` (with its media session and verb runner) for each new INVITE, and on shutdown ends every
+call cleanly (BYE to answered calls, 503 to the others).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from confroom.app.control import CallInfo
+from confroom.app.hooks import WebhookClient
+from confroom.app.session import CallSession, notify_call_status
+from confroom.call import Call
+from confroom.config import Config
+from confroom.media.engine import MediaEngine, MediaError
+from confroom.sip.core import (
+    ByeDone,
+    CallAckTimeout,
+    CallCancelled,
+    CallConfirmed,
+    CallEnded,
+    DtmfInfo,
+    IncomingCall,
+    Leg,
+    ReInvite,
+    SipCore,
+)
+from confroom.sip.message import Request, SipParseError, parse_name_addr
+from confroom.sip.peer import Peer
+from confroom.sip.sdp import NoCommonCodec, SdpError, negotiate, parse_sdp
+from confroom.sip.transaction import ServerTransaction
+from confroom.sip.transport import SipTransports
+
+log = logging.getLogger("confroom.server")
+
+
+def _user_of(header_value: str | None) -> str:
+    """The user part of a From/To header's URI (the whole URI when it has none)."""
+    if not header_value:
+        return ""
+    try:
+        uri = parse_name_addr(header_value).uri
+    except SipParseError:
+        return header_value
+    return uri.user or uri.host
+
+
+def _display_of(header_value: str | None) -> str:
+    if not header_value:
+        return ""
+    try:
+        na = parse_name_addr(header_value)
+    except SipParseError:
+        return ""
+    return na.display or (na.uri.user or "")
+
+
+def _invite_as_dict(req: Request) -> dict[str, Any]:
+    headers: dict[str, str] = {}
+    for name, value in req.headers.items():
+        key = name.lower()
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    return {
+        "method": req.method,
+        "uri": req.uri,
+        "headers": headers,
+        "body": req.body.decode("utf-8", errors="replace"),
+    }
+
+
+class Server:
+    """One confroom node. `await start()`, then `await stop()` (or `run_until_stopped`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.core: SipCore | None = None
+        self.transports = SipTransports(self._on_sip_bytes)
+        self.engine = MediaEngine(
+            config.contact_host if config.sip_host in ("0.0.0.0", "::", "") else config.sip_host,
+            config.rtp_port_min, config.rtp_port_max, config.rtp_timeout,
+        )
+        self.hooks = WebhookClient(timeout=config.webhook_timeout)
+        self.calls: dict[str, Call] = {}  # call_sid -> call
+        self._by_leg: dict[int, Call] = {}  # id(leg) -> call
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._bye_waiters: dict[int, asyncio.Future[None]] = {}
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        cfg.media_dir.mkdir(parents=True, exist_ok=True)
+        cfg.media_cache_dir.mkdir(parents=True, exist_ok=True)
+        await self.engine.start()
+        await self.transports.start(cfg.sip_host, cfg.sip_port, cfg.sip_transports)
+        self.core = SipCore(cfg.contact_host, self.transports.port)
+        log.info(
+            "confroom ready: sip %s on %s:%d, rtp %d-%d, apps: %s",
+            "+".join(cfg.sip_transports), cfg.sip_host, self.transports.port,
+            cfg.rtp_port_min, cfg.rtp_port_max,
+            ", ".join(a.name for a in cfg.apps),
+        )
+
+    async def stop(self, grace: float = 3.0) -> None:
+        """End every call (BYE / 503), wait for the BYEs to complete, close everything."""
+        self._stopping = True
+        waiters: list[asyncio.Future[None]] = []
+        for call in list(self.calls.values()):
+            if call.answered and not call.ended:
+                fut = asyncio.get_running_loop().create_future()
+                self._bye_waiters[id(call.leg)] = fut
+                waiters.append(fut)
+                self.sip_bye(call.leg, [])
+                call.finish("completed", "server shutdown")
+            elif not call.ended:
+                self.sip_reject(call.leg, 503, "Service Unavailable", [])
+                call.finish("failed", "server shutdown", sip_status=503)
+        if waiters:
+            await asyncio.wait(waiters, timeout=grace)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace)
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.transports.close()
+        await self.engine.stop()
+        await self.hooks.close()
+
+    # ---- SIP plumbing -------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _on_sip_bytes(self, data: bytes, peer: Peer) -> None:
+        if self.core is None:
+            return
+        self.core.receive_datagram(data, peer, self._now())
+        self._flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.core is not None:
+            self.core.handle_timer(self._now())
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send what the core queued, dispatch its events, re-arm the timer."""
+        core = self.core
+        assert core is not None
+        while True:
+            for peer, data in core.datagrams_to_send():
+                self.transports.send(peer, data)
+            ev = core.next_event()
+            if ev is None:
+                break
+            try:
+                self._dispatch(ev)
+            except Exception:
+                log.exception("error handling SIP event %s", type(ev).__name__)
+        deadline = core.get_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = deadline
+            if deadline is not None:
+                assert self._loop is not None
+                self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _dispatch(self, ev: object) -> None:
+        if isinstance(ev, IncomingCall):
+            self._spawn(self._start_call(ev.leg, ev.request))
+            return
+        if isinstance(ev, ByeDone):
+            fut = self._bye_waiters.pop(id(ev.leg), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return
+        leg = getattr(ev, "leg", None)
+        call = self._by_leg.get(id(leg)) if leg is not None else None
+        if call is None:
+            if isinstance(ev, ReInvite):
+                assert self.core is not None
+                self.core.respond_reinvite(ev.leg, ev.tx, 481, self._now())
+            return
+        if isinstance(ev, CallCancelled):
+            call.on_cancelled()
+        elif isinstance(ev, CallEnded):
+            call.on_remote_bye()
+        elif isinstance(ev, CallConfirmed):
+            pass
+        elif isinstance(ev, CallAckTimeout):
+            call.on_ack_timeout()
+        elif isinstance(ev, ReInvite):
+            call.on_reinvite(ev.tx, ev.request.body)
+        elif isinstance(ev, DtmfInfo):
+            call.on_dtmf(ev.digit)
+
+    # Signalling (used by Call) ----------------------------------------------------------------
+
+    def sip_ring(self, leg: Leg) -> None:
+        assert self.core is not None
+        self.core.ring(leg, self._now())
+        self._flush()
+
+    def sip_answer(self, leg: Leg, sdp: bytes) -> bool:
+        assert self.core is not None
+        ok = self.core.answer(leg, sdp, self._now())
+        self._flush()
+        return ok
+
+    def sip_reject(self, leg: Leg, status: int, reason: str | None,
+                   headers: list[tuple[str, str]]) -> bool:
+        assert self.core is not None
+        ok = self.core.reject(leg, status, self._now(), reason, headers)
+        self._flush()
+        return ok
+
+    def sip_bye(self, leg: Leg, headers: list[tuple[str, str]]) -> bool:
+        assert self.core is not None
+        ok = self.core.bye(leg, self._now(), headers)
+        self._flush()
+        return ok
+
+    def sip_respond_reinvite(self, leg: Leg, tx: ServerTransaction, status: int,
+                             sdp: bytes | None) -> None:
+        assert self.core is not None
+        self.core.respond_reinvite(leg, tx, status, self._now(), sdp)
+        self._flush()
+
+    def call_finished(self, call: Call) -> None:
+        self.calls.pop(call.info.call_sid, None)
+        self._by_leg.pop(id(call.leg), None)
+        self.engine.close_session(call.media)
+        if self.core is not None:
+            self.core.release(call.leg)
+
+    # ---- calls --------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _start_call(self, leg: Leg, req: Request) -> None:
+        assert self.core is not None
+        if self._stopping:
+            self.sip_reject(leg, 503, "Service Unavailable", [])
+            return
+        to_user = _user_of(req.headers.get("To"))
+        app = self.config.app_for_number(to_user)
+        if not req.body.strip():
+            log.warning("INVITE %s without an SDP offer (late offer is not supported)",
+                        req.call_id)
+            self.sip_reject(leg, 488, "SDP Offer Required", [])
+            return
+        try:
+            negotiated = negotiate(parse_sdp(req.body))
+        except NoCommonCodec as e:
+            log.warning("INVITE %s: no common codec (%s)", req.call_id, e)
+            warning = ("Warning", '304 confroom "Media type not available"')
+            self.sip_reject(leg, 488, None, [warning])
+            return
+        except SdpError as e:
+            log.warning("INVITE %s: malformed SDP: %s", req.call_id, e)
+            self.sip_reject(leg, 400, "Malformed SDP", [])
+            return
+        try:
+            media = await self.engine.open_session()
+        except MediaError as e:
+            log.error("INVITE %s: no RTP port available: %s", req.call_id, e)
+            self.sip_reject(leg, 503, "Service Unavailable", [])
+            return
+        if leg.state == "terminated":  # cancelled while we were allocating
+            self.engine.close_session(media)
+            return
+        info = CallInfo(
+            call_sid=str(uuid.uuid4()),
+            call_id=req.call_id,
+            from_user=_user_of(req.headers.get("From")),
+            to_user=to_user,
+            caller_name=_display_of(req.headers.get("From")),
+            originating_sip_ip=leg.peer.host,
+            originating_sip_port=leg.peer.port,
+            local_sip_address=f"{self.core.local_host}:{self.core.local_port}",
+            account_sid=app.account_sid,
+            application_sid=app.application_sid,
+            sip=_invite_as_dict(req),
+        )
+        call = Call(
+            info=info, app=app, leg=leg, media=media, negotiated=negotiated, signalling=self,
+            local_media_host=self.config.contact_host, on_status=self._status_changed,
+        )
+        self.calls[info.call_sid] = call
+        self._by_leg[id(leg)] = call
+        log.info("call start call_sid=%s call_id=%s from=%s to=%s transport=%s app=%s",
+                 info.call_sid, info.call_id, info.from_user, info.to_user,
+                 leg.peer.transport, app.name)
+        call.ring()
+        session = CallSession(call, self.hooks, self.config)
+        call.session_kill = session.kill
+        try:
+            await session.run()
+        except Exception:
+            log.exception("call_sid=%s: verb runner failed", info.call_sid)
+            if not call.ended:
+                await call.hangup()
+
+    def _status_changed(self, call: Call) -> None:
+        if call.app.call_status_hook is None:
+            return
+        self._spawn(notify_call_status(self.hooks, call.app, call.info))

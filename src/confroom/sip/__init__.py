@@ -1,0 +1,1 @@
+"""SIP: sans-IO message parsing, SDP, transactions, dialogs, and the asyncio transports."""

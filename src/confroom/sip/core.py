@@ -1,0 +1,593 @@
+"""The sans-IO SIP user agent core: dialogs and call signalling on top of the transactions.
+
+`SipCore` is fed parsed-or-raw messages and the current time; it answers what it can on its own
+(OPTIONS, CANCEL, BYE, in-dialog INFO, errors such as 400/481/405/420/482/483) and reports
+call-level events (`IncomingCall`, `CallConfirmed`, `CallEnded`, ...) for the layer above, which
+acts through `ring`, `answer`, `reject`, `bye` and `respond_reinvite`. Like the transaction layer
+it never touches a socket or a clock: the adapter drains `datagrams_to_send()`, arms
+`get_timer()` and calls `handle_timer(now)`.
+
+In-dialog requests we send (BYE) go to the address the dialog's INVITE came from (the first
+Record-Route hop when that is an IP literal), which keeps calls from phones behind NAT working.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from confroom.sip.message import (
+    Headers,
+    Request,
+    Response,
+    SipParseError,
+    make_response,
+    new_branch,
+    new_tag,
+    parse_message,
+    parse_name_addr,
+)
+from confroom.sip.peer import Peer
+from confroom.sip.transaction import (
+    AckReceived,
+    ClientTransaction,
+    RequestReceived,
+    ResponseReceived,
+    ServerTransaction,
+    StrayResponse,
+    TransactionLayer,
+    TransactionTimeout,
+)
+
+log = logging.getLogger("confroom.sip")
+
+ALLOW: Final = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+KNOWN_UNSUPPORTED: Final = frozenset(
+    {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PUBLISH", "UPDATE", "PRACK"}
+)
+USER_AGENT: Final = "confroom/0.1"
+
+
+@dataclass(eq=False)
+class Leg:
+    """One inbound call's dialog (early until ACKed, then confirmed)."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    peer: Peer  # where the INVITE came from; in-dialog requests go back there
+    invite: Request
+    invite_tx: ServerTransaction | None
+    local_uri: str  # the To header of the INVITE, without parameters (our identity)
+    remote_uri: str  # the From header of the INVITE, without parameters
+    remote_target: str  # Contact URI of the caller
+    route_set: list[str] = field(default_factory=list)
+    local_cseq: int = 0
+    remote_cseq: int = 0
+    state: str = "early"  # early | answered | confirmed | terminated
+    final_status: int | None = None
+    # SDP body of our 2xx (retransmitted answers of re-INVITEs reuse the tx layer)
+    pending_reinvite: ServerTransaction | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.call_id, self.local_tag, self.remote_tag)
+
+
+# ---- events reported to the layer above -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncomingCall:
+    leg: Leg
+    request: Request
+
+
+@dataclass(frozen=True)
+class CallCancelled:
+    leg: Leg
+
+
+@dataclass(frozen=True)
+class CallConfirmed:
+    """The ACK for our 2xx arrived (with the SDP answer when the INVITE had no offer)."""
+
+    leg: Leg
+    ack: Request
+
+
+@dataclass(frozen=True)
+class CallAckTimeout:
+    """Our 2xx was never ACKed: the call must be ended (BYE)."""
+
+    leg: Leg
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    """The caller sent BYE (already answered with 200)."""
+
+    leg: Leg
+    request: Request
+
+
+@dataclass(frozen=True)
+class ReInvite:
+    """A re-INVITE in a confirmed dialog: answer it with `respond_reinvite`."""
+
+    leg: Leg
+    tx: ServerTransaction
+    request: Request
+
+
+@dataclass(frozen=True)
+class DtmfInfo:
+    leg: Leg
+    digit: str
+
+
+@dataclass(frozen=True)
+class ByeDone:
+    """Our BYE got a final response, or timed out (status None)."""
+
+    leg: Leg
+    status: int | None
+
+
+CoreEvent = (
+    IncomingCall | CallCancelled | CallConfirmed | CallAckTimeout | CallEnded | ReInvite
+    | DtmfInfo | ByeDone
+)
+
+
+def _strip_params(name_addr_value: str) -> str:
+    """`"Bob" <sip:b@h>;tag=x` -> `"Bob" <sip:b@h>` (keeps the display name)."""
+    na = parse_name_addr(name_addr_value)
+    na.params.clear()
+    return str(na)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _bad_request(data: bytes, reason: str) -> bytes | None:
+    """A best-effort 400 for a request we could not parse: copy the headers a response needs.
+
+    Returns None when the input is not recognisably a request (then it is dropped).
+    """
+    try:
+        text = data.decode("utf-8", errors="replace")
+    except Exception:  # pragma: no cover - decode with replace never fails
+        return None
+    lines = text.replace("\r\n", "\n").split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if not lines or lines[0].upper().startswith("SIP/") or " " not in lines[0]:
+        return None
+    method = lines[0].split(" ", 1)[0].upper()
+    if method == "ACK":
+        return None  # never answer an ACK
+    wanted = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
+              "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}
+    out: list[str] = []
+    for line in lines[1:]:
+        if not line.strip():
+            break
+        name, sep, value = line.partition(":")
+        canon = wanted.get(name.strip().lower())
+        if sep and canon:
+            out.append(f"{canon}: {value.strip()}")
+    if not any(h.startswith("Via:") for h in out):
+        return None  # no way to route a response
+    safe_reason = "".join(ch for ch in reason if ch.isprintable())[:120] or "Bad Request"
+    head = "\r\n".join([f"SIP/2.0 400 {safe_reason}", *out, "Content-Length: 0", "", ""])
+    return head.encode()
+
+
+class SipCore:
+    """Sans-IO SIP UAS: see the module docstring."""
+
+    def __init__(
+        self,
+        local_host: str,
+        local_port: int,
+        *,
+        t1: float = 0.5,
+        t2: float = 4.0,
+        t4: float = 5.0,
+    ) -> None:
+        self.local_host = local_host
+        self.local_port = local_port
+        self.tx = TransactionLayer(t1=t1, t2=t2, t4=t4)
+        self._legs: dict[tuple[str, str, str], Leg] = {}
+        self._by_invite_tx: dict[int, Leg] = {}  # id(invite server tx) -> leg
+        self._bye_txs: dict[int, Leg] = {}  # id(client tx) -> leg
+        self._events: deque[CoreEvent] = deque()
+        self._raw_out: list[tuple[Peer, bytes]] = []
+        self.stats = {"parse_errors": 0, "requests": 0, "responses": 0}
+
+    # ---- inputs ---------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, peer: Peer, now: float) -> None:
+        """Bytes of one SIP message (a UDP datagram or one framed TCP message)."""
+        if not data.strip(b"\r\n\t "):
+            return  # keep-alive
+        try:
+            msg = parse_message(data)
+        except SipParseError as e:
+            self.stats["parse_errors"] += 1
+            log.warning("malformed SIP from %s:%s: %s", peer.host, peer.port, e.reason)
+            resp = _bad_request(data, e.reason)
+            if resp is not None:
+                self._raw_out.append((peer, resp))
+            return
+        self.receive_message(msg, peer, now)
+
+    def receive_message(self, msg: Request | Response, peer: Peer, now: float) -> None:
+        if isinstance(msg, Request):
+            self.stats["requests"] += 1
+            if msg.method != "ACK" and not self._check_request(msg, peer, now):
+                return
+        else:
+            self.stats["responses"] += 1
+        self.tx.receive(msg, peer, now)
+        self._pump(now)
+
+    def handle_timer(self, now: float) -> None:
+        self.tx.handle_timer(now)
+        self._pump(now)
+
+    # ---- outputs --------------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[Peer, bytes]]:
+        out = self.tx.datagrams_to_send()
+        if self._raw_out:
+            out = self._raw_out + out
+            self._raw_out = []
+        return out
+
+    def get_timer(self) -> float | None:
+        return self.tx.get_timer()
+
+    def next_event(self) -> CoreEvent | None:
+        return self._events.popleft() if self._events else None
+
+    @property
+    def legs(self) -> list[Leg]:
+        return list(self._legs.values())
+
+    # ---- actions of the layer above -------------------------------------------------------
+
+    def contact(self, peer: Peer) -> str:
+        host = self.local_host if ":" not in self.local_host else f"[{self.local_host}]"
+        suffix = ";transport=tcp" if peer.transport == "tcp" else ""
+        return f"<sip:confroom@{host}:{self.local_port}{suffix}>"
+
+    def ring(self, leg: Leg, now: float, status: int = 180) -> None:
+        if leg.state != "early" or leg.invite_tx is None:
+            return
+        resp = make_response(leg.invite, status, to_tag=leg.local_tag,
+                             headers=[("Contact", self.contact(leg.peer))])
+        self.tx.respond(leg.invite_tx, resp, now)
+        self._pump(now)
+
+    def answer(self, leg: Leg, sdp: bytes, now: float) -> bool:
+        """Send 200 OK with `sdp`. False when the call can no longer be answered."""
+        if leg.state != "early" or leg.invite_tx is None or leg.invite_tx.cancelled:
+            return False
+        resp = make_response(
+            leg.invite, 200, to_tag=leg.local_tag,
+            headers=self._common_headers(leg.peer), body=sdp, content_type="application/sdp",
+        )
+        leg.state = "answered"
+        leg.final_status = 200
+        self.tx.respond(leg.invite_tx, resp, now)
+        self._pump(now)
+        return True
+
+    def reject(
+        self, leg: Leg, status: int, now: float, reason: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> bool:
+        """Send a final error response to an unanswered INVITE."""
+        if leg.state != "early" or leg.invite_tx is None:
+            return False
+        resp = make_response(leg.invite, status, reason, to_tag=leg.local_tag,
+                             headers=headers or [])
+        leg.final_status = status
+        self._terminate(leg)
+        self.tx.respond(leg.invite_tx, resp, now)
+        self._pump(now)
+        return True
+
+    def bye(self, leg: Leg, now: float, headers: list[tuple[str, str]] | None = None) -> bool:
+        """Send BYE in an answered dialog. False when there is no dialog to end."""
+        if leg.state not in ("answered", "confirmed"):
+            return False
+        req = self._in_dialog_request(leg, "BYE", headers or [])
+        self._terminate(leg)
+        ctx = self.tx.request(req, self._dialog_peer(leg), now)
+        self._bye_txs[id(ctx)] = leg
+        self._pump(now)
+        return True
+
+    def respond_reinvite(
+        self, leg: Leg, tx: ServerTransaction, status: int, now: float, sdp: bytes | None = None,
+    ) -> None:
+        headers = self._common_headers(leg.peer) if status < 300 else []
+        resp = make_response(tx.request, status, to_tag=None, headers=headers,
+                             body=sdp or b"", content_type="application/sdp" if sdp else None)
+        if leg.pending_reinvite is tx:
+            leg.pending_reinvite = None
+        self.tx.respond(tx, resp, now)
+        self._pump(now)
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _common_headers(self, peer: Peer) -> list[tuple[str, str]]:
+        return [("Contact", self.contact(peer)), ("Allow", ALLOW), ("User-Agent", USER_AGENT)]
+
+    def _check_request(self, req: Request, peer: Peer, now: float) -> bool:
+        """Checks made before the transaction layer sees a request; False when answered here."""
+        mf = req.headers.get("Max-Forwards")
+        if mf is not None:
+            try:
+                if int(mf.strip()) <= 0 and req.method not in ("OPTIONS", "CANCEL"):
+                    self._stateless(req, peer, 483)
+                    return False
+            except ValueError:
+                self._stateless(req, peer, 400, "Bad Max-Forwards")
+                return False
+        require = req.headers.get("Require")
+        if require and req.method not in ("CANCEL",):
+            self._stateless(req, peer, 420, headers=[("Unsupported", require)])
+            return False
+        return True
+
+    def _stateless(
+        self, req: Request, peer: Peer, status: int, reason: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        resp = make_response(req, status, reason, to_tag=req.to_tag or new_tag(),
+                             headers=headers or [])
+        self._raw_out.append((peer, resp.to_bytes()))
+
+    def _pump(self, now: float) -> None:
+        """Route transaction-layer events to dialogs and to the layer above."""
+        while (ev := self.tx.next_event()) is not None:
+            if isinstance(ev, RequestReceived):
+                self._on_request(ev, now)
+            elif isinstance(ev, AckReceived):
+                self._on_ack(ev.request)
+            elif isinstance(ev, ResponseReceived):
+                self._on_response(ev.tx, ev.response)
+            elif isinstance(ev, TransactionTimeout):
+                self._on_timeout(ev.tx)
+            elif isinstance(ev, StrayResponse):
+                pass  # we only send BYE/OPTIONS-style requests: nothing to ACK
+
+    def _respond(self, tx: ServerTransaction, status: int, now: float, reason: str | None = None,
+                 headers: list[tuple[str, str]] | None = None, to_tag: str | None = None) -> None:
+        resp = make_response(tx.request, status, reason, headers=headers or [],
+                             to_tag=to_tag if tx.request.to_tag is None else None)
+        self.tx.respond(tx, resp, now)
+
+    def _on_request(self, ev: RequestReceived, now: float) -> None:
+        tx = ev.tx
+        req = tx.request
+        method = req.method
+        if method == "INVITE":
+            if req.to_tag is None:
+                self._new_invite(tx, now)
+            else:
+                self._reinvite(tx, now)
+        elif method == "CANCEL":
+            self._cancel(tx, ev.cancels, now)
+        elif method == "BYE":
+            leg = self._find_leg(req)
+            if leg is None:
+                self._respond(tx, 481, now)
+                return
+            self._respond(tx, 200, now)
+            if leg.state != "terminated":
+                self._terminate(leg)
+                self._events.append(CallEnded(leg, req))
+        elif method == "OPTIONS":
+            headers = [("Allow", ALLOW), ("Accept", "application/sdp"),
+                       ("User-Agent", USER_AGENT)]
+            self._respond(tx, 200, now, headers=headers, to_tag=new_tag())
+        elif method == "INFO":
+            leg = self._find_leg(req)
+            if leg is None:
+                self._respond(tx, 481, now)
+                return
+            self._respond(tx, 200, now)
+            digit = _dtmf_from_info(req)
+            if digit is not None:
+                self._events.append(DtmfInfo(leg, digit))
+        elif method in KNOWN_UNSUPPORTED:
+            self._respond(tx, 405, now, headers=[("Allow", ALLOW)], to_tag=new_tag())
+        else:
+            self._respond(tx, 501, now, headers=[("Allow", ALLOW)], to_tag=new_tag())
+
+    def _new_invite(self, tx: ServerTransaction, now: float) -> None:
+        req = tx.request
+        from_tag = req.from_tag
+        if not from_tag:
+            self._respond(tx, 400, now, "Missing From tag", to_tag=new_tag())
+            return
+        # A second INVITE of the same call forked back to us (same Call-ID/From-tag/CSeq).
+        for leg in self._legs.values():
+            if (leg.call_id == req.call_id and leg.remote_tag == from_tag
+                    and leg.invite.cseq == req.cseq and leg.state != "terminated"):
+                self._respond(tx, 482, now, to_tag=new_tag())
+                return
+        try:
+            contact_values = req.headers.get_all("Contact")
+            remote_target = (str(parse_name_addr(contact_values[0]).uri) if contact_values
+                             else str(parse_name_addr(req.headers.get("From") or "").uri))
+            leg = Leg(
+                call_id=req.call_id,
+                local_tag=new_tag(),
+                remote_tag=from_tag,
+                peer=tx.peer,
+                invite=req,
+                invite_tx=tx,
+                local_uri=_strip_params(req.headers.get("To") or ""),
+                remote_uri=_strip_params(req.headers.get("From") or ""),
+                remote_target=remote_target,
+                route_set=req.headers.get_all("Record-Route"),
+                remote_cseq=req.cseq[0],
+            )
+        except SipParseError as e:
+            self._respond(tx, 400, now, e.reason, to_tag=new_tag())
+            return
+        self._legs[leg.key] = leg
+        self._by_invite_tx[id(tx)] = leg
+        self._events.append(IncomingCall(leg, req))
+
+    def _reinvite(self, tx: ServerTransaction, now: float) -> None:
+        req = tx.request
+        leg = self._find_leg(req)
+        if leg is None or leg.state == "terminated":
+            self._respond(tx, 481, now)
+            return
+        if req.cseq[0] <= leg.remote_cseq:
+            self._respond(tx, 500, now, "CSeq Out of Order")
+            return
+        leg.remote_cseq = req.cseq[0]
+        if leg.pending_reinvite is not None or leg.state == "early":
+            self._respond(tx, 491, now)
+            return
+        leg.pending_reinvite = tx
+        self._events.append(ReInvite(leg, tx, req))
+
+    def _cancel(self, tx: ServerTransaction, target: ServerTransaction | None, now: float) -> None:
+        if target is None:
+            self._respond(tx, 481, now)
+            return
+        self._respond(tx, 200, now)
+        leg = self._by_invite_tx.get(id(target))
+        if leg is None or leg.state != "early":
+            return  # already answered or rejected: CANCEL has no effect
+        leg.final_status = 487
+        self._terminate(leg)
+        resp = make_response(leg.invite, 487, to_tag=leg.local_tag)
+        self.tx.respond(target, resp, now)
+        self._events.append(CallCancelled(leg))
+
+    def _on_ack(self, ack: Request) -> None:
+        leg = self._find_leg(ack)
+        if leg is None or leg.state != "answered":
+            return
+        leg.state = "confirmed"
+        if leg.invite_tx is not None:
+            self._by_invite_tx.pop(id(leg.invite_tx), None)
+            leg.invite_tx = None
+        self._events.append(CallConfirmed(leg, ack))
+
+    def _on_response(self, ctx: ClientTransaction, resp: Response) -> None:
+        if resp.status < 200:
+            return
+        leg = self._bye_txs.pop(id(ctx), None)
+        if leg is not None:
+            self._forget(leg)
+            self._events.append(ByeDone(leg, resp.status))
+
+    def _on_timeout(self, t: ServerTransaction | ClientTransaction) -> None:
+        if isinstance(t, ClientTransaction):
+            leg = self._bye_txs.pop(id(t), None)
+            if leg is not None:
+                self._forget(leg)
+                self._events.append(ByeDone(leg, None))
+            return
+        leg = self._by_invite_tx.pop(id(t), None)
+        if leg is None:
+            return
+        if leg.state == "answered":
+            # 2xx never ACKed: RFC 3261 13.3.1.4, the UAS must end the dialog with BYE.
+            leg.state = "confirmed"  # so that bye() is allowed
+            leg.invite_tx = None
+            self._events.append(CallAckTimeout(leg))
+        else:
+            self._forget(leg)
+
+    def _find_leg(self, req: Request) -> Leg | None:
+        to_tag = req.to_tag
+        from_tag = req.from_tag
+        if to_tag is None or from_tag is None:
+            return None
+        return self._legs.get((req.call_id, to_tag, from_tag))
+
+    def _terminate(self, leg: Leg) -> None:
+        """The dialog is over. Its transactions finish on their own (absorbing retransmitted
+        ACKs/BYEs), so the dialog state can go at once; later requests in it get 481."""
+        leg.state = "terminated"
+        self._forget(leg)
+
+    def _forget(self, leg: Leg) -> None:
+        self._legs.pop(leg.key, None)
+        if leg.invite_tx is not None:
+            self._by_invite_tx.pop(id(leg.invite_tx), None)
+
+    def release(self, leg: Leg) -> None:
+        """The layer above is done with this call: drop any remaining dialog state."""
+        if leg.state == "terminated":
+            self._forget(leg)
+
+    def _dialog_peer(self, leg: Leg) -> Peer:
+        if leg.route_set:
+            try:
+                uri = parse_name_addr(leg.route_set[0]).uri
+            except SipParseError:
+                return leg.peer
+            if _is_ip(uri.host):
+                transport = str(uri.params.get("transport") or leg.peer.transport).lower()
+                return Peer(transport, uri.host.strip("[]"), uri.port or 5060)
+        return leg.peer
+
+    def _in_dialog_request(self, leg: Leg, method: str, extra: list[tuple[str, str]]) -> Request:
+        leg.local_cseq += 1
+        peer = self._dialog_peer(leg)
+        host = self.local_host if ":" not in self.local_host else f"[{self.local_host}]"
+        h = Headers()
+        h.add("Via", f"SIP/2.0/{peer.transport.upper()} {host}:{self.local_port}"
+                     f";branch={new_branch()};rport")
+        h.add("Max-Forwards", "70")
+        for route in leg.route_set:
+            h.add("Route", route)
+        h.add("From", f"{leg.local_uri};tag={leg.local_tag}")
+        h.add("To", f"{leg.remote_uri};tag={leg.remote_tag}")
+        h.add("Call-ID", leg.call_id)
+        h.add("CSeq", f"{leg.local_cseq} {method}")
+        h.add("User-Agent", USER_AGENT)
+        for name, value in extra:
+            h.add(name, value)
+        return Request(method, leg.remote_target, h)
+
+
+def _dtmf_from_info(req: Request) -> str | None:
+    """The digit of an `application/dtmf-relay` (Signal=5) or `application/dtmf` INFO body."""
+    ctype = req.content_type
+    body = req.body.decode("utf-8", errors="replace")
+    if ctype == "application/dtmf-relay":
+        for line in body.splitlines():
+            name, _, value = line.partition("=")
+            if name.strip().lower() == "signal":
+                v = value.strip()
+                return v if len(v) == 1 and v in "0123456789*#ABCDabcd" else None
+    elif ctype == "application/dtmf":
+        v = body.strip()
+        if v.isdigit() and 0 <= int(v) <= 15:
+            return "0123456789*#ABCD"[int(v)]
+        if len(v) == 1 and v in "*#ABCD":
+            return v
+    return None

@@ -1,0 +1,307 @@
+"""SDP (RFC 4566) parsing/building and RFC 3264 offer/answer for G.711 audio.
+
+Owns `SessionDescription`/`MediaDescription`, `parse_sdp`, `negotiate` (pick codec,
+telephone-event, remote address/direction/ptime from an offer) and `build_answer`. Sans-IO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "MediaDescription",
+    "Negotiated",
+    "NoCommonCodec",
+    "SdpError",
+    "SessionDescription",
+    "answer_direction",
+    "build_answer",
+    "negotiate",
+    "parse_sdp",
+]
+
+_DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+_STATIC_PT = {0: "PCMU", 8: "PCMA"}
+_AVP_PROTOS = frozenset({"RTP/AVP", "RTP/AVPF"})
+
+
+class SdpError(ValueError):
+    """Malformed SDP (the message says what)."""
+
+
+class NoCommonCodec(Exception):
+    """No usable audio stream / codec in the offer (answer 488)."""
+
+
+def _direction_of(attributes: list[tuple[str, str | None]]) -> str | None:
+    found: str | None = None
+    for name, _ in attributes:
+        if name in _DIRECTIONS:
+            found = name
+    return found
+
+
+def _attr_value(attributes: list[tuple[str, str | None]], name: str) -> str | None:
+    for n, v in attributes:
+        if n == name:
+            return v
+    return None
+
+
+def _parse_ptime(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        ptime = int(float(value.strip()))
+    except ValueError:
+        return None
+    return ptime if ptime > 0 else None
+
+
+@dataclass
+class MediaDescription:
+    """One m= section."""
+
+    media: str
+    port: int
+    proto: str
+    formats: list[str]
+    connection: str | None = None
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def rtpmap(self) -> dict[int, tuple[str, int, int]]:
+        """pt -> (encoding name upper-cased, clock rate, channels); malformed lines skipped."""
+        out: dict[int, tuple[str, int, int]] = {}
+        for name, value in self.attributes:
+            if name != "rtpmap" or not value:
+                continue
+            pt_text, _, enc = value.strip().partition(" ")
+            parts = enc.strip().split("/")
+            try:
+                pt = int(pt_text)
+                rate = int(parts[1])
+                channels = int(parts[2]) if len(parts) > 2 and parts[2] else 1
+            except (ValueError, IndexError):
+                continue
+            out[pt] = (parts[0].upper(), rate, channels)
+        return out
+
+    def fmtp(self) -> dict[int, str]:
+        """pt -> format parameters string."""
+        out: dict[int, str] = {}
+        for name, value in self.attributes:
+            if name != "fmtp" or not value:
+                continue
+            pt_text, _, params = value.strip().partition(" ")
+            try:
+                out[int(pt_text)] = params.strip()
+            except ValueError:
+                continue
+        return out
+
+    @property
+    def direction(self) -> str | None:
+        return _direction_of(self.attributes)
+
+    @property
+    def ptime(self) -> int | None:
+        return _parse_ptime(_attr_value(self.attributes, "ptime"))
+
+
+def _addr_type(address: str) -> str:
+    return "IP6" if ":" in address else "IP4"
+
+
+def _attr_line(name: str, value: str | None) -> str:
+    return f"a={name}" if value is None else f"a={name}:{value}"
+
+
+@dataclass
+class SessionDescription:
+    """A parsed or to-be-built SDP body (only the fields confroom uses)."""
+
+    origin: str
+    session_name: str = "-"
+    connection: str | None = None
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    media: list[MediaDescription] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        lines = ["v=0", f"o={self.origin}", f"s={self.session_name or '-'}"]
+        if self.connection is not None:
+            lines.append(f"c=IN {_addr_type(self.connection)} {self.connection}")
+        lines.append("t=0 0")
+        lines.extend(_attr_line(n, v) for n, v in self.attributes)
+        for m in self.media:
+            lines.append(f"m={m.media} {m.port} {m.proto} {' '.join(m.formats)}".rstrip())
+            if m.connection is not None:
+                lines.append(f"c=IN {_addr_type(m.connection)} {m.connection}")
+            lines.extend(_attr_line(n, v) for n, v in m.attributes)
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def _parse_connection(value: str) -> str:
+    parts = value.split()
+    if len(parts) < 3 or parts[0] != "IN":
+        raise SdpError(f"bad c= line: {value!r}")
+    address = parts[2].split("/", 1)[0]
+    if not address:
+        raise SdpError(f"bad c= line: {value!r}")
+    return address
+
+
+def _parse_media(value: str) -> MediaDescription:
+    parts = value.split()
+    if len(parts) < 3:
+        raise SdpError(f"bad m= line: {value!r}")
+    port_text = parts[1].split("/", 1)[0]
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise SdpError(f"bad port in m= line: {value!r}")
+    return MediaDescription(parts[0], int(port_text), parts[2], parts[3:])
+
+
+def parse_sdp(data: bytes | str) -> SessionDescription:
+    """Parse an SDP body; tolerant of LF line endings and unknown lines. Raises SdpError."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    origin: str | None = None
+    session_name = "-"
+    connection: str | None = None
+    attributes: list[tuple[str, str | None]] = []
+    media: list[MediaDescription] = []
+    seen_version = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if len(line) < 2 or line[1] != "=":
+            raise SdpError(f"bad SDP line: {line[:40]!r}")
+        kind, value = line[0], line[2:]
+        if not seen_version:
+            if kind != "v" or value.strip() != "0":
+                raise SdpError("SDP must start with v=0")
+            seen_version = True
+            continue
+        current = media[-1] if media else None
+        if kind == "m":
+            media.append(_parse_media(value))
+        elif kind == "c":
+            address = _parse_connection(value)
+            if current is None:
+                connection = address
+            else:
+                current.connection = address
+        elif kind == "a":
+            name, colon, attr_value = value.partition(":")
+            attr = (name.strip(), attr_value if colon else None)
+            (attributes if current is None else current.attributes).append(attr)
+        elif kind == "o" and current is None:
+            origin = value
+        elif kind == "s" and current is None:
+            session_name = value
+        # other line types (i, u, e, p, b, t, r, z, k, unknown) are ignored
+    if not seen_version:
+        raise SdpError("empty SDP")
+    if origin is None:
+        raise SdpError("SDP has no o= line")
+    return SessionDescription(origin, session_name, connection, attributes, media)
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """The outcome of answering an audio offer."""
+
+    codec: str
+    payload_type: int
+    dtmf_payload_type: int | None
+    remote_host: str
+    remote_port: int
+    remote_direction: str
+    ptime: int
+
+
+def negotiate(offer: SessionDescription, supported: Sequence[str] = ("PCMU", "PCMA")) -> Negotiated:
+    """Pick the first offered codec we support on the first usable RTP/AVP audio stream.
+
+    Raises NoCommonCodec when there is no such stream or codec, SdpError when the chosen
+    stream has no connection address."""
+    wanted = {s.upper() for s in supported}
+    audio = next(
+        (
+            m
+            for m in offer.media
+            if m.media.lower() == "audio" and m.port != 0 and m.proto.upper() in _AVP_PROTOS
+        ),
+        None,
+    )
+    if audio is None:
+        raise NoCommonCodec("no usable RTP/AVP audio stream in offer")
+    rtpmap = audio.rtpmap()
+    codec: tuple[str, int] | None = None
+    dtmf: int | None = None
+    for fmt in audio.formats:
+        try:
+            pt = int(fmt)
+        except ValueError:
+            continue
+        mapped = rtpmap.get(pt)
+        if mapped is not None:
+            name, rate, channels = mapped
+            if rate != 8000 or channels != 1:
+                continue
+        elif pt in _STATIC_PT:
+            name = _STATIC_PT[pt]
+        else:
+            continue
+        if name == "TELEPHONE-EVENT":
+            if dtmf is None:
+                dtmf = pt
+        elif codec is None and name in wanted:
+            codec = (name, pt)
+    if codec is None:
+        raise NoCommonCodec("no common audio codec")
+    host = audio.connection or offer.connection
+    if host is None:
+        raise SdpError("no connection address for audio stream")
+    direction = audio.direction or _direction_of(offer.attributes) or "sendrecv"
+    if host in ("0.0.0.0", "::"):  # RFC 2543 style hold: the remote will not receive
+        direction = {"sendrecv": "sendonly", "recvonly": "inactive"}.get(direction, direction)
+    ptime = audio.ptime or _parse_ptime(_attr_value(offer.attributes, "ptime")) or 20
+    return Negotiated(codec[0], codec[1], dtmf, host, audio.port, direction, ptime)
+
+
+def answer_direction(remote_direction: str) -> str:
+    """The RFC 3264 6.1 direction to answer with for an offered direction."""
+    return {
+        "sendrecv": "sendrecv",
+        "sendonly": "recvonly",
+        "recvonly": "sendonly",
+        "inactive": "inactive",
+    }.get(remote_direction, "sendrecv")
+
+
+def build_answer(
+    neg: Negotiated,
+    *,
+    local_host: str,
+    local_port: int,
+    session_id: int,
+    version: int,
+    direction: str | None = None,
+) -> bytes:
+    """A complete SDP answer for `neg` (our media at local_host:local_port)."""
+    formats = [str(neg.payload_type)]
+    attributes: list[tuple[str, str | None]] = [("rtpmap", f"{neg.payload_type} {neg.codec}/8000")]
+    if neg.dtmf_payload_type is not None:
+        formats.append(str(neg.dtmf_payload_type))
+        attributes.append(("rtpmap", f"{neg.dtmf_payload_type} telephone-event/8000"))
+        attributes.append(("fmtp", f"{neg.dtmf_payload_type} 0-16"))
+    attributes.append(("ptime", "20"))
+    attributes.append((direction or answer_direction(neg.remote_direction), None))
+    sdp = SessionDescription(
+        origin=f"confroom {session_id} {version} IN {_addr_type(local_host)} {local_host}",
+        session_name="confroom",
+        connection=local_host,
+        media=[MediaDescription("audio", local_port, "RTP/AVP", formats, None, attributes)],
+    )
+    return sdp.to_bytes()

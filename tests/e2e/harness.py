@@ -1,0 +1,1188 @@
+"""End-to-end harness for confroom: a real server subprocess, real SIP peers (SIPp), a real
+webhook app (aiohttp) and a real RTP endpoint (UDP socket).
+
+Everything here is independent of the confroom package on purpose (G.711, RTP parsing, the
+webhook signature): the e2e tests check the server from the outside, as a SIP carrier and a
+jambonz app would see it. Nothing sleeps for a fixed time: every wait is a condition with a
+timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import wave
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from aiohttp import web
+
+HOST = "127.0.0.1"
+SIPP_DIR = Path(__file__).resolve().parent.parent / "sipp"
+SIPP_PCAP_DIR = Path("/usr/share/sip-tester")
+READY_LINE = "confroom ready"
+WEBHOOK_SECRET = "e2e-secret-0123456789"
+ACCOUNT_SID = "11111111-2222-4333-8444-555555555555"
+APPLICATION_SID = "66666666-7777-4888-9999-aaaaaaaaaaaa"
+
+Int16Array = npt.NDArray[np.int16]
+
+
+# --------------------------------------------------------------------------------- tools
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def require_tool(name: str) -> str:
+    """The path of an external binary; a missing one FAILS the test in CI, else skips it."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"required tool {name!r} is not installed (not on PATH)"
+        if in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
+# --------------------------------------------------------------------------------- ports
+
+
+def free_udp_port(host: str = HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_sip_port(host: str = HOST, attempts: int = 200) -> int:
+    """A port number free for both TCP (listening) and UDP on `host` (SIP uses both)."""
+    for _ in range(attempts):
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+            return port
+        finally:
+            tcp.close()
+            udp.close()
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
+def _udp_ports_free(host: str, ports: Iterable[int]) -> bool:
+    socks: list[socket.socket] = []
+    try:
+        for p in ports:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.bind((host, p))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port_block(count: int, host: str = HOST, lo: int = 20000, hi: int = 32000) -> int:
+    """The first port of `count` consecutive UDP ports that are free now.
+
+    Drawn below the Linux ephemeral range (32768+) so that client sockets do not take them.
+    """
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(lo, hi - count)
+        base -= base % 2  # RTP ports are even by convention
+        if _udp_ports_free(host, range(base, base + count)):
+            return base
+    raise RuntimeError(f"no block of {count} free UDP ports in {lo}-{hi}")
+
+
+# --------------------------------------------------------------------------------- TOML
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        return json.dumps(str(v))  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, Sequence):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """A small TOML writer: top-level tables and arrays of tables of scalar/list/inline values."""
+    out: list[str] = []
+    for section, body in data.items():
+        if isinstance(body, Mapping):
+            out.append(f"[{section}]")
+            out += [f"{k} = {_toml_value(v)}" for k, v in body.items() if v is not None]
+            out.append("")
+        elif isinstance(body, list) and all(isinstance(t, Mapping) for t in body):
+            for table in body:
+                out.append(f"[[{section}]]")
+                out += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+                out.append("")
+        else:
+            raise TypeError(f"top-level TOML key {section!r} must be a table or array of tables")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------- server
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # after "pid (comm) ": state is field 3, utime field 14, stime field 15 (1-based)
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+class ConfroomProcess:
+    """A confroom server subprocess on 127.0.0.1 with its own config, media dir and log."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        apps: Sequence[Mapping[str, Any]],
+        rtp_timeout: float | None = None,
+        webhook_timeout: float | None = None,
+        extra_toml: Mapping[str, Mapping[str, Any]] | None = None,
+        cli_app: str | None = None,
+        rtp_port_count: int = 400,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.media_dir = workdir / "media"
+        self.cache_dir = workdir / "cache"
+        self.media_dir.mkdir(exist_ok=True)
+        self.cache_dir.mkdir(exist_ok=True)
+        self.config_path = workdir / "confroom.toml"
+        self.sip_port = free_sip_port()
+        self.rtp_lo = free_port_block(rtp_port_count)
+        self.rtp_hi = self.rtp_lo + rtp_port_count - 1
+        self.apps = [dict(a) for a in apps]
+        self.cli_app = cli_app
+        self.env = dict(env or {})
+        config: dict[str, Any] = {
+            "rtp": {} if rtp_timeout is None else {"timeout": float(rtp_timeout)},
+            "media": {"dir": str(self.media_dir), "cache_dir": str(self.cache_dir)},
+        }
+        if webhook_timeout is not None:
+            config["webhooks"] = {"timeout": float(webhook_timeout)}
+        for section, values in (extra_toml or {}).items():
+            config.setdefault(section, {}).update(values)
+        config["apps"] = self.apps
+        self.config = config
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._reader: threading.Thread | None = None
+
+    # -- life cycle ------------------------------------------------------------------
+
+    @property
+    def target(self) -> str:
+        """host:port for SIPp."""
+        return f"{HOST}:{self.sip_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "confroom", "serve",
+            "--config", str(self.config_path),
+            "--sip-host", HOST,
+            "--sip-port", str(self.sip_port),
+            "--rtp-ports", f"{self.rtp_lo}-{self.rtp_hi}",
+        ]  # fmt: skip
+        if self.cli_app:
+            cmd += ["--app", self.cli_app]
+        return cmd
+
+    def start(self) -> ConfroomProcess:
+        self.config_path.write_text(to_toml(self.config))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        for k in list(env):  # the TOML and the flags decide, not the caller's environment
+            if k.startswith("CONFROOM_") and k not in self.env:
+                del env[k]
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=self.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            errors="replace",
+        )
+        self._reader = threading.Thread(target=self._read, name="confroom-log", daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\r\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        try:
+            self.wait_log(re.escape(READY_LINE), timeout=timeout)
+        except AssertionError as e:
+            raise AssertionError(f"confroom did not become ready: {e}") from None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait for the exit, return the exit code (kills after `timeout`)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+                raise AssertionError(
+                    f"confroom did not exit within {timeout}s of SIGTERM\n{self.log_text()}"
+                ) from None
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
+
+    # -- log -------------------------------------------------------------------------
+
+    def mark(self) -> int:
+        """A position in the log; pass it as `since` to only look at later lines."""
+        with self._cond:
+            return len(self.lines)
+
+    def log_text(self, last: int | None = None) -> str:
+        with self._cond:
+            lines = self.lines if last is None else self.lines[-last:]
+            return "\n".join(lines)
+
+    def find_logs(self, pattern: str, since: int = 0) -> list[re.Match[str]]:
+        rx = re.compile(pattern)
+        with self._cond:
+            return [m for line in self.lines[since:] if (m := rx.search(line))]
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, since: int = 0) -> re.Match[str]:
+        return self.wait_logs(pattern, 1, timeout=timeout, since=since)[0]
+
+    def wait_logs(
+        self, pattern: str, count: int, timeout: float = 10.0, since: int = 0
+    ) -> list[re.Match[str]]:
+        """Wait until `count` log lines (after `since`) match `pattern`; fail on timeout/exit."""
+        rx = re.compile(pattern)
+        found: list[re.Match[str]] = []
+        scanned = since
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines[scanned:]:
+                    if m := rx.search(line):
+                        found.append(m)
+                scanned = max(scanned, len(self.lines))
+                if len(found) >= count:
+                    return found
+                if self._eof:
+                    rc = self.proc.poll() if self.proc else None
+                    raise AssertionError(
+                        f"confroom exited (rc={rc}) before {count} log line(s) matched "
+                        f"{pattern!r} (got {len(found)})\n--- log ---\n{self.log_text_unlocked()}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"timeout after {timeout}s waiting for {count} log line(s) matching "
+                        f"{pattern!r} (got {len(found)})\n--- log (last 80) ---\n"
+                        f"{self.log_text_unlocked(80)}"
+                    )
+                self._cond.wait(remaining)
+
+    def log_text_unlocked(self, last: int | None = None) -> str:
+        lines = self.lines if last is None else self.lines[-last:]
+        return "\n".join(lines)
+
+
+ConfroomFactory = Callable[..., ConfroomProcess]
+"""The `confroom` fixture: confroom(call_hook | verbs=..., ...) -> a ready server."""
+
+
+def parse_kv(line: str) -> dict[str, str]:
+    """key=value pairs of a log line (values end at whitespace)."""
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+# --------------------------------------------------------------------------------- webhooks
+
+
+@dataclass
+class HookRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    raw: bytes
+    json: Any
+    time: float
+
+    def header(self, name: str) -> str | None:
+        low = name.lower()
+        for k, v in self.headers.items():
+            if k.lower() == low:
+                return v
+        return None
+
+
+@dataclass
+class Reply:
+    """What a HookApp route answers: JSON (verbs) or a raw body, a status and a delay."""
+
+    verbs: Any = None
+    status: int = 200
+    delay: float = 0.0
+    body: bytes | str | None = None
+    content_type: str = "application/json"
+
+
+RouteSpec = (
+    Reply | list[Any] | int | Callable[[HookRequest], "Reply | list[Any] | int | Awaitable[Any]"]
+)
+
+
+def verify_signature(header: str | None, raw: bytes, secret: str, tolerance: float = 300) -> bool:
+    """Check a `Jambonz-Signature: t=<unix>,v1=<hex hmac-sha256(secret, "t.body")>` header."""
+    if not header:
+        return False
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        k, _, v = item.strip().partition("=")
+        parts.setdefault(k, []).append(v)
+    try:
+        t = int(parts["t"][0])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - t) > tolerance:
+        return False
+    expected = hmac.new(
+        secret.encode(), f"{t}.".encode() + raw, hashlib.sha256
+    ).hexdigest()
+    return any(hmac.compare_digest(expected, v) for v in parts.get("v1", []))
+
+
+def sign(raw: bytes, secret: str, t: int | None = None) -> str:
+    t = int(time.time()) if t is None else t
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + raw, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+class HookApp:
+    """A jambonz-style webhook app: a real aiohttp server in a background thread."""
+
+    def __init__(self, host: str = HOST) -> None:
+        self.host = host
+        self.port = 0
+        self.routes: dict[str, RouteSpec] = {}
+        self.requests: list[HookRequest] = []
+        self._cond = threading.Condition()
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hookapp", daemon=True)
+
+    def start(self) -> HookApp:
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        fut.result(timeout=10)
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets
+        self.port = int(server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def route(self, path: str, spec: RouteSpec) -> None:
+        """Program what `path` answers: a verb list, a status code, a Reply or a callable."""
+        with self._cond:
+            self.routes[path] = spec
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        parsed: Any = None
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+        rec = HookRequest(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers=dict(request.headers),
+            raw=raw,
+            json=parsed,
+            time=time.monotonic(),
+        )
+        with self._cond:
+            self.requests.append(rec)
+            spec = self.routes.get(request.path)
+            self._cond.notify_all()
+        if spec is None:
+            return web.Response(status=404, text="no such route in the test's HookApp")
+        result: Any = spec(rec) if callable(spec) else spec
+        if asyncio.iscoroutine(result):
+            result = await result
+        reply = result if isinstance(result, Reply) else (
+            Reply(status=result) if isinstance(result, int) else Reply(verbs=result)
+        )
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.body is not None:
+            body = reply.body.encode() if isinstance(reply.body, str) else reply.body
+            return web.Response(status=reply.status, body=body, content_type=reply.content_type)
+        if reply.verbs is None:
+            return web.Response(status=reply.status)
+        return web.Response(
+            status=reply.status, text=json.dumps(reply.verbs), content_type="application/json"
+        )
+
+    def received(self, path: str | None = None) -> list[HookRequest]:
+        with self._cond:
+            return [r for r in self.requests if path is None or r.path == path]
+
+    def wait_requests(self, path: str, n: int = 1, timeout: float = 10.0) -> list[HookRequest]:
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: sum(1 for r in self.requests if r.path == path) >= n, timeout
+            )
+            got = [r for r in self.requests if r.path == path]
+        if not ok:
+            raise AssertionError(
+                f"HookApp: {len(got)} request(s) to {path} within {timeout}s, wanted {n}; "
+                f"all paths seen: {[r.path for r in self.received()]}"
+            )
+        return got
+
+    def wait_for(
+        self, predicate: Callable[[list[HookRequest]], bool], timeout: float = 10.0
+    ) -> list[HookRequest]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(list(self.requests)), timeout):
+                raise AssertionError(
+                    f"HookApp: condition not met within {timeout}s; requests: "
+                    f"{[(r.path, r.json) for r in self.requests]}"
+                )
+            return list(self.requests)
+
+
+# --------------------------------------------------------------------------------- G.711
+
+
+def _ulaw_decode_one(u: int) -> int:
+    u = ~u & 0xFF
+    t = ((u & 0x0F) << 3) + 0x84
+    t <<= (u & 0x70) >> 4
+    return (0x84 - t) if (u & 0x80) else (t - 0x84)
+
+
+def _alaw_decode_one(a: int) -> int:
+    a ^= 0x55
+    t = (a & 0x0F) << 4
+    seg = (a & 0x70) >> 4
+    if seg == 0:
+        t += 8
+    elif seg == 1:
+        t += 0x108
+    else:
+        t = (t + 0x108) << (seg - 1)
+    return t if (a & 0x80) else -t
+
+
+_SEG_UEND = (0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)
+_SEG_AEND = (0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF)
+
+
+def _segment(value: int, ends: tuple[int, ...]) -> int:
+    for i, end in enumerate(ends):
+        if value <= end:
+            return i
+    return len(ends)
+
+
+def _ulaw_encode_one(pcm: int) -> int:
+    v = pcm >> 2
+    if v < 0:
+        v, mask = -v, 0x7F
+    else:
+        mask = 0xFF
+    v = min(v, 8159) + 0x21
+    seg = _segment(v, _SEG_UEND)
+    if seg >= 8:
+        return 0x7F ^ mask
+    return ((seg << 4) | ((v >> (seg + 1)) & 0x0F)) ^ mask
+
+
+def _alaw_encode_one(pcm: int) -> int:
+    v = pcm >> 3
+    if v >= 0:
+        mask = 0xD5
+    else:
+        mask = 0x55
+        v = -v - 1
+    seg = _segment(v, _SEG_AEND)
+    if seg >= 8:
+        return 0x7F ^ mask
+    aval = seg << 4
+    aval |= ((v >> 1) if seg < 2 else (v >> seg)) & 0x0F
+    return aval ^ mask
+
+
+ULAW_DECODE = np.array([_ulaw_decode_one(i) for i in range(256)], dtype=np.int16)
+ALAW_DECODE = np.array([_alaw_decode_one(i) for i in range(256)], dtype=np.int16)
+_ALL_PCM = range(-32768, 32768)
+ULAW_ENCODE = np.array([_ulaw_encode_one(i) for i in _ALL_PCM], dtype=np.uint8)
+ALAW_ENCODE = np.array([_alaw_encode_one(i) for i in _ALL_PCM], dtype=np.uint8)
+CODECS = {"PCMU": 0, "PCMA": 8}
+
+
+def g711_decode(payload: bytes, payload_type: int) -> Int16Array:
+    table = {0: ULAW_DECODE, 8: ALAW_DECODE}[payload_type]
+    return table[np.frombuffer(payload, dtype=np.uint8)]
+
+
+def g711_encode(pcm: npt.ArrayLike, payload_type: int) -> bytes:
+    table = {0: ULAW_ENCODE, 8: ALAW_ENCODE}[payload_type]
+    idx = np.asarray(pcm, dtype=np.int32) + 32768
+    return bytes(table[idx].tobytes())
+
+
+# --------------------------------------------------------------------------------- audio
+
+
+def tone(freq: float, seconds: float, rate: int = 8000, amplitude: float = 0.5) -> Int16Array:
+    n = round(seconds * rate)
+    t = np.arange(n) / rate
+    return (np.sin(2 * np.pi * freq * t) * amplitude * 32767).astype(np.int16)
+
+
+def write_wav(path: Path, pcm: npt.ArrayLike, rate: int = 8000) -> Path:
+    data = np.asarray(pcm, dtype=np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(data.astype("<i2").tobytes())
+    return path
+
+
+def write_tone_wav(
+    path: Path, freq: float, seconds: float, rate: int = 8000, amplitude: float = 0.5
+) -> Path:
+    return write_wav(path, tone(freq, seconds, rate, amplitude), rate)
+
+
+def rms(pcm: npt.ArrayLike) -> float:
+    a = np.asarray(pcm, dtype=np.float64)
+    return float(np.sqrt(np.mean(a * a))) if a.size else 0.0
+
+
+def loud_frames(pcm: Int16Array, threshold: float = 300.0, frame: int = 160) -> Int16Array:
+    """Concatenation of the 20 ms frames whose RMS exceeds `threshold`."""
+    n = len(pcm) // frame
+    if n == 0:
+        return np.zeros(0, dtype=np.int16)
+    frames = pcm[: n * frame].reshape(n, frame)
+    levels = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    return frames[levels > threshold].reshape(-1)
+
+
+def _spectrum(pcm: npt.ArrayLike, rate: int) -> tuple[npt.NDArray[np.float64], ...]:
+    a = np.asarray(pcm, dtype=np.float64)
+    if a.size < 16:
+        raise ValueError("not enough samples for a spectrum")
+    a = a - a.mean()
+    spec = np.abs(np.fft.rfft(a * np.hanning(a.size))) ** 2
+    freqs = np.fft.rfftfreq(a.size, 1.0 / rate)
+    return freqs, spec
+
+
+def dominant_frequency(pcm: npt.ArrayLike, rate: int = 8000) -> float:
+    """The strongest frequency (Hz), refined by parabolic interpolation between FFT bins."""
+    freqs, spec = _spectrum(pcm, rate)
+    spec[0] = 0.0
+    k = int(np.argmax(spec))
+    if 0 < k < len(spec) - 1:
+        a, b, c = np.log(spec[k - 1 : k + 2] + 1e-12)
+        denom = a - 2 * b + c
+        offset = 0.5 * (a - c) / denom if denom != 0 else 0.0
+        return float(freqs[k] + offset * (freqs[1] - freqs[0]))
+    return float(freqs[k])
+
+
+def tone_power(pcm: npt.ArrayLike, freq: float, rate: int = 8000, bandwidth: float = 20.0) -> float:
+    """Share (0..1) of the signal's energy within `freq` +- `bandwidth` Hz."""
+    freqs, spec = _spectrum(pcm, rate)
+    total = float(spec[1:].sum())
+    if total <= 0:
+        return 0.0
+    band = (freqs >= freq - bandwidth) & (freqs <= freq + bandwidth)
+    return float(spec[band].sum()) / total
+
+
+def band_power(pcm: npt.ArrayLike, lo: float, hi: float, rate: int = 8000) -> float:
+    freqs, spec = _spectrum(pcm, rate)
+    total = float(spec[1:].sum())
+    if total <= 0:
+        return 0.0
+    return float(spec[(freqs >= lo) & (freqs <= hi)].sum()) / total
+
+
+# --------------------------------------------------------------------------------- RTP
+
+RTP_HEADER = struct.Struct("!BBHII")
+
+
+@dataclass(frozen=True)
+class RtpPacket:
+    arrival: float  # time.monotonic()
+    source: tuple[str, int]
+    version: int
+    marker: bool
+    payload_type: int
+    seq: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+
+    @classmethod
+    def parse(cls, data: bytes, source: tuple[str, int], arrival: float) -> RtpPacket | None:
+        if len(data) < RTP_HEADER.size:
+            return None
+        b0, b1, seq, ts, ssrc = RTP_HEADER.unpack_from(data)
+        if b0 >> 6 != 2:
+            return None
+        offset = RTP_HEADER.size + 4 * (b0 & 0x0F)
+        if b0 & 0x10:  # header extension
+            if len(data) < offset + 4:
+                return None
+            (ext_words,) = struct.unpack_from("!H", data, offset + 2)
+            offset += 4 + 4 * ext_words
+        end = len(data)
+        if b0 & 0x20 and end > offset:  # padding
+            end -= data[-1]
+        return cls(arrival, source, b0 >> 6, bool(b1 & 0x80), b1 & 0x7F, seq, ts, ssrc,
+                   data[offset:end])
+
+
+def build_rtp(
+    payload_type: int, seq: int, timestamp: int, ssrc: int, payload: bytes, marker: bool = False
+) -> bytes:
+    return RTP_HEADER.pack(0x80, (0x80 if marker else 0) | payload_type, seq & 0xFFFF,
+                           timestamp & 0xFFFFFFFF, ssrc) + payload
+
+
+DTMF_EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13, "C": 14,
+               "D": 15}
+
+
+class RtpPeer:
+    """A UDP RTP endpoint on 127.0.0.1:<ephemeral> that records what it receives and can send
+    G.711 tones and RFC 4733 digits, paced at 20 ms with monotonic deadlines."""
+
+    def __init__(self, host: str = HOST) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.05)
+        self.host = host
+        self.port = int(self.sock.getsockname()[1])
+        self._packets: list[RtpPacket] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._send_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._recv_loop, name="rtp-peer", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def _recv_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, src = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            pkt = RtpPacket.parse(data, (src[0], src[1]), time.monotonic())
+            if pkt is None:
+                continue
+            with self._cond:
+                self._packets.append(pkt)
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+    def __enter__(self) -> RtpPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- receiving -------------------------------------------------------------------
+
+    def packets(self, payload_types: Iterable[int] | None = None) -> list[RtpPacket]:
+        pts = None if payload_types is None else set(payload_types)
+        with self._cond:
+            return [p for p in self._packets if pts is None or p.payload_type in pts]
+
+    def wait_packets(
+        self, n: int = 1, timeout: float = 10.0, payload_types: Iterable[int] | None = None
+    ) -> list[RtpPacket]:
+        pts = None if payload_types is None else set(payload_types)
+
+        def matching() -> list[RtpPacket]:
+            return [p for p in self._packets if pts is None or p.payload_type in pts]
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(matching()) >= n, timeout):
+                raise AssertionError(
+                    f"RtpPeer {self.address}: {len(matching())} packet(s) within {timeout}s, "
+                    f"wanted {n}"
+                )
+            return matching()
+
+    def wait_quiet(self, quiet: float = 0.5, timeout: float = 10.0) -> bool:
+        """Wait until no packet has arrived for `quiet` seconds (True) or `timeout` (False)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                last = self._packets[-1].arrival if self._packets else 0.0
+                now = time.monotonic()
+                if now - last >= quiet:
+                    return True
+                if now >= deadline:
+                    return False
+                self._cond.wait(min(quiet - (now - last), deadline - now))
+
+    def decoded_pcm(self, since: float | None = None) -> Int16Array:
+        """The received G.711 audio (PCMU/PCMA), in sequence order, as 16-bit PCM."""
+        pkts = [p for p in self.packets((0, 8)) if since is None or p.arrival >= since]
+        if not pkts:
+            return np.zeros(0, dtype=np.int16)
+        # unwrap 16-bit sequence numbers relative to the first packet, then sort
+        first = pkts[0].seq
+        def key(p: RtpPacket) -> int:
+            d = (p.seq - first) & 0xFFFF
+            return d - 0x10000 if d >= 0x8000 else d
+        seen: set[int] = set()
+        chunks: list[Int16Array] = []
+        for p in sorted(pkts, key=key):
+            k = key(p)
+            if k in seen:
+                continue
+            seen.add(k)
+            chunks.append(g711_decode(p.payload, p.payload_type))
+        return np.concatenate(chunks)
+
+    def sources(self) -> set[tuple[str, int]]:
+        return {p.source for p in self.packets()}
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send_pcm(
+        self,
+        pcm: npt.ArrayLike,
+        to: tuple[str, int],
+        codec: str = "PCMU",
+        ptime_ms: int = 20,
+    ) -> int:
+        """Send PCM (8 kHz) as G.711 RTP, one packet per `ptime_ms`, paced by deadlines."""
+        pt = CODECS[codec]
+        samples = np.asarray(pcm, dtype=np.int16)
+        step = 8 * ptime_ms
+        sent = 0
+        with self._send_lock:
+            start = time.monotonic()
+            for i, off in enumerate(range(0, len(samples), step)):
+                chunk = samples[off : off + step]
+                if len(chunk) < step:
+                    chunk = np.pad(chunk, (0, step - len(chunk)))
+                deadline = start + i * ptime_ms / 1000
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                if self._stop.is_set():
+                    break
+                pkt = build_rtp(pt, self._seq, self._ts, self._ssrc, g711_encode(chunk, pt),
+                                marker=(i == 0))
+                self.sock.sendto(pkt, to)
+                self._seq = (self._seq + 1) & 0xFFFF
+                self._ts = (self._ts + step) & 0xFFFFFFFF
+                sent += 1
+        return sent
+
+    def send_tone(
+        self,
+        freq: float,
+        seconds: float,
+        to: tuple[str, int],
+        codec: str = "PCMU",
+        amplitude: float = 0.5,
+    ) -> int:
+        return self.send_pcm(tone(freq, seconds, amplitude=amplitude), to, codec)
+
+    def send_tone_async(self, *args: Any, **kwargs: Any) -> threading.Thread:
+        t = threading.Thread(target=self.send_tone, args=args, kwargs=kwargs, daemon=True)
+        t.start()
+        return t
+
+    def send_dtmf(
+        self, digit: str, to: tuple[str, int], duration_ms: int = 160, payload_type: int = 101
+    ) -> int:
+        """One RFC 4733 event: packets every 20 ms, then the end packet three times."""
+        event = DTMF_EVENTS[digit.upper()]
+        sent = 0
+        with self._send_lock:
+            ts = self._ts
+            start = time.monotonic()
+            steps = max(1, duration_ms // 20)
+            for i in range(steps + 3):
+                end = i >= steps
+                dur = 160 * min(i + 1, steps)
+                payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, dur)
+                delay = start + min(i, steps) * 0.02 - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                pkt = build_rtp(payload_type, self._seq, ts, self._ssrc, payload, marker=(i == 0))
+                self.sock.sendto(pkt, to)
+                self._seq = (self._seq + 1) & 0xFFFF
+                sent += 1
+            self._ts = (ts + 160 * steps) & 0xFFFFFFFF
+        return sent
+
+
+# --------------------------------------------------------------------------------- SIPp
+
+
+@dataclass
+class SippResult:
+    cmd: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    successful: int | None
+    failed: int | None
+    created: int | None
+    elapsed: float
+    errors: str = ""
+    logs: str = ""
+    messages: str = ""
+    stats: list[dict[str, str]] = field(default_factory=list)
+    timed_out: bool = False
+
+    def ok(self, calls: int = 1) -> bool:
+        return (
+            self.returncode == 0
+            and not self.timed_out
+            and self.failed == 0
+            and self.successful == calls
+        )
+
+    @property
+    def call_ids(self) -> list[str]:
+        """Call-IDs SIPp used, in order of first appearance (needs -trace_msg)."""
+        seen: dict[str, None] = {}
+        for m in re.finditer(r"^Call-ID:\s*(\S+)", self.messages, re.M | re.I):
+            seen.setdefault(m.group(1), None)
+        return list(seen)
+
+    @property
+    def final_statuses(self) -> list[int]:
+        """Statuses logged by uac_expect_status/uac_decline ("final_status=NNN")."""
+        return [int(x) for x in re.findall(r"final_status=(\d+)", self.logs)]
+
+    def describe(self, tail: int = 4000) -> str:
+        screen = self.stdout[-tail:]
+        return (
+            f"SIPp rc={self.returncode} successful={self.successful} failed={self.failed} "
+            f"created={self.created} elapsed={self.elapsed:.1f}s timed_out={self.timed_out}\n"
+            f"cmd: {' '.join(self.cmd)}\n--- errors ---\n{self.errors[-tail:]}\n"
+            f"--- stderr ---\n{self.stderr[-tail:]}\n--- screen ---\n{screen}"
+        )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def parse_sipp_stats(text: str) -> list[dict[str, str]]:
+    rows = list(csv.reader(text.splitlines(), delimiter=";"))
+    if len(rows) < 2:
+        return []
+    head = rows[0]
+    return [dict(zip(head, r, strict=False)) for r in rows[1:] if r]
+
+
+def parse_sipp_screen(text: str) -> dict[str, int]:
+    """Cumulative counters from SIPp's final statistics screen."""
+    out: dict[str, int] = {}
+    for name, key in (("Successful call", "successful"), ("Failed call", "failed"),
+                      ("Outgoing calls created", "created")):
+        found = re.findall(rf"{name}\s*\|\s*\d+\s*\|\s*(\d+)", text)
+        if found:
+            out[key] = int(found[-1])
+    return out
+
+
+class SippRun:
+    """A SIPp process started in the background; `wait()` returns its SippResult."""
+
+    def __init__(self, cmd: list[str], outdir: Path, timeout: float) -> None:
+        self.cmd = cmd
+        self.outdir = outdir
+        self.timeout = timeout
+        self._stdout = open(outdir / "stdout.txt", "w")  # noqa: SIM115 - closed in wait()
+        self._stderr = open(outdir / "stderr.txt", "w")  # noqa: SIM115
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            cmd, cwd=outdir, stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=self._stderr
+        )
+        self.result: SippResult | None = None
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> SippResult:
+        if self.result is not None:
+            return self.result
+        limit = self.timeout + 15 if timeout is None else timeout
+        timed_out = False
+        try:
+            self.proc.wait(timeout=max(0.0, self.started + limit - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        elapsed = time.monotonic() - self.started
+        self._stdout.close()
+        self._stderr.close()
+        out = self.outdir
+        stdout = _read(out / "stdout.txt")
+        stats = parse_sipp_stats(_read(out / "stats.csv"))
+        screen = parse_sipp_screen(_read(out / "screen.txt") + "\n" + stdout)
+
+        def counter(col: str, key: str) -> int | None:
+            if stats and stats[-1].get(col, "").isdigit():
+                return int(stats[-1][col])
+            return screen.get(key)
+
+        self.result = SippResult(
+            cmd=self.cmd,
+            returncode=int(self.proc.returncode),
+            stdout=stdout,
+            stderr=_read(out / "stderr.txt"),
+            successful=counter("SuccessfulCall(C)", "successful"),
+            failed=counter("FailedCall(C)", "failed"),
+            created=counter("OutgoingCall(C)", "created"),
+            elapsed=elapsed,
+            errors=_read(out / "errors.log"),
+            logs=_read(out / "logs.log"),
+            messages=_read(out / "messages.log"),
+            stats=stats,
+            timed_out=timed_out,
+        )
+        return self.result
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_run_counter = iter(range(1, 1_000_000))
+
+
+def scenario_path(scenario: str | Path) -> Path:
+    p = Path(scenario)
+    if not p.suffix:
+        p = p.with_suffix(".xml")
+    return p if p.is_absolute() else SIPP_DIR / p
+
+
+DEFAULT_KEYS = {"from_user": "alice", "rtp_ip": HOST, "rtp_port": "9", "payloads": "0 8 101"}
+
+
+def sipp_command(
+    scenario: str | Path,
+    target: str,
+    outdir: Path,
+    *,
+    transport: str = "u1",
+    service: str = "1000",
+    keys: Mapping[str, object] | None = None,
+    variables: Mapping[str, object] | None = None,
+    calls: int = 1,
+    rate: float | None = None,
+    limit: int | None = None,
+    pause_ms: int | None = None,
+    lost: float | None = None,
+    timeout: float = 30.0,
+    recv_timeout: float | None = None,
+    local_port: int | None = None,
+    media_port: int | None = None,
+    trace_msg: bool = True,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    sipp = shutil.which("sipp") or "sipp"
+    all_keys = {**DEFAULT_KEYS, **{k: str(v) for k, v in (keys or {}).items()}}
+    cmd = [
+        sipp, "-sf", str(scenario_path(scenario)), target,
+        "-i", HOST,
+        "-p", str(local_port if local_port is not None else free_sip_port()),
+        "-mi", HOST,
+        "-mp", str(media_port if media_port is not None else free_port_block(4)),
+        "-t", transport,
+        "-s", service,
+        "-m", str(calls),
+        "-nostdin",
+        "-timeout", f"{timeout:g}s", "-timeout_error",
+        "-recv_timeout", str(int((recv_timeout if recv_timeout is not None else timeout) * 1000)),
+        "-trace_err", "-error_file", str(outdir / "errors.log"),
+        "-trace_stat", "-stf", str(outdir / "stats.csv"), "-fd", "1",
+        "-trace_screen", "-screen_file", str(outdir / "screen.txt"),
+        "-trace_logs", "-log_file", str(outdir / "logs.log"),
+    ]  # fmt: skip
+    if trace_msg:
+        cmd += ["-trace_msg", "-message_file", str(outdir / "messages.log")]
+    if rate is not None:
+        cmd += ["-r", f"{rate:g}", "-rp", "1000"]
+    if limit is not None:
+        cmd += ["-l", str(limit)]
+    if pause_ms is not None:
+        cmd += ["-d", str(int(pause_ms))]
+    if lost is not None:
+        cmd += ["-lost", f"{lost:g}"]
+    for k, v in all_keys.items():
+        cmd += ["-key", k, v]
+    for k, v in (variables or {}).items():
+        cmd += ["-set", k, str(v)]
+    return [*cmd, *extra]
+
+
+def start_sipp(
+    scenario: str | Path, target: str, workdir: Path, *, timeout: float = 30.0, **kw: Any
+) -> SippRun:
+    """Start SIPp in the background (e.g. while the test does RTP work); `.wait()` for it."""
+    outdir = workdir / f"sipp-{next(_run_counter):03d}-{scenario_path(scenario).stem}"
+    outdir.mkdir(parents=True)
+    cmd = sipp_command(scenario, target, outdir, timeout=timeout, **kw)
+    return SippRun(cmd, outdir, timeout)
+
+
+def run_sipp(
+    scenario: str | Path, target: str, workdir: Path, *, timeout: float = 30.0, **kw: Any
+) -> SippResult:
+    return start_sipp(scenario, target, workdir, timeout=timeout, **kw).wait()
+
+
+class SippRunner:
+    """run_sipp/start_sipp bound to a test's tmp dir; remembers runs for failure reports."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.runs: list[SippRun] = []
+
+    def start(self, scenario: str | Path, target: str, **kw: Any) -> SippRun:
+        run = start_sipp(scenario, target, self.workdir, **kw)
+        self.runs.append(run)
+        return run
+
+    def run(self, scenario: str | Path, target: str, **kw: Any) -> SippResult:
+        return self.start(scenario, target, **kw).wait()
+
+    def close(self) -> None:
+        for r in self.runs:
+            r.kill()
+            r.wait(timeout=5)

@@ -1,0 +1,249 @@
+"""SipCore driven by hand: messages in, responses/events out, explicit time, no network."""
+
+from __future__ import annotations
+
+from confroom.sip.core import (
+    ByeDone,
+    CallAckTimeout,
+    CallCancelled,
+    CallConfirmed,
+    CallEnded,
+    DtmfInfo,
+    IncomingCall,
+    ReInvite,
+    SipCore,
+)
+from confroom.sip.message import Request, Response, parse_message
+from confroom.sip.peer import Peer
+
+PEER = Peer("udp", "127.0.0.1", 5070)
+SDP = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
+
+
+def req(method: str, *, branch: str = "z9hG4bKa1", cseq: int = 1, to_tag: str | None = None,
+        call_id: str = "c1@test", body: str = "", extra: str = "", cseq_method: str | None = None,
+        ) -> bytes:
+    to = "<sip:1000@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
+    text = (
+        f"{method} sip:1000@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\n"
+        "Max-Forwards: 70\r\n"
+        'From: "Alice" <sip:alice@127.0.0.1:5070>;tag=from1\r\n'
+        f"To: {to}\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {cseq_method or method}\r\n"
+        "Contact: <sip:alice@127.0.0.1:5070>\r\n"
+        f"{extra}{ctype}Content-Length: {len(body.encode())}\r\n\r\n{body}"
+    )
+    return text.encode()
+
+
+def sent(core: SipCore) -> list[Response | Request]:
+    return [parse_message(data) for _, data in core.datagrams_to_send()]
+
+
+def events(core: SipCore) -> list[object]:
+    out = []
+    while (ev := core.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def new_call(core: SipCore, now: float = 0.0) -> IncomingCall:
+    core.receive_datagram(req("INVITE", body=SDP), PEER, now)
+    out = sent(core)
+    assert [m.status for m in out if isinstance(m, Response)] == [100]
+    (ev,) = events(core)
+    assert isinstance(ev, IncomingCall)
+    return ev
+
+
+def answer_and_ack(core: SipCore) -> IncomingCall:
+    ev = new_call(core)
+    core.ring(ev.leg, 0.1)
+    assert core.answer(ev.leg, b"v=0\r\n", 0.2)
+    out = sent(core)
+    assert [m.status for m in out if isinstance(m, Response)] == [180, 200]
+    ok = out[-1]
+    assert isinstance(ok, Response)
+    assert ok.to_tag == ev.leg.local_tag
+    assert ok.headers.get("Contact")
+    core.receive_datagram(req("ACK", branch="z9hG4bKack", to_tag=ev.leg.local_tag), PEER, 0.3)
+    (conf,) = events(core)
+    assert isinstance(conf, CallConfirmed)
+    return ev
+
+
+def test_invite_answer_ack_then_remote_bye() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    ev = answer_and_ack(core)
+    core.receive_datagram(
+        req("BYE", branch="z9hG4bKbye", cseq=2, to_tag=ev.leg.local_tag), PEER, 1.0
+    )
+    (resp,) = sent(core)
+    assert isinstance(resp, Response) and resp.status == 200
+    (ended,) = events(core)
+    assert isinstance(ended, CallEnded)
+    # a retransmitted BYE is answered again by the transaction, without a new event
+    core.receive_datagram(
+        req("BYE", branch="z9hG4bKbye", cseq=2, to_tag=ev.leg.local_tag), PEER, 1.1
+    )
+    assert [m.status for m in sent(core) if isinstance(m, Response)] == [200]
+    assert events(core) == []
+
+
+def test_unanswered_200_is_retransmitted_then_ack_timeout() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    ev = new_call(core)
+    core.answer(ev.leg, b"v=0\r\n", 0.0)
+    sent(core)
+    t = core.get_timer()
+    assert t is not None and abs(t - 0.5) < 1e-6
+    core.handle_timer(0.5)
+    assert [m.status for m in sent(core) if isinstance(m, Response)] == [200]
+    core.handle_timer(40.0)
+    sent(core)  # the retransmissions due by then
+    evs = events(core)
+    assert any(isinstance(e, CallAckTimeout) for e in evs)
+    assert core.bye(ev.leg, 40.0)
+    (bye,) = sent(core)
+    assert isinstance(bye, Request) and bye.method == "BYE"
+
+
+def test_cancel_before_answer() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    ev = new_call(core)
+    core.receive_datagram(req("CANCEL", cseq_method="CANCEL"), PEER, 0.5)
+    statuses = sorted(
+        (m.cseq[1], m.status) for m in sent(core) if isinstance(m, Response)
+    )
+    assert statuses == [("CANCEL", 200), ("INVITE", 487)]
+    (cancelled,) = events(core)
+    assert isinstance(cancelled, CallCancelled) and cancelled.leg is ev.leg
+    assert not core.answer(ev.leg, b"v=0\r\n", 0.6)
+
+
+def test_cancel_unknown_gets_481() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    core.receive_datagram(req("CANCEL", branch="z9hG4bKnope"), PEER, 0.0)
+    (resp,) = sent(core)
+    assert isinstance(resp, Response) and resp.status == 481
+
+
+def test_we_send_bye_and_get_200() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    ev = answer_and_ack(core)
+    assert core.bye(ev.leg, 2.0, [("X-Reason", "done")])
+    (bye,) = sent(core)
+    assert isinstance(bye, Request)
+    assert bye.method == "BYE" and bye.uri == "sip:alice@127.0.0.1:5070"
+    assert bye.from_tag == ev.leg.local_tag and bye.to_tag == "from1"
+    assert bye.cseq == (1, "BYE")
+    assert bye.headers.get("X-Reason") == "done"
+    ok = (
+        "SIP/2.0 200 OK\r\n"
+        f"Via: {bye.headers.get('Via')}\r\n"
+        f"From: {bye.headers.get('From')}\r\nTo: {bye.headers.get('To')}\r\n"
+        f"Call-ID: {bye.call_id}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+    )
+    core.receive_datagram(ok.encode(), PEER, 2.1)
+    (done,) = events(core)
+    assert isinstance(done, ByeDone) and done.status == 200
+    assert core.legs == []
+
+
+def test_options_out_of_dialog() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    core.receive_datagram(req("OPTIONS"), PEER, 0.0)
+    (resp,) = sent(core)
+    assert isinstance(resp, Response) and resp.status == 200
+    assert "INVITE" in (resp.headers.get("Allow") or "")
+    assert resp.to_tag
+
+
+def test_reinvite_event_and_answer() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    ev = answer_and_ack(core)
+    hold = SDP + "a=sendonly\r\n"
+    core.receive_datagram(
+        req("INVITE", branch="z9hG4bKre", cseq=2, to_tag=ev.leg.local_tag, body=hold), PEER, 3.0
+    )
+    assert [m.status for m in sent(core) if isinstance(m, Response)] == [100]
+    (re,) = events(core)
+    assert isinstance(re, ReInvite)
+    core.respond_reinvite(ev.leg, re.tx, 200, 3.1, b"v=0\r\n")
+    (ok,) = sent(core)
+    assert isinstance(ok, Response) and ok.status == 200 and ok.body == b"v=0\r\n"
+
+
+def test_in_dialog_requests_for_unknown_dialog_get_481() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    core.receive_datagram(req("BYE", to_tag="nosuch"), PEER, 0.0)
+    core.receive_datagram(req("INFO", branch="z9hG4bKi", to_tag="nosuch"), PEER, 0.0)
+    assert [m.status for m in sent(core) if isinstance(m, Response)] == [481, 481]
+
+
+def test_info_dtmf_relay() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    ev = answer_and_ack(core)
+    body = "Signal=5\r\nDuration=160\r\n"
+    raw = req("INFO", branch="z9hG4bKinfo", cseq=3, to_tag=ev.leg.local_tag).replace(
+        b"Content-Length: 0\r\n\r\n",
+        f"Content-Type: application/dtmf-relay\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+        .encode(),
+    )
+    core.receive_datagram(raw, PEER, 4.0)
+    assert [m.status for m in sent(core) if isinstance(m, Response)] == [200]
+    (d,) = events(core)
+    assert isinstance(d, DtmfInfo) and d.digit == "5"
+
+
+def test_unsupported_methods_and_require() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    out: list[Response] = []
+    for raw in (
+        req("REGISTER", branch="z9hG4bKr1"),
+        req("FOO", branch="z9hG4bKr2"),
+        req("INVITE", branch="z9hG4bKr3", extra="Require: 100rel\r\n", body=SDP),
+    ):
+        core.receive_datagram(raw, PEER, 0.0)
+        out += [m for m in sent(core) if isinstance(m, Response)]
+    assert [m.status for m in out] == [405, 501, 420]
+    assert out[2].headers.get("Unsupported") == "100rel"
+    assert events(core) == []
+
+
+def test_malformed_request_gets_400_and_core_carries_on() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    bad = req("INVITE", body=SDP).replace(b"Call-ID: c1@test\r\n", b"")
+    core.receive_datagram(bad, PEER, 0.0)
+    (out,) = core.datagrams_to_send()
+    assert out[1].startswith(b"SIP/2.0 400 Missing Call-ID\r\n")
+    assert b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa1" in out[1]
+    core.receive_datagram(b"\x00\xff garbage \r\n\r\n", PEER, 0.0)
+    assert core.datagrams_to_send() == []
+    new_call(core)  # still serving
+
+
+def test_max_forwards_zero_gets_483() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    raw = req("INVITE", body=SDP).replace(b"Max-Forwards: 70", b"Max-Forwards: 0")
+    core.receive_datagram(raw, PEER, 0.0)
+    assert [m.status for m in sent(core) if isinstance(m, Response)] == [483]
+
+
+def test_reject_and_transactions_drain() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    ev = new_call(core)
+    assert core.reject(ev.leg, 486, 0.1)
+    (resp,) = sent(core)
+    assert isinstance(resp, Response) and resp.status == 486
+    core.receive_datagram(req("ACK", to_tag=ev.leg.local_tag), PEER, 0.2)
+    assert events(core) == []
+    core.handle_timer(100.0)
+    assert len(core.tx) == 0
+    assert core.legs == []
