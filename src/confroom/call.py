@@ -37,6 +37,12 @@ log = logging.getLogger("confroom.call")
 _DECLINE_STATUS = {486: "busy", 600: "busy", 480: "no-answer", 408: "no-answer", 487: "no-answer"}
 
 
+def log_call_end(call_sid: str, status: str, reason: str, duration: float) -> None:
+    """The one `call end` log line every call gets (duration: seconds since answer)."""
+    log.info("call end call_sid=%s status=%s reason=%s duration=%.1f",
+             call_sid, status, reason.replace(" ", "-"), duration)
+
+
 class Signalling(Protocol):
     """What a call may ask of the SIP side (implemented by the server)."""
 
@@ -252,7 +258,6 @@ class Call:
         if sip_status is not None and sip_reason is None:
             sip_reason = REASON_PHRASES.get(sip_status, "")
         self._set_status(status, sip_status, sip_reason)
-        duration = time.time() - (self.answered_at or self.started_at)
-        log.info("call end call_sid=%s status=%s reason=%s duration=%.1f",
-                 self.info.call_sid, status, reason.replace(" ", "-"), duration)
+        duration = time.time() - self.answered_at if self.answered_at else 0.0
+        log_call_end(self.info.call_sid, status, reason, duration)
         self._sig.call_finished(self)

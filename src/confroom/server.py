@@ -16,9 +16,11 @@ from typing import Any
 from confroom.app.control import CallInfo
 from confroom.app.hooks import WebhookClient
 from confroom.app.session import CallSession, notify_call_status
-from confroom.call import Call
+from confroom.call import Call, log_call_end
+from confroom.conference.service import ConferenceService
 from confroom.config import Config
 from confroom.media.engine import MediaEngine, MediaError
+from confroom.ordered import KeyedSerial
 from confroom.sip.core import (
     ByeDone,
     CallAckTimeout,
@@ -86,6 +88,7 @@ class Server:
             config.rtp_port_min, config.rtp_port_max, config.rtp_timeout,
         )
         self.hooks = WebhookClient(timeout=config.webhook_timeout)
+        self.conferences = ConferenceService(self.engine, self.hooks, self._spawn)
         self.calls: dict[str, Call] = {}  # call_sid -> call
         self._by_leg: dict[int, Call] = {}  # id(leg) -> call
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -94,6 +97,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._bye_waiters: dict[int, asyncio.Future[None]] = {}
+        self._ordered = KeyedSerial(self._spawn)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -115,6 +119,7 @@ class Server:
     async def stop(self, grace: float = 3.0) -> None:
         """End every call (BYE / 503), wait for the BYEs to complete, close everything."""
         self._stopping = True
+        self.conferences.end_all()
         waiters: list[asyncio.Future[None]] = []
         for call in list(self.calls.values()):
             if call.answered and not call.ended:
@@ -128,10 +133,13 @@ class Server:
                 call.finish("failed", "server shutdown", sip_status=503)
         if waiters:
             await asyncio.wait(waiters, timeout=grace)
+        # Let verb runners wind down and status hooks go out, then cancel what is left.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=grace)
+            await asyncio.wait(set(self._tasks), timeout=grace)
         if self._timer is not None:
             self._timer.cancel()
         await self.transports.close()
@@ -259,36 +267,8 @@ class Server:
 
     async def _start_call(self, leg: Leg, req: Request) -> None:
         assert self.core is not None
-        if self._stopping:
-            self.sip_reject(leg, 503, "Service Unavailable", [])
-            return
         to_user = _user_of(req.headers.get("To"))
         app = self.config.app_for_number(to_user)
-        if not req.body.strip():
-            log.warning("INVITE %s without an SDP offer (late offer is not supported)",
-                        req.call_id)
-            self.sip_reject(leg, 488, "SDP Offer Required", [])
-            return
-        try:
-            negotiated = negotiate(parse_sdp(req.body))
-        except NoCommonCodec as e:
-            log.warning("INVITE %s: no common codec (%s)", req.call_id, e)
-            warning = ("Warning", '304 confroom "Media type not available"')
-            self.sip_reject(leg, 488, None, [warning])
-            return
-        except SdpError as e:
-            log.warning("INVITE %s: malformed SDP: %s", req.call_id, e)
-            self.sip_reject(leg, 400, "Malformed SDP", [])
-            return
-        try:
-            media = await self.engine.open_session()
-        except MediaError as e:
-            log.error("INVITE %s: no RTP port available: %s", req.call_id, e)
-            self.sip_reject(leg, 503, "Service Unavailable", [])
-            return
-        if leg.state == "terminated":  # cancelled while we were allocating
-            self.engine.close_session(media)
-            return
         info = CallInfo(
             call_sid=str(uuid.uuid4()),
             call_id=req.call_id,
@@ -302,17 +282,52 @@ class Server:
             application_sid=app.application_sid,
             sip=_invite_as_dict(req),
         )
+        log.info("call start call_sid=%s call_id=%s from=%s to=%s transport=%s app=%s",
+                 info.call_sid, info.call_id, info.from_user, info.to_user,
+                 leg.peer.transport, app.name)
+
+        def refuse(status: int, reason: str | None, why: str,
+                   headers: list[tuple[str, str]] | None = None) -> None:
+            self.sip_reject(leg, status, reason, headers or [])
+            log_call_end(info.call_sid, "failed", why, 0.0)
+
+        if self._stopping:
+            refuse(503, "Service Unavailable", "server shutting down")
+            return
+        if not req.body.strip():
+            log.warning("call_sid=%s: INVITE without an SDP offer (late offer is not "
+                        "supported)", info.call_sid)
+            refuse(488, "SDP Offer Required", "no SDP offer")
+            return
+        try:
+            negotiated = negotiate(parse_sdp(req.body))
+        except NoCommonCodec as e:
+            log.warning("call_sid=%s: no common codec (%s)", info.call_sid, e)
+            refuse(488, None, "no common codec",
+                   [("Warning", '304 confroom "Media type not available"')])
+            return
+        except SdpError as e:
+            log.warning("call_sid=%s: malformed SDP: %s", info.call_sid, e)
+            refuse(400, "Malformed SDP", "malformed SDP")
+            return
+        try:
+            media = await self.engine.open_session()
+        except MediaError as e:
+            log.error("call_sid=%s: no RTP port available: %s", info.call_sid, e)
+            refuse(503, "Service Unavailable", "no RTP port")
+            return
+        if leg.state == "terminated":  # cancelled while we were allocating
+            self.engine.close_session(media)
+            log_call_end(info.call_sid, "no-answer", "cancelled", 0.0)
+            return
         call = Call(
             info=info, app=app, leg=leg, media=media, negotiated=negotiated, signalling=self,
             local_media_host=self.config.contact_host, on_status=self._status_changed,
         )
         self.calls[info.call_sid] = call
         self._by_leg[id(leg)] = call
-        log.info("call start call_sid=%s call_id=%s from=%s to=%s transport=%s app=%s",
-                 info.call_sid, info.call_id, info.from_user, info.to_user,
-                 leg.peer.transport, app.name)
         call.ring()
-        session = CallSession(call, self.hooks, self.config)
+        session = CallSession(call, self.hooks, self.config, conferences=self.conferences)
         call.session_kill = session.kill
         try:
             await session.run()
@@ -322,6 +337,9 @@ class Server:
                 await call.hangup()
 
     def _status_changed(self, call: Call) -> None:
+        """Send the call-status hook; one call's notifications go out strictly in order."""
         if call.app.call_status_hook is None:
             return
-        self._spawn(notify_call_status(self.hooks, call.app, call.info))
+        # the body is captured now, whenever it is sent
+        self._ordered.submit(call.info.call_sid,
+                             notify_call_status(self.hooks, call.app, call.info))

@@ -116,7 +116,7 @@ def confroom(
     Keyword arguments: call_hook, verbs (written to a JSON verb file), webhook_secret,
     call_status_hook, apps (full list of [[apps]] tables, overrides the former), rtp_timeout,
     webhook_timeout, extra_toml, ready_timeout, prepare (callable run on the server object
-    before it starts, e.g. to put files into its media dir).
+    before it starts, e.g. to put files into its media dir), cli_app (--app flag).
     """
     servers: list[ConfroomProcess] = request.node.stash.setdefault(_SERVERS, [])
 
@@ -132,6 +132,7 @@ def confroom(
         extra_toml: dict[str, dict[str, Any]] | None = None,
         ready_timeout: float = 10.0,
         prepare: Callable[[ConfroomProcess], None] | None = None,
+        cli_app: str | None = None,
     ) -> ConfroomProcess:
         workdir = tmp_path / f"confroom{len(servers)}"
         workdir.mkdir()
@@ -152,6 +153,7 @@ def confroom(
             rtp_timeout=rtp_timeout,
             webhook_timeout=webhook_timeout,
             extra_toml=extra_toml,
+            cli_app=cli_app,
         )
         if prepare is not None:
             prepare(srv)

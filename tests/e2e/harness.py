@@ -337,7 +337,10 @@ class ConfroomProcess:
                 if len(found) >= count:
                     return found
                 if self._eof:
-                    rc = self.proc.poll() if self.proc else None
+                    rc = None
+                    if self.proc is not None:
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            rc = self.proc.wait(timeout=2)
                     raise AssertionError(
                         f"confroom exited (rc={rc}) before {count} log line(s) matched "
                         f"{pattern!r} (got {len(found)})\n--- log ---\n{self.log_text_unlocked()}"

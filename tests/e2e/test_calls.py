@@ -151,15 +151,32 @@ def test_cancel_before_answer(confroom: ConfroomFactory, hook_app: HookApp,
                               sipp: SippRunner) -> None:
     hook_app.route("/call", Reply(verbs=ANSWER_AND_WAIT, delay=3.0))
     srv = confroom(hook_app.url("/call"))
-    res = sipp.run("uac_cancel", srv.target, timeout=20)
+    # CANCEL 1 s after the last provisional: the call hook is pending (it answers after 3 s)
+    res = sipp.run("uac_cancel_late", srv.target, timeout=20)
     assert res.ok(), res.describe()  # 100/180 -> CANCEL -> 200 + 487 -> ACK
     (req,) = hook_app.wait_requests("/call", 1)
+    (sip_call_id,) = res.call_ids
+    assert req.json["call_id"] == sip_call_id
+    assert call_start(srv, req.json["call_sid"])["call_id"] == sip_call_id
     end = call_end(srv, req.json["call_sid"])
     assert end["status"] != "completed", end
-    # the late hook answer (3 s) must not resurrect the call: the server keeps serving
+    # the late hook answer (3 s) must not resurrect the call, and the server keeps serving
     hook_app.route("/call", ANSWER_AND_WAIT)
     res = sipp.run("uac_basic", srv.target, pause_ms=300, timeout=20)
     assert res.ok(), res.describe()
+
+
+def test_cancel_on_first_provisional(confroom: ConfroomFactory, hook_app: HookApp,
+                                     sipp: SippRunner) -> None:
+    """CANCEL as soon as 100 Trying arrives, possibly before the hook is even called."""
+    hook_app.route("/call", Reply(verbs=ANSWER_AND_WAIT, delay=3.0))
+    srv = confroom(hook_app.url("/call"))
+    res = sipp.run("uac_cancel", srv.target, timeout=20)
+    assert res.ok(), res.describe()
+    (sip_call_id,) = res.call_ids
+    sid = srv.wait_log(rf"call start .*call_id={re.escape(sip_call_id)}(\s|$)").string
+    end = call_end(srv, parse_kv(sid)["call_sid"])
+    assert end["status"] != "completed", end
 
 
 # ------------------------------------------------------------------------------- 4: hold
@@ -385,7 +402,8 @@ def test_dtmf_from_rtp_peer(confroom: ConfroomFactory, hook_app: HookApp, sipp: 
 FAILURES = [
     pytest.param(Reply(verbs=ANSWER_AND_WAIT, delay=3.0), 480, id="hook-timeout"),
     pytest.param(Reply(status=500, body="boom", content_type="text/plain"), 480, id="hook-500"),
-    pytest.param(Reply(body="[{not json", status=200), 480, id="invalid-json"),
+    # a 2xx whose body is not a verb list is an app error, like invalid verbs: 500
+    pytest.param(Reply(body="[{not json", status=200), 500, id="invalid-json"),
     pytest.param([{"verb": "play"}], 500, id="invalid-verbs"),
 ]
 

@@ -290,8 +290,8 @@ def test_screen_parser() -> None:
 
 # ------------------------------------------------------------------------------- SIPp scenarios
 
-ALL_UAC = ["uac_basic", "uac_wait_bye", "uac_cancel", "uac_hold", "uac_options", "uac_decline",
-           "uac_expect_status", "uac_dtmf"]
+ALL_UAC = ["uac_basic", "uac_wait_bye", "uac_cancel", "uac_cancel_late", "uac_hold",
+           "uac_options", "uac_decline", "uac_expect_status", "uac_dtmf"]
 
 
 def _listening(port: int, proto: str) -> bool:
@@ -421,10 +421,13 @@ def test_uac_hold_rejects_answer_without_recvonly(tmp_path: Path, runner: SippRu
     uas.wait()
 
 
-def test_uac_cancel(tmp_path: Path, runner: SippRunner) -> None:
+@pytest.mark.parametrize("scenario", ["uac_cancel", "uac_cancel_late"])
+def test_uac_cancel(tmp_path: Path, runner: SippRunner, scenario: str) -> None:
     uas = Uas(tmp_path, "selfcheck_uas_cancel")
-    res = runner.run("uac_cancel", uas.target, timeout=15)
+    res = runner.run(scenario, uas.target, timeout=15)
     assert res.ok(), res.describe()
+    if scenario == "uac_cancel_late":  # waited 1 s without provisional responses
+        assert res.elapsed > 1.0
     assert uas.wait() == 0
     msgs = uas.messages()
     branches = re.findall(r"^(INVITE|CANCEL|ACK) .*\n(?:.*\n)*?Via: .*branch=(\S+)", msgs, re.M)

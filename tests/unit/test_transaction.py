@@ -795,3 +795,21 @@ def test_many_transactions_settle_to_zero() -> None:
     assert len(layer) == 0
     assert all(tx.state == "terminated" for tx in invites)
     assert t <= 64 * 0.5 + 1.0
+
+
+def test_heap_compaction_keeps_live_timers() -> None:
+    layer = TransactionLayer()
+    keep = layer.request(_our_request("BYE", branch="z9hG4bK-keep"), UDP, 0.0)
+    for i in range(5000):
+        branch = f"z9hG4bK-x{i}"
+        layer.request(_our_request("BYE", branch=branch, transport="TCP"), TCP, 1.0)
+        layer.receive(_response(200, branch=branch), TCP, 1.0)
+    layer.datagrams_to_send()
+    _events(layer)
+    assert len(layer) == 1
+    assert len(layer._heap) < 4200  # cancelled entries were dropped along the way
+    assert layer.get_timer() == 0.5
+    fired = _run_timers(layer, 100.0)
+    assert [t for t, _ in fired][-1] == 32.0
+    assert _events(layer) == [TransactionTimeout(keep)]
+    assert len(layer) == 0

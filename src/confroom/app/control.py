@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from confroom.config import AppConfig
+from confroom.media.session import MediaSession
 from confroom.media.sources import Source
 
 
@@ -41,6 +42,7 @@ class CallControl(Protocol):
 
     info: CallInfo
     app: AppConfig
+    media: MediaSession  # the call's RTP session (what a conference mixes)
 
     @property
     def answered(self) -> bool: ...

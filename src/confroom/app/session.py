@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Collection, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
@@ -25,6 +25,9 @@ from confroom.app.payload import call_fields, session_new_body
 from confroom.app.verbs import VerbError, parse_verb_list
 from confroom.config import AppConfig, Config, Hook
 from confroom.media.sources import Source
+
+if TYPE_CHECKING:
+    from confroom.conference.service import ConferenceService
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +96,10 @@ class CallSession:
         config: Config,
         *,
         http: aiohttp.ClientSession | None = None,
+        conferences: ConferenceService | None = None,
     ) -> None:
         self.call = call
+        self.conferences = conferences
         self.hooks = hooks
         self.config = config
         self.http = http

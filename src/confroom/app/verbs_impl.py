@@ -266,6 +266,13 @@ async def run_redirect(s: CallSession, verb: dict[str, Any]) -> VerbResult:
     return verbs if verbs is not None else []
 
 
+async def run_conference(s: CallSession, verb: dict[str, Any]) -> VerbResult:
+    # imported here: the conference package builds on this module
+    from confroom.conference.verb import run_conference as conference
+
+    return await conference(s, verb)
+
+
 VERBS: dict[str, VerbImpl] = {
     "answer": run_answer,
     "say": run_say,
@@ -274,4 +281,5 @@ VERBS: dict[str, VerbImpl] = {
     "hangup": run_hangup,
     "sip:decline": run_decline,
     "redirect": run_redirect,
+    "conference": run_conference,
 }

@@ -20,11 +20,14 @@ A frame counts as *speech* only if it passes, in order (cheapest and most select
 3. webrtcvad (per-member instance, since the VAD adapts to its input), called only for the
    frames that passed 1 and 2, so stationary white noise and tones cost no Python per member.
 
-Hysteresis is time-based (`now` is the tick time in seconds, passed in; no clock here):
-a member starts talking once it has a run of speech frames covering `start_ms`, where the run
-tolerates one missing/non-speech frame between two speech frames; it stops once no speech
-frame has been seen for `stop_ms` (hang-over). Members that stop sending frames altogether
-are therefore also stopped after `stop_ms`.
+Hysteresis (`now` is the tick time in seconds, passed in; no clock here): a member starts
+talking once a run of speech frames adds up to `start_ms` (10 frames by default) and the run's
+mean flatness is below `max_run_flatness` (rejects loud pink/coloured noise, whose individual
+frames can pass). Gaps of up to `max_gap_ms` (120 ms) of non-speech or missing frames between
+speech frames do not break a run (they do not count towards it either): speech has stop
+closures and word gaps of 60-120 ms, and with a one-frame tolerance espeak-ng speech took up
+to 0.7 s (2 s when quiet) to start. A member stops once no speech frame has been seen for
+`stop_ms` (hang-over); members that stop sending frames altogether are stopped the same way.
 
 State lives in numpy arrays indexed by member id (small stable ints), grown by doubling.
 """

@@ -166,7 +166,9 @@ class RequestReceived:
     """A new request (any method but ACK) that the TU must answer with ``respond()``.
 
     For a CANCEL, ``cancels`` is the INVITE server transaction it matches (same key
-    apart from the method), or None.
+    apart from the method), or None.  That transaction's ``cancelled`` is set only if
+    it had no final response yet (state "proceeding"); otherwise the CANCEL has no
+    effect on it and ``respond()`` with a 487 is ignored.
     """
 
     tx: ServerTransaction

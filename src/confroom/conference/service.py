@@ -1,0 +1,199 @@
+"""`ConferenceService`: starts, joins, leaves and ends conferences, and sends their events.
+
+The verb (`conference/verb.py`) asks it to admit a member (start / join / full), to put the
+member into the mix once its enterHook has played, and to take it out again. It owns each
+live conference's `ConferenceAudio` on the media clock, the endConferenceDuration countdown,
+and the statusHook deliveries, which go out strictly in the order the events happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from confroom.app.hooks import WebhookClient
+from confroom.app.payload import call_fields
+from confroom.app.session import to_hook
+from confroom.conference.audio import ConferenceAudio
+from confroom.conference.model import Conference, ConferenceRegistry, Member
+from confroom.media.engine import MediaEngine
+from confroom.ordered import KeyedSerial
+
+log = logging.getLogger("confroom.conference")
+
+
+def iso_now() -> str:
+    """`2020-04-27T13:44:17.336Z`: ISO 8601, UTC, milliseconds."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class ConferenceService:
+    def __init__(
+        self,
+        engine: MediaEngine,
+        hooks: WebhookClient,
+        spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+        registry: ConferenceRegistry | None = None,
+    ) -> None:
+        self.engine = engine
+        self.hooks = hooks
+        self.registry = registry or ConferenceRegistry()
+        self._spawn = spawn
+        self._ordered = KeyedSerial(spawn)
+        self._audio: dict[str, ConferenceAudio] = {}  # conference sid -> its mix
+        self._end_timers: dict[str, asyncio.TimerHandle] = {}
+
+    # ---- admission ---------------------------------------------------------------------
+
+    def start(self, member: Member, verb: dict[str, Any]) -> Conference:
+        """Create the conference with `member` as its first (admitted) member."""
+        conf = Conference(
+            account_sid=member.info.account_sid,
+            name=str(verb["name"]),
+            started_at=time.time(),
+            status_hook=verb.get("statusHook"),
+            status_events=frozenset(str(e) for e in verb.get("statusEvents") or ()),
+            host_app=member.app,
+            max_participants=_int_or_none(verb.get("maxParticipants")),
+        )
+        self.registry.create(conf)
+        audio = ConferenceAudio(lambda m, talking: self._talking(conf, m, talking))
+        self._audio[conf.sid] = audio
+        self.engine.mixers.append(audio)
+        conf.members[member.call_sid] = member
+        log.info("conference start name=%s sid=%s by call_sid=%s",
+                 conf.name, conf.sid, member.call_sid)
+        self.emit(conf, "start", member)
+        return conf
+
+    def admit(self, conf: Conference, member: Member) -> None:
+        conf.members[member.call_sid] = member
+
+    def mix_in(self, conf: Conference, member: Member, *, beep: bool) -> None:
+        """Put an admitted member into the mix (after its enterHook)."""
+        audio = self._audio.get(conf.sid)
+        if audio is None or conf.ended:
+            return
+        member.mixed = True
+        member.joined_at = time.time()
+        audio.add(member)
+        if beep:
+            audio.beep()
+        log.info("conference join name=%s call_sid=%s members=%d",
+                 conf.name, member.call_sid, conf.mixed_count)
+        self.emit(conf, "join", member)
+
+    # ---- leaving and ending --------------------------------------------------------------
+
+    def leave(self, conf: Conference, member: Member, reason: str) -> None:
+        """Take a member out (hung up, kicked, ...). Ends the conference when it is the last
+        one, or when it had endConferenceOnExit."""
+        if conf.members.get(member.call_sid) is not member:
+            return
+        del conf.members[member.call_sid]
+        self._detach(conf, member, reason)
+        if conf.ended:
+            return
+        if not conf.members:
+            self.end(conf, "last member left")
+        elif member.end_conference_on_exit:
+            delay = member.end_conference_duration
+            if delay > 0:
+                self._schedule_end(conf, delay)
+            else:
+                self.end(conf, f"call_sid={member.call_sid} left with endConferenceOnExit")
+
+    def _detach(self, conf: Conference, member: Member, reason: str) -> None:
+        was_mixed = member.mixed
+        member.mixed = False
+        audio = self._audio.get(conf.sid)
+        if audio is not None:
+            audio.remove(member)
+        if member.leave_reason is None:
+            member.leave_reason = reason
+        if was_mixed:
+            log.info("conference leave name=%s call_sid=%s reason=%s members=%d",
+                     conf.name, member.call_sid, reason, conf.mixed_count)
+            self.emit(conf, "leave", member)
+        if member.on_leave is not None:
+            member.on_leave(reason)
+
+    def _schedule_end(self, conf: Conference, delay: float) -> None:
+        if conf.sid in self._end_timers:
+            return
+        conf.end_pending = True
+        loop = asyncio.get_running_loop()
+        self._end_timers[conf.sid] = loop.call_later(
+            delay, lambda: self.end(conf, f"endConferenceDuration {delay:g}s elapsed")
+        )
+
+    def end(self, conf: Conference, why: str) -> None:
+        """End the conference: every member leaves (their calls stay up), `end` is reported."""
+        if conf.ended:
+            return
+        timer = self._end_timers.pop(conf.sid, None)
+        if timer is not None:
+            timer.cancel()
+        last = next(iter(conf.members.values()), None)
+        for member in list(conf.members.values()):
+            del conf.members[member.call_sid]
+            self._detach(conf, member, "ended")
+        conf.ended = True
+        self.registry.remove(conf)
+        audio = self._audio.pop(conf.sid, None)
+        if audio is not None and audio in self.engine.mixers:
+            self.engine.mixers.remove(audio)
+        log.info("conference end name=%s sid=%s (%s) duration=%ds",
+                 conf.name, conf.sid, why, conf.duration(time.time()))
+        self.emit(conf, "end", last)
+
+    def end_all(self) -> None:
+        for conf in self.registry.all():
+            self.end(conf, "server shutdown")
+
+    # ---- events -----------------------------------------------------------------------------
+
+    def _talking(self, conf: Conference, member: Member, talking: bool) -> None:
+        self.emit(conf, "start-talking" if talking else "stop-talking", member)
+
+    def emit(self, conf: Conference, event: str, member: Member | None) -> None:
+        """Send `event` to the conference's statusHook if its statusEvents list it."""
+        name = conf.wants(event)
+        if name is None or conf.status_hook is None or conf.host_app is None:
+            return
+        try:
+            hook = to_hook(conf.status_hook)
+        except ValueError as e:
+            log.error("conference %s: bad statusHook: %s", conf.name, e)
+            return
+        body: dict[str, Any] = call_fields(member.info) if member is not None else {}
+        body.update(self.conference_fields(conf))
+        body.update(event=name, time=iso_now(), members=len(conf.members))
+        app = conf.host_app
+        base = app.call_hook.url if app.call_hook is not None else None
+        self._ordered.submit(
+            conf.sid, self.hooks.call(hook, body, base_url=base, secret=app.webhook_secret)
+        )
+
+    def conference_fields(self, conf: Conference) -> dict[str, Any]:
+        return {
+            "conference_sid": conf.sid,
+            "friendly_name": conf.name,
+            "conferenceSid": conf.sid,
+            "friendlyName": conf.name,
+            "duration": conf.duration(time.time()),
+        }
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None

@@ -1,0 +1,177 @@
+"""The `conference` verb: enter (start, join, wait or full), enterHook, mix, leave, actionHook.
+
+Spec section 3. The flow for one caller:
+
+1. Answer. Look the conference up: it exists -> join (unless `maxParticipants` is reached:
+   `full`); it does not and `startConferenceOnEnter` is not false -> start it and join;
+   otherwise wait, playing the waitHook's play/say/pause verbs in a loop (0.75 s of silence
+   between rounds) until the conference starts, then look again.
+2. enterHook (play/say/pause) is played just before the caller goes into the mix; `beep`.
+3. The caller stays until it hangs up, is kicked, or the conference ends.
+4. If the call is still up, the actionHook gets the call fields plus `conference_sid`,
+   `friendly_name` and `conference_result` (ended | full | kicked | error); a verb list it
+   returns replaces the rest of the call's verbs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from confroom.app import verbs_impl
+from confroom.app.verbs import MEDIA_ONLY
+from confroom.conference.model import Conference, Member
+from confroom.conference.service import ConferenceService
+from confroom.media.sources import SilenceSource
+
+if TYPE_CHECKING:
+    from confroom.app.session import CallSession
+
+log = logging.getLogger("confroom.conference")
+
+WAIT_ROUND_GAP_S = 0.75
+
+
+async def run_conference(s: CallSession, verb: dict[str, Any]) -> list[dict[str, Any]] | None:
+    svc = s.conferences
+    if svc is None:
+        log.error("call_sid=%s: conference verb without a conference service", s.call_sid)
+        return None
+    call = s.call
+    if not call.answered:
+        await call.answer()
+    name = str(verb["name"])
+    account = call.info.account_sid
+    member = Member(
+        call_sid=call.info.call_sid,
+        info=call.info,
+        media=call.media,
+        app=call.app,
+        tag=verb.get("memberTag") or None,
+        speak_only_to=verb.get("speakOnlyTo") or None,
+        muted=bool(verb.get("joinMuted", False)),
+        end_conference_on_exit=bool(verb.get("endConferenceOnExit", False)),
+        end_conference_duration=float(verb.get("endConferenceDuration") or 0),
+        distribute_dtmf=bool(verb.get("distributeDtmf", False)),
+    )
+    start_on_enter = verb.get("startConferenceOnEnter", True) is not False
+    limit = verb.get("maxParticipants")
+    conf: Conference | None = None
+    try:
+        while True:
+            if s.interrupted:
+                return None
+            conf = svc.registry.get(account, name)
+            if conf is None and start_on_enter:
+                conf = svc.start(member, verb)
+                break
+            if conf is None:
+                conf = await _wait_for_start(s, svc, account, name, verb)
+                if conf is None:
+                    return None  # the call ended (or was redirected) while waiting
+                continue  # it started: look again (it may be full already)
+            if conf.is_full(_positive_int(limit)):
+                log.info("conference %s is full: call_sid=%s not admitted",
+                         name, call.info.call_sid)
+                return await _action_hook(s, svc, verb, conf, "full")
+            svc.admit(conf, member)
+            break
+        left = asyncio.get_running_loop().create_future()
+
+        def on_leave(reason: str) -> None:
+            if not left.done():
+                left.set_result(reason)
+
+        member.on_leave = on_leave
+        if verb.get("enterHook"):
+            await _play_hook(s, svc, verb["enterHook"], conf, "enterHook")
+        if not left.done() and not s.interrupted:
+            svc.mix_in(conf, member, beep=bool(verb.get("beep", False)))
+            await s.guarded(left)
+        if not left.done():
+            # the call ended or the session was redirected: leave now
+            svc.leave(conf, member, "hangup" if call.ended else "redirected")
+            return None
+        return await _action_hook(s, svc, verb, conf, str(left.result()))
+    finally:
+        # whatever happened (an error included), never leave a ghost member behind
+        if conf is not None and member.leave_reason is None:
+            svc.leave(conf, member, "hangup" if call.ended else "error")
+
+
+async def _action_hook(
+    s: CallSession, svc: ConferenceService, verb: dict[str, Any], conf: Conference, result: str
+) -> list[dict[str, Any]] | None:
+    if s.call.ended or not verb.get("actionHook"):
+        return None
+    body = s.fields(conference_result=result, **svc.conference_fields(conf))
+    verbs = await s.call_hook(verb["actionHook"], body, what="conference actionHook")
+    return verbs or None
+
+
+async def _play_hook(
+    s: CallSession, svc: ConferenceService, hook: Any, conf: Conference | None, what: str,
+    extra: dict[str, Any] | None = None,
+) -> bool:
+    """Fetch a wait/enter hook and play its play/say/pause verbs. False when the hook failed
+    or returned something not allowed (already logged)."""
+    body = s.fields(**(svc.conference_fields(conf) if conf is not None else {}), **(extra or {}))
+    verbs = await s.call_hook(hook, body, what=what, allowed=MEDIA_ONLY, strict=False)
+    if verbs is None:
+        return False
+    for v in verbs:
+        if s.interrupted:
+            break
+        await verbs_impl.VERBS[v["verb"]](s, v)
+    return True
+
+
+async def _wait_for_start(
+    s: CallSession, svc: ConferenceService, account: str, name: str, verb: dict[str, Any]
+) -> Conference | None:
+    """Wait (unmixed) until the conference starts, running the waitHook loop meanwhile."""
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[Conference] = loop.create_future()
+
+    def notify(conf: Conference) -> None:
+        if not started.done():
+            started.set_result(conf)
+
+    cancel = svc.registry.on_start(account, name, notify)
+    log.info("conference %s: call_sid=%s waits for it to start", name, s.call_sid)
+    waiting = loop.create_task(_wait_loop(s, svc, verb, name, started))
+    try:
+        await s.guarded(asyncio.wait({started}))
+    finally:
+        cancel()
+        waiting.cancel()
+        s.call.stop_playback()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+    return started.result() if started.done() else None
+
+
+async def _wait_loop(
+    s: CallSession, svc: ConferenceService, verb: dict[str, Any], name: str,
+    started: asyncio.Future[Conference],
+) -> None:
+    hook = verb.get("waitHook")
+    if not hook:
+        return  # wait in silence
+    extra = {"friendly_name": name, "friendlyName": name}
+    while not started.done() and not s.interrupted:
+        if not await _play_hook(s, svc, hook, None, "waitHook", extra):
+            log.warning("call_sid=%s: waitHook loop stopped; the caller waits in silence",
+                        s.call_sid)
+            return
+        if started.done():
+            return
+        await s.call.play(SilenceSource(WAIT_ROUND_GAP_S))
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if value > 0 else None
