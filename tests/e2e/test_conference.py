@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-
 from tests.e2e.conftest import ConfroomFactory
 from tests.e2e.harness import (
     HookApp,

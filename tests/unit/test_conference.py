@@ -172,7 +172,7 @@ def tone(freq: float, amp: float = 8000.0) -> np.ndarray:
 
 def power_at(frame: np.ndarray, freq: float) -> float:
     spec = np.abs(np.fft.rfft(frame.astype(np.float64))) ** 2
-    k = int(round(freq * 160 / 8000))
+    k = round(freq * 160 / 8000)
     return float(spec[k] / max(spec.sum(), 1e-9))
 
 

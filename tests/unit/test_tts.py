@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from confroom.media import tts
+from confroom.media import filecache, tts
 from confroom.media.sources import load_wav
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing")
@@ -71,7 +71,7 @@ async def test_unknown_voice_raises_with_stderr(tmp_path: Path) -> None:
     with pytest.raises(tts.TtsError, match="voice"):
         await tts.synthesize("hello", "nosuchvoice", tmp_path)
     assert list(tmp_path.iterdir()) == []
-    assert not tts._inflight
+    assert not filecache._inflight  # nothing left in flight after a failure
 
 
 async def test_missing_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,13 +18,13 @@ from typing import BinaryIO, Final
 
 import aiohttp
 
+from confroom.media.filecache import cached_file
 from confroom.media.sources import AudioFileError, load_wav
 
 __all__ = ["MAX_AUDIO_BYTES", "FetchError", "cache_path", "fetch_audio"]
 
 MAX_AUDIO_BYTES: Final = 64 * 1024 * 1024
 
-_inflight: dict[Path, asyncio.Task[Path]] = {}
 
 
 class FetchError(Exception):
@@ -57,19 +57,7 @@ async def fetch_audio(
     path = cache_path(url, cache_dir)
     if path.exists():
         return path
-    task = _inflight.get(path)
-    if task is None or task.get_loop() is not asyncio.get_running_loop():
-        task = asyncio.ensure_future(_download(url, path, session, timeout, max_bytes))
-        _inflight[path] = task
-        task.add_done_callback(lambda t, p=path: _forget(p, t))  # type: ignore[misc]
-    return await asyncio.shield(task)
-
-
-def _forget(path: Path, task: asyncio.Task[Path]) -> None:
-    if _inflight.get(path) is task:
-        del _inflight[path]
-    if not task.cancelled():
-        task.exception()  # mark retrieved: callers may all have gone away
+    return await cached_file(path, lambda: _download(url, path, session, timeout, max_bytes))
 
 
 async def _download(

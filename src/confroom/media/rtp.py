@@ -2,7 +2,8 @@
 
 Owns: parsing a datagram into an `RtpPacket` (CSRC list, header extension and padding handled),
 building the fixed 12-byte header, the per-stream sender state (`RtpSender`: SSRC, sequence
-number, timestamp), and DTMF reception (`DtmfReceiver`: one digit per telephone-event).
+number, timestamp), DTMF reception (`DtmfReceiver`: one digit per telephone-event) and DTMF
+sending (`DtmfSender`: a queue of digits turned into telephone-event packets, one tick at a time).
 Everything here is called per packet, so it is kept to `struct.unpack_from` and slicing.
 """
 
@@ -15,6 +16,7 @@ from typing import Final, NamedTuple
 __all__ = [
     "DTMF_EVENTS",
     "DtmfReceiver",
+    "DtmfSender",
     "RtpPacket",
     "RtpSender",
     "build_rtp_header",
@@ -140,6 +142,74 @@ class RtpSender:
         self.ts = (ts + self.samples_per_packet) & 0xFFFFFFFF
         return _HEADER.pack(0x80, (pt & 0x7F) | (0x80 if marker else 0), seq, ts, self.ssrc)
 
+    def event_header(self, pt: int, marker: bool, ts: int) -> bytes:
+        """Header for a telephone-event packet: the event's own (start) timestamp `ts`;
+        advances the sequence number only (the caller advances time with `skip`)."""
+        seq = self.seq
+        self.seq = (seq + 1) & 0xFFFF
+        return _HEADER.pack(0x80, (pt & 0x7F) | (0x80 if marker else 0), seq, ts & 0xFFFFFFFF,
+                            self.ssrc)
+
     def skip(self, samples: int) -> None:
         """Advance the timestamp without sending (time passed while nothing was sent)."""
         self.ts = (self.ts + samples) & 0xFFFFFFFF
+
+
+class DtmfSender:
+    """Digits to send as RFC 4733 telephone-events, paced by the caller's 20 ms tick.
+
+    `queue(digit)` appends a digit. Each tick, `tick_packets(sender, pt)` returns the packets
+    of this tick (empty when idle): an event lasts `EVENT_TICKS` ticks; all its packets carry
+    the RTP timestamp of its first tick (the first with the marker bit), the duration field
+    grows by one frame per tick, and the last tick sends the end packet three times (RFC 4733
+    section 2.5.1.4). A gap of `GAP_TICKS` ticks separates two queued digits. The caller sends
+    these packets instead of the audio packet of that tick and advances the stream's timestamp
+    by one frame as usual.
+    """
+
+    __slots__ = ("_digits", "_gap", "_pos", "_start_ts")
+
+    EVENT_TICKS: Final = 8  # 160 ms per digit
+    GAP_TICKS: Final = 3  # 60 ms between digits
+    VOLUME: Final = 10  # -10 dBm0
+
+    def __init__(self) -> None:
+        self._digits: list[int] = []
+        self._pos = 0  # ticks into the current event
+        self._gap = 0  # ticks of gap left before the next event may start
+        self._start_ts = 0
+
+    def queue(self, digit: str) -> bool:
+        """Queue one digit (0-9 * # A-D); False (ignored) for anything else."""
+        code = DTMF_EVENTS.find(digit.upper()) if len(digit) == 1 else -1
+        if code < 0:
+            return False
+        self._digits.append(code)
+        return True
+
+    @property
+    def busy(self) -> bool:
+        """True while an event or a gap is in progress or digits are waiting."""
+        return bool(self._digits) or self._gap > 0
+
+    def tick_packets(self, sender: RtpSender, pt: int) -> list[bytes]:
+        if self._gap > 0:
+            self._gap -= 1
+            return []
+        if not self._digits:
+            return []
+        event = self._digits[0]
+        pos = self._pos
+        if pos == 0:
+            self._start_ts = sender.ts
+        self._pos = pos + 1
+        duration = (pos + 1) * _SAMPLES_PER_FRAME
+        if self._pos < self.EVENT_TICKS:
+            payload = _EVENT.pack(event, self.VOLUME, duration)
+            return [sender.event_header(pt, pos == 0, self._start_ts) + payload]
+        payload = _EVENT.pack(event, 0x80 | self.VOLUME, duration)
+        packets = [sender.event_header(pt, False, self._start_ts) + payload for _ in range(3)]
+        self._digits.pop(0)
+        self._pos = 0
+        self._gap = self.GAP_TICKS
+        return packets

@@ -2,8 +2,8 @@
 
 Owns what the engine needs per call: the negotiated codec and payload types, where to send
 (symmetric RTP latching), the send/receive permissions derived from the remote SDP direction,
-the inbound jitter buffer and DTMF receiver, the outbound RTP sender state, the current audio
-source and the per-tick frame slots (`inbound`, `mix_out`). No sockets and no asyncio here: the
+the inbound jitter buffer and DTMF receiver, the outbound RTP sender state and DTMF send queue,
+the current audio source and the per-tick frame slots (`inbound`, `mix_out`). No sockets and no asyncio here: the
 engine feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
 """
 
@@ -14,7 +14,7 @@ from typing import Final
 
 from confroom.media import g711
 from confroom.media.jitter import JitterBuffer
-from confroom.media.rtp import DtmfReceiver, RtpSender, parse_rtp
+from confroom.media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse_rtp
 from confroom.media.sources import Frame, Source
 
 __all__ = ["DIRECTIONS", "MediaSession"]
@@ -36,6 +36,8 @@ class MediaSession:
         "dtmf",
         "dtmf_digits",
         "dtmf_payload_type",
+        "dtmf_tap",
+        "dtmf_tx",
         "inbound",
         "jitter",
         "last_rx",
@@ -75,6 +77,10 @@ class MediaSession:
         self.source: Source | None = None
         self.on_play_done: Callable[[bool], None] | None = None
         self.on_dtmf: Callable[[str], None] | None = None
+        # A second listener for received digits (a conference distributing them).
+        self.dtmf_tap: Callable[[str], None] | None = None
+        # Digits to send as RFC 4733 events; None when idle (the tick only looks at this).
+        self.dtmf_tx: DtmfSender | None = None
         self.on_timeout: Callable[[], None] | None = None
         self.closed = False
         # Engine-private state (packet-loss concealment and the inactivity timer).
@@ -152,6 +158,8 @@ class MediaSession:
                 self.dtmf_digits.append(digit)
                 if self.on_dtmf is not None:
                     self.on_dtmf(digit)
+                if self.dtmf_tap is not None:
+                    self.dtmf_tap(digit)
         elif pt != _CN_PAYLOAD_TYPE:
             return  # unknown payload type (or RTCP on a muxed port): not ours
         if addr != self.remote:
@@ -159,6 +167,22 @@ class MediaSession:
         self.last_rx = now
         self._rx_rearm = False
         self._timed_out = False
+
+    # --- DTMF out -----------------------------------------------------------------------------
+
+    def send_dtmf(self, digit: str) -> bool:
+        """Queue `digit` to be sent as an RFC 4733 telephone-event on the next ticks. False
+        (nothing queued) when no telephone-event payload type was negotiated, the session is
+        closed, or the digit is not a DTMF symbol."""
+        if self.dtmf_payload_type is None or self.closed:
+            return False
+        tx = self.dtmf_tx
+        if tx is None:
+            tx = DtmfSender()
+        if not tx.queue(digit):
+            return False
+        self.dtmf_tx = tx
+        return True
 
     # --- playback ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from confroom.media.filecache import cached_file
 from confroom.media.sources import SAMPLE_RATE, AudioFileError, load_wav
 
 __all__ = ["ESPEAK", "TtsError", "cache_key", "synthesize"]
@@ -28,7 +29,6 @@ ESPEAK: Final = "espeak-ng"
 _DEFAULT_TIMEOUT: Final = 30.0
 
 # Requests being synthesized right now, by output path (one espeak run per distinct request).
-_inflight: dict[Path, asyncio.Task[Path]] = {}
 
 
 class TtsError(Exception):
@@ -46,20 +46,7 @@ async def synthesize(
     path = Path(cache_dir) / f"tts-{cache_key(text, voice)}.wav"
     if path.exists():
         return path
-    task = _inflight.get(path)
-    if task is None or task.get_loop() is not asyncio.get_running_loop():
-        task = asyncio.ensure_future(_synthesize_to(text, voice, path, timeout))
-        _inflight[path] = task
-        task.add_done_callback(lambda t, p=path: _forget(p, t))  # type: ignore[misc]
-    # shield: a caller that gives up must not kill the run others are waiting for.
-    return await asyncio.shield(task)
-
-
-def _forget(path: Path, task: asyncio.Task[Path]) -> None:
-    if _inflight.get(path) is task:
-        del _inflight[path]
-    if not task.cancelled():
-        task.exception()  # mark retrieved: callers may all have gone away
+    return await cached_file(path, lambda: _synthesize_to(text, voice, path, timeout))
 
 
 async def _synthesize_to(text: str, voice: str, path: Path, timeout: float) -> Path:
