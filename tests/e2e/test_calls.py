@@ -36,6 +36,7 @@ from harness import (
     verify_signature,
     write_tone_wav,
 )
+from schemas import schema_errors
 
 pytestmark = pytest.mark.e2e
 
@@ -114,6 +115,7 @@ def test_basic_call(confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunn
     assert isinstance(body, dict), req.raw
     (sip_call_id,) = res.call_ids
     assert_call_fields(body, call_id=sip_call_id, srv=srv, rtp_port=rtp_peer.port)
+    assert schema_errors("session-new", body) == []
 
     start = call_start(srv, body["call_sid"])
     assert start["call_id"] == sip_call_id
@@ -139,6 +141,7 @@ def test_call_status_hook(confroom: ConfroomFactory, hook_app: HookApp, sipp: Si
     for r in statuses:
         assert_signed(r)
         assert r.json["call_sid"] == sid and r.json["call_id"] == call.json["call_id"]
+        assert schema_errors("call-status", r.json) == []
     seq = [r.json["call_status"] for r in statuses]
     assert "in-progress" in seq and seq.index("in-progress") < seq.index("completed"), seq
     call_end(srv, sid)

@@ -97,7 +97,7 @@ async def test_lifecycle_events_in_order_with_counts() -> None:
     assert conf.ended and svc.registry.get("acct", "room") is None and engine.mixers == []
     assert hooks.events() == [
         ("start", 1, "A"), ("join", 1, "A"), ("join", 2, "B"),
-        ("leave", 1, "A"), ("leave", 0, "B"), ("end", 0, ""),
+        ("leave", 1, "A"), ("leave", 0, "B"), ("end", 0, "B"),  # end: fields of the last one
     ]
     body = hooks.sent[2][1]
     assert body["conference_sid"] == body["conferenceSid"] == conf.sid
