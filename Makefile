@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test lint setup setup-test
+.PHONY: run test lint setup setup-test bench
 
 setup:
 	@scripts/setup.sh
@@ -22,3 +22,10 @@ test: setup-test lint
 lint: setup-test
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
+
+## Benchmark confroom against Janus AudioBridge (needs apt janus + sipp and
+## bench/requirements.txt; uses both cores: run it on an otherwise idle machine).
+## BENCH_ARGS="--n 300" (default), "--sweep", ...; see bench/RESULTS.md.
+BENCH_ARGS ?= --n 300
+bench:
+	python3 bench/run $(BENCH_ARGS)

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the default application: a call-hook URL (http/https) that answers "
                    "with a JSON verb list, or a local JSON verb file; default: the embedded app")
     s.add_argument("--http-port", type=int, metavar="N",
-                   help="port of the REST API, metrics and health endpoint; default off")
+                   help="port of the REST API and health endpoint; default off. Needs a "
+                   "bearer token: [http] token in the config file or CONFROOM_API_TOKEN")
     s.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p

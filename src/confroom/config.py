@@ -17,6 +17,7 @@ TOML layout::
     [http]
     host = "127.0.0.1"
     port = 0                    # REST API / metrics / health; 0 = off
+    token = ""                  # bearer token the REST API requires (needed when port > 0)
     [media]
     dir = "media"               # local files `play` may read; nothing outside it
     cache_dir = ""              # TTS and downloaded audio (default: <dir>/.cache)
@@ -34,8 +35,8 @@ TOML layout::
     numbers = ["1000"]                         # dialled numbers (user part); "*" = default
 
 Environment: CONFROOM_SIP_HOST, CONFROOM_SIP_PORT, CONFROOM_RTP_PORTS, CONFROOM_RTP_TIMEOUT,
-CONFROOM_HTTP_PORT, CONFROOM_MEDIA_DIR, CONFROOM_APP (call hook of the default app),
-CONFROOM_WEBHOOK_SECRET (secret of the default app).
+CONFROOM_HTTP_PORT, CONFROOM_API_TOKEN (the REST API's bearer token), CONFROOM_MEDIA_DIR,
+CONFROOM_APP (call hook of the default app), CONFROOM_WEBHOOK_SECRET (secret of the default app).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class Config:
     rtp_timeout: float = 30.0
     http_host: str = "127.0.0.1"
     http_port: int = 0
+    api_token: str = field(default="", repr=False)  # bearer token of the REST API
     media_dir: Path = Path("media")
     cache_dir: Path | None = None
     tts_voice: str = "en-us"
@@ -246,6 +248,10 @@ def load(
         kw["http_host"] = str(http["host"])
     if "port" in http:
         kw["http_port"] = _num(http, "port", "http", int)
+    if "token" in http:
+        if not isinstance(http["token"], str):
+            raise ConfigError("http.token: expected a string")
+        kw["api_token"] = http["token"]
     media = data.get("media", {})
     if "dir" in media:
         kw["media_dir"] = Path(media["dir"])
@@ -285,6 +291,8 @@ def load(
             raise ConfigError("CONFROOM_RTP_TIMEOUT: expected a number") from None
     if (p := env_int("CONFROOM_HTTP_PORT")) is not None:
         kw["http_port"] = p
+    if env.get("CONFROOM_API_TOKEN"):
+        kw["api_token"] = env["CONFROOM_API_TOKEN"]
     if env.get("CONFROOM_MEDIA_DIR"):
         kw["media_dir"] = Path(env["CONFROOM_MEDIA_DIR"])
 
@@ -318,6 +326,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"sip.port {cfg.sip_port} is out of range")
     if not (0 <= cfg.http_port <= 65535):
         raise ConfigError(f"http.port {cfg.http_port} is out of range")
+    if cfg.http_port > 0 and not cfg.api_token.strip():
+        raise ConfigError(
+            "the REST API is enabled (http.port / --http-port) but has no bearer token: set "
+            "[http] token in the config file or CONFROOM_API_TOKEN (the API is never served "
+            "without authentication)"
+        )
     if cfg.rtp_port_max - cfg.rtp_port_min < 1:
         raise ConfigError("rtp.ports: the range needs at least two ports")
     if cfg.rtp_timeout < 0:

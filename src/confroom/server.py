@@ -2,8 +2,9 @@
 
 This is the asyncio side of confroom: it feeds received SIP bytes to the sans-IO `SipCore`,
 sends what the core wants sent, keeps one timer armed at the core's next deadline, creates a
-`Call` (with its media session and verb runner) for each new INVITE, and on shutdown ends every
-call cleanly (BYE to answered calls, 503 to the others).
+`Call` (with its media session and verb runner) for each new INVITE, serves the REST API
+(`confroom.api`) when an HTTP port is configured, and on shutdown ends every call cleanly (BYE
+to answered calls, 503 to the others).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import uuid
 from typing import Any
 
+from confroom.api import ApiServer
 from confroom.app.control import CallInfo
 from confroom.app.hooks import WebhookClient
 from confroom.app.session import CallSession, notify_call_status
@@ -88,7 +90,9 @@ class Server:
             config.rtp_port_min, config.rtp_port_max, config.rtp_timeout,
         )
         self.hooks = WebhookClient(timeout=config.webhook_timeout)
-        self.conferences = ConferenceService(self.engine, self.hooks, self._spawn)
+        self.conferences = ConferenceService(
+            self.engine, self.hooks, self._spawn, media_dir=config.media_dir
+        )
         self.calls: dict[str, Call] = {}  # call_sid -> call
         self._by_leg: dict[int, Call] = {}  # id(leg) -> call
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -98,6 +102,7 @@ class Server:
         self._stopping = False
         self._bye_waiters: dict[int, asyncio.Future[None]] = {}
         self._ordered = KeyedSerial(self._spawn)
+        self.api: ApiServer | None = None  # the REST API, when http_port > 0
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -109,6 +114,9 @@ class Server:
         await self.engine.start()
         await self.transports.start(cfg.sip_host, cfg.sip_port, cfg.sip_transports)
         self.core = SipCore(cfg.contact_host, self.transports.port)
+        if cfg.http_port > 0:
+            self.api = ApiServer(self, cfg.http_host, cfg.http_port, cfg.api_token)
+            await self.api.start()
         log.info(
             "confroom ready: sip %s on %s:%d, rtp %d-%d, apps: %s",
             "+".join(cfg.sip_transports), cfg.sip_host, self.transports.port,
@@ -119,6 +127,9 @@ class Server:
     async def stop(self, grace: float = 3.0) -> None:
         """End every call (BYE / 503), wait for the BYEs to complete, close everything."""
         self._stopping = True
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
         self.conferences.end_all()
         waiters: list[asyncio.Future[None]] = []
         for call in list(self.calls.values()):

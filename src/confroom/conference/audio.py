@@ -4,7 +4,9 @@ Registered with the `MediaEngine` as a mixer while the conference lives. Each ti
 its mixed members' decoded frames into one (n, 160) buffer, runs talk detection over the
 members heard this tick, mixes everyone's N-1 audio in one batched call (muted and held
 members are not summed; `speakOnlyTo` restricts who hears a member) and hands each listening
-member its row as `mix_out`. Beeps are overlays added to everyone's output.
+member its row as `mix_out`. Beeps are overlays added to everyone's output. When the conference
+records, the recorder gets one frame per tick: what a silent listener without a tag hears (the
+clipped sum of every unmuted, not held, unrestricted member), silence while nobody is mixed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from confroom.conference.model import Member
+from confroom.conference.recorder import MixRecorder
 from confroom.media.mixer import ConferenceMixer, beep_frames
 from confroom.media.talk import TalkDetector
 
@@ -35,6 +38,7 @@ class ConferenceAudio:
         self._slot_ids = np.zeros(0, dtype=np.intp)
         self._restricted: npt.NDArray[np.intp] | None = None
         self._group: npt.NDArray[np.intp] | None = None
+        self.recorder: MixRecorder | None = None
 
     # ---- membership -------------------------------------------------------------------
 
@@ -56,6 +60,13 @@ class ConferenceAudio:
     def flags_changed(self) -> None:
         """Call after changing a member's muted / on_hold / tag / speak_only_to."""
         self._flags_dirty = True
+
+    def stop_recording(self) -> MixRecorder | None:
+        """Finish the recording (if any) and return its recorder."""
+        rec, self.recorder = self.recorder, None
+        if rec is not None:
+            rec.close()
+        return rec
 
     def beep(self) -> None:
         self._mixer.play_overlay(_BEEP)
@@ -85,10 +96,24 @@ class ConferenceAudio:
             self._restricted = self._group = None
         self._flags_dirty = False
 
+    def _listener_mix(self, buf: npt.NDArray[np.int16], speaking: npt.NDArray[np.bool_]) -> (
+        npt.NDArray[np.int16] | None
+    ):
+        heard = speaking if self._restricted is None else speaking & (self._restricted < 0)
+        rows = np.flatnonzero(heard)
+        if rows.size == 0:
+            return None
+        total = buf[rows].sum(axis=0, dtype=np.int32)
+        np.clip(total, -32768, 32767, out=total)
+        frame: npt.NDArray[np.int16] = total.astype(np.int16)
+        return frame
+
     def mix(self, now: float) -> None:
         ms = self._members
         n = len(ms)
         if n == 0:
+            if self.recorder is not None:
+                self.recorder.write(None, now)
             return
         if self._flags_dirty:
             self._rebuild_flags()
@@ -101,13 +126,17 @@ class ConferenceAudio:
             else:
                 buf[i] = frame
                 present[i] = True
-        if present.any():
-            rows = np.flatnonzero(present)
+        # a held member is neither heard nor reported as talking
+        detect = present & self._listens
+        if detect.any():
+            rows = np.flatnonzero(detect)
             changes = self._talk.update(buf[rows], self._slot_ids[rows], now)
         else:
             changes = self._talk.update(buf[:0], self._slot_ids[:0], now)
         speaking = present & self._speak_ok
         out = self._mixer.mix(n, speaking, self._restricted, self._group)
+        if self.recorder is not None:
+            self.recorder.write(self._listener_mix(buf, speaking), now)
         listens = self._listens
         for i, m in enumerate(ms):
             if listens[i]:

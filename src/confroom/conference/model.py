@@ -44,6 +44,11 @@ class Member:
     end_conference_on_exit: bool = False
     end_conference_duration: float = 0.0
     distribute_dtmf: bool = False
+    # A moderator (endConferenceOnExit true, or startConferenceOnEnter explicitly true) is
+    # not affected by a conference-wide mute (`conf_mute_status`).
+    moderator: bool = False
+    beep: bool = False  # beep when this member joins and when it leaves
+    hold_hook: Any = None  # the waitHook played while on hold (live control), if any
     joined_at: float = 0.0  # wall clock, set when mixed
     mixed: bool = False
     talking: bool = False
@@ -51,6 +56,8 @@ class Member:
     # Why the member left ("hangup", "kicked", "ended"); set once.
     leave_reason: str | None = None
     on_leave: Callable[[str], None] | None = None
+    # Called after live control changed on_hold (the verb starts/stops the hold loop).
+    on_change: Callable[[], None] | None = None
 
 
 @dataclass(eq=False)

@@ -2,8 +2,10 @@
 
 The verb (`conference/verb.py`) asks it to admit a member (start / join / full), to put the
 member into the mix once its enterHook has played, and to take it out again. It owns each
-live conference's `ConferenceAudio` on the media clock, the endConferenceDuration countdown,
-and the statusHook deliveries, which go out strictly in the order the events happened.
+live conference's `ConferenceAudio` on the media clock (and its recording, `record.path`),
+the endConferenceDuration countdown, the distribution of members' DTMF (`distributeDtmf`),
+and the statusHook deliveries, which go out strictly in the order the events happened. Live
+control (`conference/control.py`) finds members here and reports flag changes back.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from confroom.app.hooks import WebhookClient
@@ -20,6 +23,7 @@ from confroom.app.payload import call_fields
 from confroom.app.session import to_hook
 from confroom.conference.audio import ConferenceAudio
 from confroom.conference.model import Conference, ConferenceRegistry, Member
+from confroom.conference.recorder import MixRecorder, RecordPathError, resolve_record_path
 from confroom.media.engine import MediaEngine
 from confroom.ordered import KeyedSerial
 
@@ -38,8 +42,10 @@ class ConferenceService:
         hooks: WebhookClient,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         registry: ConferenceRegistry | None = None,
+        media_dir: Path | None = None,
     ) -> None:
         self.engine = engine
+        self.media_dir = media_dir  # where recordings go (None: recording disabled)
         self.hooks = hooks
         self.registry = registry or ConferenceRegistry()
         self._spawn = spawn
@@ -63,12 +69,33 @@ class ConferenceService:
         self.registry.create(conf)
         audio = ConferenceAudio(lambda m, talking: self._talking(conf, m, talking))
         self._audio[conf.sid] = audio
+        record = verb.get("record")
+        if isinstance(record, dict) and record.get("path") is not None:
+            audio.recorder = self._open_recording(conf, str(record["path"]))
         self.engine.mixers.append(audio)
         conf.members[member.call_sid] = member
         log.info("conference start name=%s sid=%s by call_sid=%s",
                  conf.name, conf.sid, member.call_sid)
         self.emit(conf, "start", member)
         return conf
+
+    def _open_recording(self, conf: Conference, path: str) -> MixRecorder | None:
+        """The recorder for `record.path`, or None (error logged; the conference goes on)."""
+        if self.media_dir is None:
+            log.error("conference %s: record.path %r ignored: no media directory configured",
+                      conf.name, path)
+            return None
+        try:
+            target = resolve_record_path(self.media_dir, path)
+            rec = MixRecorder.open(target)
+        except RecordPathError as e:
+            log.error("conference %s: recording refused: %s", conf.name, e)
+            return None
+        except OSError as e:
+            log.error("conference %s: cannot record to %r: %s", conf.name, path, e)
+            return None
+        log.info("conference recording name=%s sid=%s path=%s", conf.name, conf.sid, target)
+        return rec
 
     def admit(self, conf: Conference, member: Member) -> None:
         conf.members[member.call_sid] = member
@@ -95,17 +122,23 @@ class ConferenceService:
         if conf.members.get(member.call_sid) is not member:
             return
         del conf.members[member.call_sid]
+        was_mixed = member.mixed
         self._detach(conf, member, reason)
         if conf.ended:
             return
+        if was_mixed and member.beep and conf.members:
+            audio = self._audio.get(conf.sid)
+            if audio is not None:
+                audio.beep()  # beep on exit too (extension; same attribute as on join)
         if not conf.members:
-            self.end(conf, "last member left")
+            self.end(conf, "last member left", by=member)
         elif member.end_conference_on_exit:
             delay = member.end_conference_duration
             if delay > 0:
-                self._schedule_end(conf, delay)
+                self._schedule_end(conf, delay, member)
             else:
-                self.end(conf, f"call_sid={member.call_sid} left with endConferenceOnExit")
+                self.end(conf, f"call_sid={member.call_sid} left with endConferenceOnExit",
+                         by=member)
 
     def _detach(self, conf: Conference, member: Member, reason: str) -> None:
         was_mixed = member.mixed
@@ -122,23 +155,25 @@ class ConferenceService:
         if member.on_leave is not None:
             member.on_leave(reason)
 
-    def _schedule_end(self, conf: Conference, delay: float) -> None:
+    def _schedule_end(self, conf: Conference, delay: float, by: Member) -> None:
         if conf.sid in self._end_timers:
             return
         conf.end_pending = True
         loop = asyncio.get_running_loop()
         self._end_timers[conf.sid] = loop.call_later(
-            delay, lambda: self.end(conf, f"endConferenceDuration {delay:g}s elapsed")
+            delay, lambda: self.end(conf, f"endConferenceDuration {delay:g}s elapsed", by=by)
         )
 
-    def end(self, conf: Conference, why: str) -> None:
-        """End the conference: every member leaves (their calls stay up), `end` is reported."""
+    def end(self, conf: Conference, why: str, by: Member | None = None) -> None:
+        """End the conference: every member leaves (their calls stay up), `end` is reported
+        with the call fields of `by` (the member whose leaving ended it), else of a member
+        still in it."""
         if conf.ended:
             return
         timer = self._end_timers.pop(conf.sid, None)
         if timer is not None:
             timer.cancel()
-        last = next(iter(conf.members.values()), None)
+        last = by if by is not None else next(iter(conf.members.values()), None)
         for member in list(conf.members.values()):
             del conf.members[member.call_sid]
             self._detach(conf, member, "ended")
@@ -147,6 +182,10 @@ class ConferenceService:
         audio = self._audio.pop(conf.sid, None)
         if audio is not None and audio in self.engine.mixers:
             self.engine.mixers.remove(audio)
+        rec = audio.stop_recording() if audio is not None else None
+        if rec is not None:
+            log.info("conference recording done name=%s path=%s duration=%.2f",
+                     conf.name, rec.path, rec.duration)
         log.info("conference end name=%s sid=%s (%s) duration=%ds",
                  conf.name, conf.sid, why, conf.duration(time.time()))
         self.emit(conf, "end", last)
@@ -154,6 +193,39 @@ class ConferenceService:
     def end_all(self) -> None:
         for conf in self.registry.all():
             self.end(conf, "server shutdown")
+
+    # ---- live control and members' DTMF -------------------------------------------------
+
+    def find_member(self, call_sid: str) -> tuple[Conference, Member] | None:
+        """The conference a call is an (admitted) member of, and its member."""
+        for conf in self.registry.all():
+            member = conf.members.get(call_sid)
+            if member is not None:
+                return conf, member
+        return None
+
+    def flags_changed(self, conf: Conference) -> None:
+        """A member's muted / on_hold / tag / speak_only_to changed: remix from next tick."""
+        audio = self._audio.get(conf.sid)
+        if audio is not None:
+            audio.flags_changed()
+
+    def distribute_dtmf(self, conf: Conference, member: Member, digit: str) -> None:
+        """Send a digit `member` pressed to every other member that hears it (not on hold,
+        in its speakOnlyTo audience) as RFC 4733; a muted or held member's digits are not
+        passed on."""
+        if conf.ended or not member.mixed or member.muted or member.on_hold:
+            return
+        sent = 0
+        for other in conf.members.values():
+            if other is member or not other.mixed or other.on_hold:
+                continue
+            if member.speak_only_to and other.tag != member.speak_only_to:
+                continue
+            if other.media.send_dtmf(digit):
+                sent += 1
+        log.info("conference dtmf name=%s call_sid=%s digit=%s sent_to=%d",
+                 conf.name, member.call_sid, digit, sent)
 
     # ---- events -----------------------------------------------------------------------------
 

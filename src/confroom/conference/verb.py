@@ -7,7 +7,10 @@ Spec section 3. The flow for one caller:
    otherwise wait, playing the waitHook's play/say/pause verbs in a loop (0.75 s of silence
    between rounds) until the conference starts, then look again.
 2. enterHook (play/say/pause) is played just before the caller goes into the mix; `beep`.
-3. The caller stays until it hangs up, is kicked, or the conference ends.
+3. The caller stays until it hangs up, is kicked, or the conference ends. Meanwhile live
+   control may put it on hold: then the hold waitHook plays to it in the same loop as the
+   waitHook of step 1, until it is taken off hold. With `distributeDtmf`, its RFC 4733 digits
+   are passed to the other members.
 4. If the call is still up, the actionHook gets the call fields plus `conference_sid`,
    `friendly_name` and `conference_result` (ended | full | kicked | error); a verb list it
    returns replaces the rest of the call's verbs.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from confroom.app import verbs_impl
@@ -53,6 +57,9 @@ async def run_conference(s: CallSession, verb: dict[str, Any]) -> list[dict[str,
         speak_only_to=verb.get("speakOnlyTo") or None,
         muted=bool(verb.get("joinMuted", False)),
         end_conference_on_exit=bool(verb.get("endConferenceOnExit", False)),
+        moderator=bool(verb.get("endConferenceOnExit", False))
+        or verb.get("startConferenceOnEnter") is True,
+        beep=bool(verb.get("beep", False)),
         end_conference_duration=float(verb.get("endConferenceDuration") or 0),
         distribute_dtmf=bool(verb.get("distributeDtmf", False)),
     )
@@ -88,8 +95,8 @@ async def run_conference(s: CallSession, verb: dict[str, Any]) -> list[dict[str,
         if verb.get("enterHook"):
             await _play_hook(s, svc, verb["enterHook"], conf, "enterHook")
         if not left.done() and not s.interrupted:
-            svc.mix_in(conf, member, beep=bool(verb.get("beep", False)))
-            await s.guarded(left)
+            svc.mix_in(conf, member, beep=member.beep)
+            await _stay(s, svc, conf, member, left)
         if not left.done():
             # the call ended or the session was redirected: leave now
             svc.leave(conf, member, "hangup" if call.ended else "redirected")
@@ -99,6 +106,61 @@ async def run_conference(s: CallSession, verb: dict[str, Any]) -> list[dict[str,
         # whatever happened (an error included), never leave a ghost member behind
         if conf is not None and member.leave_reason is None:
             svc.leave(conf, member, "hangup" if call.ended else "error")
+
+
+async def _stay(
+    s: CallSession, svc: ConferenceService, conf: Conference, member: Member,
+    left: asyncio.Future[str],
+) -> None:
+    """Stay in the mix until the member leaves (or the session is interrupted); run the hold
+    loop while live control holds the member; pass on its DTMF with distributeDtmf."""
+    changed = asyncio.Event()
+    member.on_change = changed.set
+    if member.distribute_dtmf:
+        member.media.dtmf_tap = lambda digit: svc.distribute_dtmf(conf, member, digit)
+    hold: asyncio.Task[None] | None = None
+    try:
+        while not left.done() and not s.interrupted:
+            if member.on_hold and hold is None:
+                hold = asyncio.get_running_loop().create_task(_hold_loop(s, svc, conf, member))
+            elif not member.on_hold and hold is not None:
+                await _stop_loop(s, hold)
+                hold = None
+            changed.clear()
+            waiter = asyncio.ensure_future(changed.wait())
+            either: set[asyncio.Future[Any]] = {left, waiter}
+            try:
+                # asyncio.wait never cancels `left`, whatever happens to this wait
+                await s.guarded(asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED))
+            finally:
+                waiter.cancel()
+    finally:
+        member.on_change = None
+        if member.distribute_dtmf:
+            member.media.dtmf_tap = None
+        if hold is not None:
+            await _stop_loop(s, hold)
+
+
+async def _hold_loop(
+    s: CallSession, svc: ConferenceService, conf: Conference, member: Member
+) -> None:
+    hook = member.hold_hook
+    if not hook:
+        return  # held in silence
+    log.info("conference %s: call_sid=%s on hold, playing its waitHook", conf.name, s.call_sid)
+    await _hook_loop(s, svc, hook, conf, None, "hold waitHook",
+                     lambda: not member.on_hold or member.leave_reason is not None)
+
+
+async def _stop_loop(s: CallSession, task: asyncio.Task[None]) -> None:
+    """Stop a wait/hold loop and whatever it is playing."""
+    task.cancel()
+    s.call.stop_playback()
+    await asyncio.wait({task})  # never raises; our own cancellation still propagates
+    if not task.cancelled() and task.exception() is not None:
+        log.error("call_sid=%s: hold loop failed: %r", s.call_sid, task.exception())
+    s.call.stop_playback()
 
 
 async def _action_hook(
@@ -161,12 +223,22 @@ async def _wait_loop(
     if not hook:
         return  # wait in silence
     extra = {"friendly_name": name, "friendlyName": name}
-    while not started.done() and not s.interrupted:
-        if not await _play_hook(s, svc, hook, None, "waitHook", extra):
-            log.warning("call_sid=%s: waitHook loop stopped; the caller waits in silence",
-                        s.call_sid)
+    await _hook_loop(s, svc, hook, None, extra, "waitHook", started.done)
+
+
+async def _hook_loop(
+    s: CallSession, svc: ConferenceService, hook: Any, conf: Conference | None,
+    extra: dict[str, Any] | None, what: str, stop: Callable[[], bool],
+) -> None:
+    """Fetch `hook` and play its play/say/pause verbs, ~0.75 s of silence between rounds,
+    until `stop()` is true or the session is interrupted (the waitHook loop of spec 3.1,
+    also used while a member is on hold)."""
+    while not stop() and not s.interrupted:
+        if not await _play_hook(s, svc, hook, conf, what, extra):
+            log.warning("call_sid=%s: %s loop stopped; the caller waits in silence",
+                        s.call_sid, what)
             return
-        if started.done():
+        if stop():
             return
         await s.call.play(SilenceSource(WAIT_ROUND_GAP_S))
 

@@ -281,6 +281,11 @@ class MediaEngine:
             if not s.send_enabled or remote is None or s.closed:
                 s.sender.skip(FRAME_SAMPLES)  # keep RTP time running while we are silent
                 continue
+            if s.dtmf_tx is not None:
+                n_dtmf = _send_dtmf(s, transport, remote, stats)
+                if n_dtmf is not None:  # this tick's packets were telephone-events, not audio
+                    sent += n_dtmf
+                    continue
             if frame is None:  # plain silence: a prebuilt payload, no encoding
                 marker = s.marker_pending
                 s.marker_pending = False
@@ -364,6 +369,32 @@ def _read_source(s: MediaSession) -> Frame | None:
             except Exception:
                 log.exception("on_play_done callback failed for %r", s)
     return None
+
+
+def _send_dtmf(
+    s: MediaSession, transport: DatagramSender, remote: tuple[str, int], stats: EngineStats
+) -> int | None:
+    """Send this tick's telephone-event packets of `s`: how many went out, or None when it
+    has none this tick (then the tick sends audio as usual)."""
+    tx = s.dtmf_tx
+    pt = s.dtmf_payload_type
+    if tx is None or pt is None:
+        s.dtmf_tx = None
+        return None
+    packets = tx.tick_packets(s.sender, pt)
+    if not tx.busy:
+        s.dtmf_tx = None
+    if not packets:
+        return None
+    sent = 0
+    for pkt in packets:
+        try:
+            transport.sendto(pkt, remote)
+            sent += 1
+        except OSError:
+            stats.send_errors += 1
+    s.sender.skip(FRAME_SAMPLES)
+    return sent
 
 
 def _encode_and_send(

@@ -3,8 +3,8 @@
 Owns what the engine needs per call: the negotiated codec and payload types, where to send
 (symmetric RTP latching), the send/receive permissions derived from the remote SDP direction,
 the inbound jitter buffer and DTMF receiver, the outbound RTP sender state and DTMF send queue,
-the current audio source and the per-tick frame slots (`inbound`, `mix_out`). No sockets and no asyncio here: the
-engine feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
+the current audio source and the per-tick frame slots (`inbound`, `mix_out`). No sockets and
+no asyncio here: the engine feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
 """
 
 from __future__ import annotations

@@ -1,0 +1,222 @@
+"""The REST API's aiohttp application: routes, bearer-token auth, JSON errors, `ApiServer`.
+
+A thin adapter: request bodies are parsed and carried out by `confroom.conference.control`
+(sans-IO), conferences are found through the `ConferenceService`, calls through the server's
+`calls` map. Every `/v1` route needs `Authorization: Bearer <token>` (401 otherwise);
+`/health` and `/openapi.json` are open. Every error is JSON: `{"error": "<what is wrong>"}`.
+
+Routes (documented in `openapi.json`):
+  PUT|POST /v1/Accounts/{account_sid}/Calls/{call_sid}   live control of a conference member
+  GET      /v1/Accounts/{account_sid}/Conferences         names of the conferences in progress
+  GET      /v1/Accounts/{account_sid}/Conferences/{name}  one conference with its participants
+  DELETE   /v1/Accounts/{account_sid}/Conferences/{name}  end it (members go to actionHook)
+  GET      /health                                        {"status": "ok", "calls", "conferences"}
+  GET      /openapi.json                                  the OpenAPI document
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import cache
+from importlib import resources
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from confroom.app.control import CallInfo
+from confroom.conference.control import (
+    ControlError,
+    apply,
+    conference_detail,
+    parse_call_update,
+)
+from confroom.conference.service import ConferenceService
+
+log = logging.getLogger("confroom.api")
+
+MAX_BODY = 64 * 1024
+
+
+class CallLike(Protocol):
+    @property
+    def info(self) -> CallInfo: ...
+
+
+class ServerLike(Protocol):
+    """What the API needs of the server (`confroom.server.Server` fits)."""
+
+    @property
+    def calls(self) -> Mapping[str, CallLike]: ...
+
+    @property
+    def conferences(self) -> ConferenceService: ...
+
+
+SERVER = web.AppKey("server", ServerLike)
+TOKEN = web.AppKey("token", str)
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI document (the `openapi.json` shipped in this package)."""
+    text = (resources.files("confroom.api") / "openapi.json").read_text(encoding="utf-8")
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/") or request.path == "/v1":
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        expected = request.app[TOKEN]
+        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(
+            token.strip().encode(), expected.encode()
+        ):
+            log.warning("api: %s %s refused: %s bearer token", request.method, request.path,
+                        "wrong" if token else "missing")
+            return error(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                         **{"WWW-Authenticate": 'Bearer realm="confroom"'})
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error(e.status, e.reason)
+
+
+def _server(request: web.Request) -> ServerLike:
+    return request.app[SERVER]
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        raise ControlError("the request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise ControlError(f"the request body is not valid JSON: {e}") from None
+
+
+async def update_call(request: web.Request) -> web.Response:
+    srv = _server(request)
+    account_sid = request.match_info["account_sid"]
+    call_sid = request.match_info["call_sid"]
+    call = srv.calls.get(call_sid)
+    if call is None or call.info.account_sid != account_sid:
+        return error(404, f"no call {call_sid} in account {account_sid}")
+    try:
+        req = parse_call_update(await _json_body(request))
+    except ControlError as e:
+        return error(400, str(e))
+    svc = srv.conferences
+    found = svc.find_member(call_sid)
+    if found is None:
+        return error(422, f"call {call_sid} is not in a conference")
+    conf, member = found
+    try:
+        summary = apply(svc, conf, member, req)
+    except ControlError as e:  # pragma: no cover - parse_call_update only yields known actions
+        return error(400, str(e))
+    return web.json_response(summary, status=202)
+
+
+async def list_conferences(request: web.Request) -> web.Response:
+    svc = _server(request).conferences
+    return web.json_response(svc.registry.names(request.match_info["account_sid"]))
+
+
+def _conference(request: web.Request) -> Any:
+    account_sid = request.match_info["account_sid"]
+    name = request.match_info["name"]
+    return _server(request).conferences.registry.get(account_sid, name)
+
+
+async def get_conference(request: web.Request) -> web.Response:
+    conf = _conference(request)
+    if conf is None:
+        return error(404, f"no conference {request.match_info['name']!r} in progress")
+    return web.json_response(conference_detail(conf, time.time()))
+
+
+async def delete_conference(request: web.Request) -> web.Response:
+    conf = _conference(request)
+    if conf is None:
+        return error(404, f"no conference {request.match_info['name']!r} in progress")
+    affected = list(conf.members)
+    _server(request).conferences.end(conf, "ended by the REST API")
+    return web.json_response({"action": "end", "friendly_name": conf.name,
+                              "conference_sid": conf.sid, "call_sids": affected}, status=202)
+
+
+async def health(request: web.Request) -> web.Response:
+    srv = _server(request)
+    return web.json_response({"status": "ok", "calls": len(srv.calls),
+                              "conferences": len(srv.conferences.registry.all())})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def build_app(server: ServerLike, token: str) -> web.Application:
+    """The API application for `server`, guarded by bearer `token` (must not be empty)."""
+    if not token:
+        raise ValueError("the REST API needs a bearer token")
+    app = web.Application(middlewares=[_auth_and_errors], client_max_size=MAX_BODY)
+    app[SERVER] = server
+    app[TOKEN] = token
+    call = "/v1/Accounts/{account_sid}/Calls/{call_sid}"
+    confs = "/v1/Accounts/{account_sid}/Conferences"
+    app.router.add_put(call, update_call)
+    app.router.add_post(call, update_call)
+    app.router.add_get(confs, list_conferences, allow_head=False)
+    app.router.add_get(confs + "/{name}", get_conference, allow_head=False)
+    app.router.add_delete(confs + "/{name}", delete_conference)
+    app.router.add_get("/health", health, allow_head=False)
+    app.router.add_get("/openapi.json", openapi, allow_head=False)
+    return app
+
+
+class ApiServer:
+    """Serves `build_app(server, token)` on host:port (port 0: any free port)."""
+
+    def __init__(self, server: ServerLike, host: str, port: int, token: str) -> None:
+        self._app = build_app(server, token)
+        self._host = host
+        self._want_port = port
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._want_port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        addrs = runner.addresses
+        if addrs:
+            self.port = int(addrs[0][1])
+        log.info("REST API on http://%s:%d (bearer token required on /v1)",
+                 self._host, self.port)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
