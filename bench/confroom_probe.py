@@ -1,0 +1,71 @@
+"""Run `confroom serve` with a few read-only probes, for the benchmark (no change to src/).
+
+    python3 bench/confroom_probe.py serve --sip-port ... (same arguments as `confroom`)
+
+Wraps `MediaEngine.tick` to time every tick, hooks `gc.callbacks` to time every garbage
+collection, and at exit writes to $BENCH_PROBE_OUT (JSON): the engine's own `EngineStats`
+(late/skipped ticks, worst lateness), tick duration percentiles, and GC pauses per
+generation. Ticks and pauses are kept with their monotonic time so a window can be cut out.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import os
+import time
+from typing import Any
+
+from confroom import cli
+from confroom.media import engine as eng
+
+_engines: list[eng.MediaEngine] = []
+_ticks: list[tuple[float, float]] = []  # (monotonic start, duration)
+_gc: list[tuple[float, int, float]] = []  # (monotonic start, generation, duration)
+_gc_start = [0.0]
+
+_orig_init = eng.MediaEngine.__init__
+_orig_tick = eng.MediaEngine.tick
+
+
+def _init(self: eng.MediaEngine, *args: Any, **kwargs: Any) -> None:
+    _orig_init(self, *args, **kwargs)
+    _engines.append(self)
+
+
+def _tick(self: eng.MediaEngine, now: float) -> None:
+    t = time.perf_counter()
+    _orig_tick(self, now)
+    _ticks.append((t, time.perf_counter() - t))
+
+
+def _gc_cb(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_start[0] = time.perf_counter()
+    else:
+        _gc.append((_gc_start[0], info["generation"], time.perf_counter() - _gc_start[0]))
+
+
+def _dump() -> None:
+    path = os.environ.get("BENCH_PROBE_OUT")
+    if not path:
+        return
+    out: dict[str, Any] = {
+        "engine_stats": [
+            {k: getattr(e.stats, k) for k in e.stats.__dataclass_fields__} for e in _engines
+        ],
+        "ticks": _ticks[-200_000:],
+        "gc": _gc[-200_000:],
+    }
+    with open(path, "w") as f:
+        json.dump(out, f)
+
+
+eng.MediaEngine.__init__ = _init  # type: ignore[method-assign]
+eng.MediaEngine.tick = _tick  # type: ignore[method-assign]
+gc.callbacks.append(_gc_cb)
+atexit.register(_dump)
+
+if __name__ == "__main__":
+    raise SystemExit(cli.main())
