@@ -242,13 +242,13 @@ class MixBus:
             slots = self._slot_ids
             by_slot = {int(slots[i]): i for i in range(n)}
             for slot, talking in changes:
-                i = by_slot.get(slot)
-                if i is None:
+                row = by_slot.get(slot)
+                if row is None:
                     continue
-                member = rows[i]
+                member = rows[row]
                 if member.talking != talking:
                     member.talking = talking
-                    self._row_conf[i].on_talking(member, talking)
+                    self._row_conf[row].on_talking(member, talking)
 
     def _record(self, totals: npt.NDArray[np.int32], now: float) -> None:
         index = {id(conf): c for c, conf in enumerate(self._mixed)}
