@@ -12,7 +12,7 @@ import pytest
 
 from confroom.app.control import CallInfo
 from confroom.app.hooks import HookResult
-from confroom.conference.audio import ConferenceAudio
+from confroom.conference.audio import ConferenceAudio, MixBus
 from confroom.conference.model import Conference, ConferenceRegistry, Member
 from confroom.conference.service import ConferenceService, iso_now
 from confroom.config import AppConfig, Hook
@@ -86,7 +86,8 @@ async def test_lifecycle_events_in_order_with_counts() -> None:
     svc, hooks, engine = make_service()
     a, b = member("A"), member("B")
     conf = svc.start(a, VERB)
-    assert svc.registry.get("acct", "room") is conf and len(engine.mixers) == 1
+    assert svc.registry.get("acct", "room") is conf and engine.mixers == [svc.bus]
+    assert len(svc.bus.conferences) == 1
     svc.mix_in(conf, a, beep=False)
     svc.admit(conf, b)
     svc.mix_in(conf, b, beep=True)
@@ -94,7 +95,8 @@ async def test_lifecycle_events_in_order_with_counts() -> None:
     assert not conf.ended
     svc.leave(conf, b, "hangup")
     await settle()
-    assert conf.ended and svc.registry.get("acct", "room") is None and engine.mixers == []
+    assert conf.ended and svc.registry.get("acct", "room") is None
+    assert svc.bus.conferences == []
     assert hooks.events() == [
         ("start", 1, "A"), ("join", 1, "A"), ("join", 2, "B"),
         ("leave", 1, "A"), ("leave", 0, "B"), ("end", 0, "B"),  # end: fields of the last one
@@ -178,6 +180,8 @@ def power_at(frame: np.ndarray, freq: float) -> float:
 
 def test_audio_routing_mute_hold_and_coach() -> None:
     audio = ConferenceAudio(lambda m, t: None)
+    bus = MixBus()
+    bus.attach(audio)
     a, b, c = member("A"), member("B"), member("C", tag="agent")
     coach = member("K", speak_only_to="agent")
     freqs = {"A": 400.0, "B": 1000.0, "C": 2000.0, "K": 3000.0}
@@ -188,7 +192,7 @@ def test_audio_routing_mute_hold_and_coach() -> None:
         for m in (a, b, c, coach):
             m.media.inbound = tone(freqs[m.call_sid])
             m.media.mix_out = None
-        audio.mix(0.0)
+        bus.mix(0.0)
         return {m.call_sid: m.media.mix_out for m in (a, b, c, coach)}
 
     out = tick()

@@ -14,7 +14,7 @@ import pytest
 
 from confroom.app.control import CallInfo
 from confroom.app.hooks import HookResult
-from confroom.conference.audio import ConferenceAudio
+from confroom.conference.audio import ConferenceAudio, MixBus
 from confroom.conference.control import (
     ControlError,
     ControlRequest,
@@ -229,11 +229,11 @@ async def test_beep_on_exit_for_members_that_joined_with_beep() -> None:
             svc.admit(conf, m)
         svc.mix_in(conf, m, beep=False)
     audio = svc._audio[conf.sid]
-    assert not audio._mixer.overlay_active
+    assert not audio.beeping
     svc.leave(conf, c, "hangup")
-    assert not audio._mixer.overlay_active
+    assert not audio.beeping
     svc.leave(conf, b, "hangup")
-    assert audio._mixer.overlay_active
+    assert audio.beeping
 
 
 # ---- recording ------------------------------------------------------------------------------
@@ -287,19 +287,21 @@ def test_recorder_writes_in_batches_and_fills_skipped_ticks(tmp_path: Path) -> N
 
 def test_audio_records_what_an_untagged_silent_listener_hears(tmp_path: Path) -> None:
     audio = ConferenceAudio(lambda m, t: None)
+    bus = MixBus()
+    bus.attach(audio)
     path = tmp_path / "mix.wav"
     audio.recorder = MixRecorder.open(path)
     a, b, muted, coach = (mk_member(x) for x in ("a", "b", "m", "coach"))
     muted.muted = True
     coach.speak_only_to = "agent"
     levels = {a: 1000, b: 2000, muted: 4000, coach: 8000}
-    audio.mix(0.0)  # nobody mixed yet: silence is recorded
+    bus.mix(0.0)  # nobody mixed yet: silence is recorded
     for m in levels:
         audio.add(m)
     for i in range(1, 10):
         for m, v in levels.items():
             m.media.inbound = np.full(FRAME_SAMPLES, v, dtype=np.int16)
-        audio.mix(i * 0.02)
+        bus.mix(i * 0.02)
     rec = audio.stop_recording()
     assert rec is not None and rec.closed and audio.recorder is None
     with wave.open(str(path)) as w:

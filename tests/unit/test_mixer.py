@@ -1,4 +1,4 @@
-"""Conference mixer: N-1 mixes, clipping, coach/whisper audiences, the beep, ConferenceMixer."""
+"""Conference mixing: N-1 mixes (one and many conferences), clipping, coach/whisper, beeps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from confroom.media.mixer import ConferenceMixer, beep_frames, mix, mix_with_audience
+from confroom.media.mixer import beep_frames, mix, mix_conferences, mix_with_audience
 from confroom.media.sources import FRAME_SAMPLES, SAMPLE_RATE
 
 I16 = npt.NDArray[np.int16]
@@ -26,10 +26,12 @@ def peak_freqs(x: I16, threshold: float = 0.2) -> set[int]:
     return {round(b * SAMPLE_RATE / len(x)) for b in bins.tolist()}
 
 
-def naive_mix(frames: I16, speaking: npt.NDArray[np.bool_]) -> I16:
+def naive_mix(frames: I16, speaking: npt.NDArray[np.bool_], overlay: I16 | None = None) -> I16:
     out = np.zeros_like(frames)
     for i in range(frames.shape[0]):
         acc = np.zeros(FRAME_SAMPLES, dtype=np.int64)
+        if overlay is not None:
+            acc += overlay
         for j in range(frames.shape[0]):
             if j != i and speaking[j]:
                 acc += frames[j]
@@ -225,34 +227,25 @@ def test_beep_partial_last_frame_is_zero_padded() -> None:
     assert not frames[1][80:].any()
 
 
-def overlay_active(cm: ConferenceMixer) -> bool:
-    return cm.overlay_active
+def test_mix_conferences_matches_per_conference_mixes() -> None:
+    rng = np.random.default_rng(11)
+    sizes = [1, 5, 3, 40, 2]
+    data = rng.integers(-20000, 20000, (sum(sizes), FRAME_SAMPLES), dtype=np.int16)
+    speaking = rng.random(sum(sizes)) < 0.7
+    starts = np.cumsum([0, *sizes[:-1]]).astype(np.intp)
+    conf_of_row = np.repeat(np.arange(len(sizes)), sizes).astype(np.intp)
+    beep = beep_frames()[2]
+    out, totals = mix_conferences(data, speaking, starts, conf_of_row, overlays={3: beep})
+    for c, (a, n) in enumerate(zip(starts, sizes, strict=True)):
+        rows = slice(int(a), int(a) + n)
+        expected = naive_mix(data[rows], speaking[rows])
+        total = data[rows][speaking[rows]].sum(axis=0, dtype=np.int32)
+        if c == 3:  # the overlay is added to everything that conference's members hear
+            total = total + beep
+            expected = naive_mix(data[rows], speaking[rows], overlay=beep)
+        np.testing.assert_array_equal(out[rows], expected)
+        np.testing.assert_array_equal(totals[c], total)
+    # nobody hears another conference: a lone member hears silence
+    assert not out[0].any()
 
 
-def test_conference_mixer_grows_and_overlays() -> None:
-    cm = ConferenceMixer(capacity=2)
-    rng = np.random.default_rng(5)
-    data = rng.integers(-2000, 2000, (5, FRAME_SAMPLES), dtype=np.int16)
-    speaking = np.array([True, False, True, True, False])
-    inbound = cm.inbound(5)
-    assert cm.capacity == 8
-    inbound[:] = data
-    np.testing.assert_array_equal(cm.mix(5, speaking), naive_mix(data, speaking))
-
-    beep = beep_frames(duration_s=0.04)
-    cm.play_overlay(beep)
-    assert overlay_active(cm)
-    cm.inbound(5)[:] = 0
-    first = cm.mix(5, speaking).copy()
-    np.testing.assert_array_equal(first, np.broadcast_to(beep[0], (5, FRAME_SAMPLES)))
-    cm.mix(5, speaking)
-    assert not overlay_active(cm)
-    assert not cm.mix(5, speaking).any()
-
-    restricted = np.array([-1, -1, 0, -1, -1])
-    group = np.array([-1, 0, -1, -1, -1])
-    cm.inbound(5)[:] = data
-    np.testing.assert_array_equal(
-        cm.mix(5, speaking, restricted, group),
-        naive_audience(data, speaking, restricted, group),
-    )

@@ -1,12 +1,19 @@
-"""`ConferenceAudio`: one conference's mix on the media clock.
+"""Conference audio on the media clock: `MixBus` mixes every conference of the node per tick.
 
-Registered with the `MediaEngine` as a mixer while the conference lives. Each tick it copies
-its mixed members' decoded frames into one (n, 160) buffer, runs talk detection over the
-members heard this tick, mixes everyone's N-1 audio in one batched call (muted and held
-members are not summed; `speakOnlyTo` restricts who hears a member) and hands each listening
-member its row as `mix_out`. Beeps are overlays added to everyone's output. When the conference
-records, the recorder gets one frame per tick: what a silent listener without a tag hears (the
-clipped sum of every unmuted, not held, unrestricted member), silence while nobody is mixed.
+`ConferenceAudio` is one conference's handle: its mixed members, its beeps (overlays added to
+everything its members hear) and its recorder. All handles belong to one `MixBus`, registered
+once with the `MediaEngine` as its mixer. Each tick the bus:
+
+1. copies every mixed member's decoded frame into one (N, 160) buffer, rows grouped by
+   conference (the layout is rebuilt only when membership or a member's flags change);
+2. runs one talk detector over every member heard this tick (held members are not reported);
+3. mixes all conferences in one `mix_conferences` call (muted and held members are not summed;
+   nobody hears itself); conferences with a coach/whisper member (`speakOnlyTo`) are mixed
+   again on their own rows with `mix_with_audience`;
+4. hands each listening member its row as `mix_out`, feeds the recorders (what a silent
+   listener without a tag hears) and reports talking changes.
+
+So the number of numpy passes per tick does not grow with the number of conferences.
 """
 
 from __future__ import annotations
@@ -18,48 +25,42 @@ import numpy.typing as npt
 
 from confroom.conference.model import Member
 from confroom.conference.recorder import MixRecorder
-from confroom.media.mixer import ConferenceMixer, beep_frames
+from confroom.media.mixer import beep_frames, mix_conferences, mix_with_audience
+from confroom.media.sources import FRAME_SAMPLES, Frame
 from confroom.media.talk import TalkDetector
 
 _BEEP = beep_frames()
 
 
 class ConferenceAudio:
+    """One conference's members, beeps and recorder, mixed by the bus it is attached to."""
+
     def __init__(self, on_talking: Callable[[Member, bool], None]) -> None:
-        self._on_talking = on_talking
-        self._mixer = ConferenceMixer()
-        self._talk = TalkDetector()
+        self.on_talking = on_talking
         self._members: list[Member] = []
-        self._slots: dict[int, int] = {}  # member_id -> talk-detector slot (small, reused)
-        self._free_slots: list[int] = []
-        self._flags_dirty = True
-        self._speak_ok = np.zeros(0, dtype=bool)
-        self._listens = np.zeros(0, dtype=bool)
-        self._slot_ids = np.zeros(0, dtype=np.intp)
-        self._restricted: npt.NDArray[np.intp] | None = None
-        self._group: npt.NDArray[np.intp] | None = None
         self.recorder: MixRecorder | None = None
+        self._overlay: list[Frame] = []
+        self._overlay_pos = 0
+        self.bus: MixBus | None = None
 
     # ---- membership -------------------------------------------------------------------
 
     def add(self, member: Member) -> None:
         self._members.append(member)
-        slot = self._free_slots.pop() if self._free_slots else len(self._slots)
-        self._slots[member.member_id] = slot
-        self._flags_dirty = True
+        if self.bus is not None:
+            self.bus.member_added(member)
 
     def remove(self, member: Member) -> None:
         if member in self._members:
             self._members.remove(member)
-            slot = self._slots.pop(member.member_id)
-            self._talk.remove(slot)
-            self._free_slots.append(slot)
             member.media.mix_out = None
-            self._flags_dirty = True
+            if self.bus is not None:
+                self.bus.member_removed(member)
 
     def flags_changed(self) -> None:
         """Call after changing a member's muted / on_hold / tag / speak_only_to."""
-        self._flags_dirty = True
+        if self.bus is not None:
+            self.bus.layout_changed()
 
     def stop_recording(self) -> MixRecorder | None:
         """Finish the recording (if any) and return its recorder."""
@@ -69,82 +70,211 @@ class ConferenceAudio:
         return rec
 
     def beep(self) -> None:
-        self._mixer.play_overlay(_BEEP)
+        """Overlay a beep on everything this conference's members hear (restarts one playing)."""
+        self._overlay = list(_BEEP)
+        self._overlay_pos = 0
+
+    @property
+    def beeping(self) -> bool:
+        return self._overlay_pos < len(self._overlay)
+
+    def next_overlay(self) -> Frame | None:
+        """This tick's overlay frame, if a beep is playing."""
+        if self._overlay_pos >= len(self._overlay):
+            return None
+        frame = self._overlay[self._overlay_pos]
+        self._overlay_pos += 1
+        return frame
 
     @property
     def members(self) -> list[Member]:
         return list(self._members)
 
-    # ---- the tick -----------------------------------------------------------------------
 
-    def _rebuild_flags(self) -> None:
-        ms = self._members
-        self._speak_ok = np.array([not (m.muted or m.on_hold) for m in ms], dtype=bool)
-        self._listens = np.array([not m.on_hold for m in ms], dtype=bool)
-        self._slot_ids = np.array([self._slots[m.member_id] for m in ms], dtype=np.intp)
-        if any(m.speak_only_to for m in ms):
-            groups: dict[str, int] = {}
-            for m in ms:
-                for tag in (m.speak_only_to, m.tag):
-                    if tag and tag not in groups:
-                        groups[tag] = len(groups)
-            self._restricted = np.array(
-                [groups[m.speak_only_to] if m.speak_only_to else -1 for m in ms], dtype=np.intp
-            )
-            self._group = np.array([groups[m.tag] if m.tag else -1 for m in ms], dtype=np.intp)
-        else:
-            self._restricted = self._group = None
-        self._flags_dirty = False
+class MixBus:
+    """Mixes every attached conference per tick (see the module docstring)."""
 
-    def _listener_mix(self, buf: npt.NDArray[np.int16], speaking: npt.NDArray[np.bool_]) -> (
-        npt.NDArray[np.int16] | None
-    ):
-        heard = speaking if self._restricted is None else speaking & (self._restricted < 0)
-        rows = np.flatnonzero(heard)
-        if rows.size == 0:
-            return None
-        total = buf[rows].sum(axis=0, dtype=np.int32)
-        np.clip(total, -32768, 32767, out=total)
-        frame: npt.NDArray[np.int16] = total.astype(np.int16)
-        return frame
+    def __init__(self, capacity: int = 64) -> None:
+        self._confs: list[ConferenceAudio] = []
+        self._talk = TalkDetector(capacity)
+        self._slots: dict[int, int] = {}  # member_id -> talk-detector slot (small, reused)
+        self._free_slots: list[int] = []
+        self._buf = np.zeros((capacity, FRAME_SAMPLES), dtype=np.int16)
+        self._out = np.zeros((capacity, FRAME_SAMPLES), dtype=np.int16)
+        self._dirty = True
+        # the layout: rows grouped by conference
+        self._rows: list[Member] = []
+        self._row_conf: list[ConferenceAudio] = []  # the conference of each row
+        self._mixed: list[ConferenceAudio] = []  # conferences with rows, in row order
+        self._starts = np.zeros(0, dtype=np.intp)
+        self._conf_of_row = np.zeros(0, dtype=np.intp)
+        self._speak_ok = np.zeros(0, dtype=bool)
+        self._listens = np.zeros(0, dtype=bool)
+        self._slot_ids = np.zeros(0, dtype=np.intp)
+        # conferences (by index in _mixed) mixed again for coach/whisper: (index, restricted,
+        # member_group) with the arrays over that conference's rows
+        self._audience: list[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.intp]]] = []
+
+    # ---- attachment ---------------------------------------------------------------------
+
+    def attach(self, conf: ConferenceAudio) -> None:
+        conf.bus = self
+        self._confs.append(conf)
+        for m in conf.members:
+            self.member_added(m)
+        self._dirty = True
+
+    def detach(self, conf: ConferenceAudio) -> None:
+        if conf in self._confs:
+            self._confs.remove(conf)
+            for m in conf.members:
+                self.member_removed(m)
+            conf.bus = None
+            self._dirty = True
+
+    def member_added(self, member: Member) -> None:
+        slot = self._free_slots.pop() if self._free_slots else len(self._slots)
+        self._slots[member.member_id] = slot
+        self._dirty = True
+
+    def member_removed(self, member: Member) -> None:
+        slot = self._slots.pop(member.member_id, None)
+        if slot is not None:
+            self._talk.remove(slot)
+            self._free_slots.append(slot)
+        self._dirty = True
+
+    def layout_changed(self) -> None:
+        self._dirty = True
+
+    @property
+    def conferences(self) -> list[ConferenceAudio]:
+        return list(self._confs)
+
+    # ---- layout -------------------------------------------------------------------------
+
+    def _layout(self) -> None:
+        rows: list[Member] = []
+        row_conf: list[ConferenceAudio] = []
+        mixed: list[ConferenceAudio] = []
+        starts: list[int] = []
+        self._audience = []
+        for conf in self._confs:
+            ms = conf._members
+            if not ms:
+                continue
+            starts.append(len(rows))
+            if any(m.speak_only_to for m in ms):
+                self._audience.append((len(mixed), *_audience_groups(ms)))
+            mixed.append(conf)
+            rows.extend(ms)
+            row_conf.extend([conf] * len(ms))
+        n = len(rows)
+        if n > self._buf.shape[0]:
+            cap = self._buf.shape[0]
+            while cap < n:
+                cap *= 2
+            self._buf = np.zeros((cap, FRAME_SAMPLES), dtype=np.int16)
+            self._out = np.zeros((cap, FRAME_SAMPLES), dtype=np.int16)
+        self._rows, self._row_conf, self._mixed = rows, row_conf, mixed
+        self._starts = np.array(starts, dtype=np.intp)
+        self._conf_of_row = np.repeat(
+            np.arange(len(mixed), dtype=np.intp), np.diff(np.r_[self._starts, n])
+        )
+        self._speak_ok = np.array([not (m.muted or m.on_hold) for m in rows], dtype=bool)
+        self._listens = np.array([not m.on_hold for m in rows], dtype=bool)
+        self._slot_ids = np.array([self._slots[m.member_id] for m in rows], dtype=np.intp)
+        self._dirty = False
+
+    # ---- the tick -------------------------------------------------------------------------
 
     def mix(self, now: float) -> None:
-        ms = self._members
-        n = len(ms)
+        if self._dirty:
+            self._layout()
+        rows = self._rows
+        n = len(rows)
         if n == 0:
-            if self.recorder is not None:
-                self.recorder.write(None, now)
+            for conf in self._confs:
+                if conf.recorder is not None:
+                    conf.recorder.write(None, now)
             return
-        if self._flags_dirty:
-            self._rebuild_flags()
-        buf = self._mixer.inbound(n)
+        buf = self._buf[:n]
         present = np.zeros(n, dtype=bool)
-        for i, m in enumerate(ms):
+        for i, m in enumerate(rows):
             frame = m.media.inbound
             if frame is None:
                 buf[i] = 0
             else:
                 buf[i] = frame
                 present[i] = True
-        # a held member is neither heard nor reported as talking
-        detect = present & self._listens
-        if detect.any():
-            rows = np.flatnonzero(detect)
-            changes = self._talk.update(buf[rows], self._slot_ids[rows], now)
-        else:
-            changes = self._talk.update(buf[:0], self._slot_ids[:0], now)
+        # talking: every member heard this tick except the held ones
+        detect = np.flatnonzero(present & self._listens)
+        changes = self._talk.update(buf[detect], self._slot_ids[detect], now)
+
         speaking = present & self._speak_ok
-        out = self._mixer.mix(n, speaking, self._restricted, self._group)
-        if self.recorder is not None:
-            self.recorder.write(self._listener_mix(buf, speaking), now)
+        overlays: dict[int, Frame] = {}
+        for c, conf in enumerate(self._mixed):
+            if conf._overlay:
+                frame = conf.next_overlay()
+                if frame is not None:
+                    overlays[c] = frame
+        out, totals = mix_conferences(
+            buf, speaking, self._starts, self._conf_of_row, self._out[:n], overlays=overlays
+        )
+        starts = self._starts
+        for c, restricted, group in self._audience:
+            a = int(starts[c])
+            b = a + len(restricted)
+            mix_with_audience(buf[a:b], speaking[a:b], restricted, group, out[a:b],
+                              overlay=overlays.get(c))
+            # a silent listener without a tag does not hear the whisperers
+            public = speaking[a:b] & (restricted < 0)
+            totals[c] = buf[a:b][public].sum(axis=0, dtype=np.int32)
+            if c in overlays:
+                totals[c] += overlays[c]
+        self._record(totals, now)
+
         listens = self._listens
-        for i, m in enumerate(ms):
+        for i, m in enumerate(rows):
             if listens[i]:
                 m.media.mix_out = out[i]
         if changes:
-            by_slot = {self._slots[m.member_id]: m for m in ms}
+            slots = self._slot_ids
+            by_slot = {int(slots[i]): i for i in range(n)}
             for slot, talking in changes:
-                member = by_slot.get(slot)
-                if member is not None and member.talking != talking:
+                row = by_slot.get(slot)
+                if row is None:
+                    continue
+                member = rows[row]
+                if member.talking != talking:
                     member.talking = talking
-                    self._on_talking(member, talking)
+                    self._row_conf[row].on_talking(member, talking)
+
+    def _record(self, totals: npt.NDArray[np.int32], now: float) -> None:
+        index = {id(conf): c for c, conf in enumerate(self._mixed)}
+        for conf in self._confs:
+            rec = conf.recorder
+            if rec is None:
+                continue
+            c = index.get(id(conf))
+            if c is None:
+                rec.write(None, now)
+                continue
+            total = np.clip(totals[c], -32768, 32767)
+            rec.write(total.astype(np.int16), now)
+
+
+def _audience_groups(
+    members: list[Member],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """(restricted, member_group) of one conference's rows for `mix_with_audience`."""
+    groups: dict[str, int] = {}
+    for m in members:
+        for tag in (m.speak_only_to, m.tag):
+            if tag and tag not in groups:
+                groups[tag] = len(groups)
+    restricted = np.array(
+        [groups[m.speak_only_to] if m.speak_only_to else -1 for m in members], dtype=np.intp
+    )
+    group = np.array([groups[m.tag] if m.tag else -1 for m in members], dtype=np.intp)
+    return restricted, group

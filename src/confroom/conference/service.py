@@ -21,7 +21,7 @@ from typing import Any
 from confroom.app.hooks import WebhookClient
 from confroom.app.payload import call_fields
 from confroom.app.session import to_hook
-from confroom.conference.audio import ConferenceAudio
+from confroom.conference.audio import ConferenceAudio, MixBus
 from confroom.conference.model import Conference, ConferenceRegistry, Member
 from confroom.conference.recorder import MixRecorder, RecordPathError, resolve_record_path
 from confroom.media.engine import MediaEngine
@@ -51,6 +51,8 @@ class ConferenceService:
         self._spawn = spawn
         self._ordered = KeyedSerial(spawn)
         self._audio: dict[str, ConferenceAudio] = {}  # conference sid -> its mix
+        self.bus = MixBus()  # mixes every conference of this node, once per tick
+        engine.mixers.append(self.bus)
         self._end_timers: dict[str, asyncio.TimerHandle] = {}
 
     # ---- admission ---------------------------------------------------------------------
@@ -72,7 +74,7 @@ class ConferenceService:
         record = verb.get("record")
         if isinstance(record, dict) and record.get("path") is not None:
             audio.recorder = self._open_recording(conf, str(record["path"]))
-        self.engine.mixers.append(audio)
+        self.bus.attach(audio)
         conf.members[member.call_sid] = member
         log.info("conference start name=%s sid=%s by call_sid=%s",
                  conf.name, conf.sid, member.call_sid)
@@ -180,8 +182,8 @@ class ConferenceService:
         conf.ended = True
         self.registry.remove(conf)
         audio = self._audio.pop(conf.sid, None)
-        if audio is not None and audio in self.engine.mixers:
-            self.engine.mixers.remove(audio)
+        if audio is not None:
+            self.bus.detach(audio)
         rec = audio.stop_recording() if audio is not None else None
         if rec is not None:
             log.info("conference recording done name=%s path=%s duration=%.2f",

@@ -1,19 +1,15 @@
-"""Conference mixing: N-1 ("everyone but me") mixes for all members of one conference at once.
+"""Conference mixing: N-1 ("everyone but me") mixes, batched across conferences.
 
-Owns `mix` (plain conference), `mix_with_audience` (coach/whisper: a speaker heard only by one
-tag group), the per-conference `ConferenceMixer` (preallocated buffers that grow by doubling)
-and `beep_frames` (a short faded tone a conference can overlay on everyone's output).
+Owns `mix_conferences` (the N-1 mixes of many conferences in one pass: the media clock mixes
+every conference of the node with it), `mix` (one conference), `mix_with_audience`
+(coach/whisper: a speaker heard only by one tag group) and `beep_frames` (a short faded tone
+a conference overlays on everyone's output).
 
-Everything here is pure, sans-IO numpy on int16 frames of `FRAME_SAMPLES` samples. A tick of
-one conference is a handful of array passes whatever its size:
-
-* the sum of the speaking rows is taken once in int32 (exact for any realistic member count);
-* every member hears that same sum, so the output is first filled by broadcasting the clipped
-  total (a plain int16 copy, no per-member arithmetic);
-* only rows whose own audio is part of the sum they hear (the speakers) are then recomputed as
-  ``clip(total - own)``, so the cost above the copy is proportional to the number of speakers.
-
-Clipping saturates at -32768/32767; nothing ever wraps.
+Pure, sans-IO numpy on int16 frames of `FRAME_SAMPLES` samples. Each conference's sum of its
+speaking rows is taken once in int32 (exact for any realistic member count), every member
+gets its conference's sum minus its own contribution, and the result is clipped: saturating
+at -32768/32767, never wrapping. The number of array passes per tick does not depend on the
+number of conferences or members.
 """
 
 from __future__ import annotations
@@ -26,9 +22,9 @@ import numpy.typing as npt
 from confroom.media.sources import FRAME_SAMPLES, SAMPLE_RATE
 
 __all__ = [
-    "ConferenceMixer",
     "beep_frames",
     "mix",
+    "mix_conferences",
     "mix_with_audience",
 ]
 
@@ -106,6 +102,50 @@ def _subtract_own(
     out[rows] = diff
 
 
+def mix_conferences(
+    frames: Int16Frames,
+    speaking: BoolArray,
+    starts: IntArray,
+    conf_of_row: IntArray,
+    out: Int16Frames | None = None,
+    *,
+    overlays: dict[int, Int16Frames] | None = None,
+) -> tuple[Int16Frames, npt.NDArray[np.int32]]:
+    """N-1 mixes of many conferences in one batched pass (cost linear in rows, whatever the
+    number of conferences).
+
+    frames:      (M, 160) int16, rows grouped by conference: conference c owns the rows
+                 starts[c] up to starts[c + 1] (the last one up to M); none is empty.
+    speaking:    (M,) bool, True where the member's audio goes into its conference's mix.
+    starts:      (C,) first row of each conference, increasing, starts[0] == 0.
+    conf_of_row: (M,) the conference of each row (the expansion of `starts`).
+    overlays:    {c: (160,) int16} added to everything conference c's members hear (beeps).
+
+    Returns (out, totals): out row i is ``clip(total[c] - frames[i])`` for a speaking member
+    of conference c and ``clip(total[c])`` for the others; totals is (C, 160) int32, each
+    conference's sum of speaking rows plus its overlay, unclipped (what a silent listener
+    hears before clipping, e.g. for recording).
+    """
+    m = _check_frames(frames, speaking)
+    result = _out_buffer(out, m)
+    if m == 0:
+        return result, np.zeros((0, FRAME_SAMPLES), dtype=np.int32)
+    own = frames.astype(np.int32)
+    own *= speaking[:, None]
+    totals: npt.NDArray[np.int32] = np.add.reduceat(own, starts, axis=0)
+    if overlays:
+        for c, frame in overlays.items():
+            totals[c] += frame
+    heard = totals[conf_of_row]
+    heard -= own
+    _saturate(heard)
+    result[...] = heard
+    return result, totals
+
+
+_ONE_CONFERENCE = np.zeros(1, dtype=np.intp)
+
+
 def mix(
     frames: Int16Frames,
     speaking: BoolArray,
@@ -113,29 +153,17 @@ def mix(
     *,
     overlay: Int16Frames | None = None,
 ) -> Int16Frames:
-    """N-1 mix of one conference.
-
-    frames:   (M, 160) int16 inbound audio, one row per member (rows of silent/absent members
-              may hold anything when their `speaking` is False; they are ignored).
-    speaking: (M,) bool, True where the member's audio goes into the mix.
-    out:      optional (M, 160) int16 buffer to write into (returned).
-    overlay:  optional (160,) int16 frame added to everyone's output (e.g. a beep) before
-              clipping.
+    """N-1 mix of one conference: `mix_conferences` with every row in conference 0.
 
     Row i of the result is ``clip(total - frames[i])`` for a speaking member and
     ``clip(total)`` for the others, where ``total`` is the int32 sum of all speaking rows
-    (plus the overlay). A lone member therefore hears silence (or just the overlay).
+    (plus the overlay, e.g. a beep). A lone member therefore hears silence (or the overlay).
     """
     m = _check_frames(frames, speaking)
-    result = _out_buffer(out, m)
-    if m == 0:
-        return result
-    rows = np.flatnonzero(speaking)
-    total = _sum_rows(frames, rows)
-    if overlay is not None:
-        total += overlay.astype(np.int32)
-    result[...] = _clip16(total.copy())
-    _subtract_own(result, total, frames, rows)
+    result, _ = mix_conferences(
+        frames, speaking, _ONE_CONFERENCE[: 1 if m else 0], np.zeros(m, dtype=np.intp), out,
+        overlays=None if overlay is None else {0: overlay},
+    )
     return result
 
 
@@ -210,85 +238,6 @@ def mix_with_audience(
     if own_rows.size:
         _subtract_own(result, heard[group_index[own_rows]], frames, own_rows)
     return result
-
-
-class ConferenceMixer:
-    """Per-conference mixing state: inbound/outbound buffers sized to a capacity.
-
-    Usage per tick::
-
-        inbound = mixer.inbound(n)           # (n, 160) view to fill with members' frames
-        ...                                  # write each member's decoded frame into its row
-        outbound = mixer.mix(n, speaking)    # (n, 160) view of everyone's N-1 mix
-
-    Buffers grow by doubling when `n` exceeds the capacity; views returned earlier are
-    invalid after a growth. A beep (or any list of frames) can be queued with `play_overlay`;
-    one frame of it is added to every member's output per `mix` call until it runs out.
-    """
-
-    def __init__(self, capacity: int = 8) -> None:
-        capacity = max(1, int(capacity))
-        self._in = np.zeros((capacity, FRAME_SAMPLES), dtype=np.int16)
-        self._out = np.zeros((capacity, FRAME_SAMPLES), dtype=np.int16)
-        self._overlay: list[Int16Frames] = []
-        self._overlay_pos = 0
-
-    @property
-    def capacity(self) -> int:
-        return int(self._in.shape[0])
-
-    def reserve(self, n: int) -> None:
-        """Make room for at least `n` members (doubling), keeping inbound contents."""
-        cap = self.capacity
-        if n <= cap:
-            return
-        while cap < n:
-            cap *= 2
-        grown = np.zeros((cap, FRAME_SAMPLES), dtype=np.int16)
-        grown[: self._in.shape[0]] = self._in
-        self._in = grown
-        self._out = np.zeros((cap, FRAME_SAMPLES), dtype=np.int16)
-
-    def inbound(self, n: int) -> Int16Frames:
-        """The (n, 160) inbound buffer for this tick (rows keep last tick's data)."""
-        self.reserve(n)
-        return self._in[:n]
-
-    def play_overlay(self, frames: list[Int16Frames]) -> None:
-        """Queue frames (e.g. `beep_frames()`) to be added to everyone's output, replacing any
-        overlay still playing."""
-        self._overlay = list(frames)
-        self._overlay_pos = 0
-
-    @property
-    def overlay_active(self) -> bool:
-        return self._overlay_pos < len(self._overlay)
-
-    def _next_overlay(self) -> Int16Frames | None:
-        if self._overlay_pos >= len(self._overlay):
-            if self._overlay:
-                self._overlay = []
-                self._overlay_pos = 0
-            return None
-        frame = self._overlay[self._overlay_pos]
-        self._overlay_pos += 1
-        return frame
-
-    def mix(
-        self,
-        n: int,
-        speaking: BoolArray,
-        restricted: npt.NDArray[np.integer] | None = None,
-        member_group: npt.NDArray[np.integer] | None = None,
-    ) -> Int16Frames:
-        """Mix the first `n` inbound rows; returns a (n, 160) view of the outbound buffer."""
-        self.reserve(n)
-        overlay = self._next_overlay()
-        frames = self._in[:n]
-        out = self._out[:n]
-        if restricted is None or member_group is None:
-            return mix(frames, speaking, out, overlay=overlay)
-        return mix_with_audience(frames, speaking, restricted, member_group, out, overlay=overlay)
 
 
 def beep_frames(

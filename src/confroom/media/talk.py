@@ -101,6 +101,8 @@ class TalkDetector:
         max_flatness: float = DEFAULT_MAX_FLATNESS,
         max_tonality: float = DEFAULT_MAX_TONALITY,
         max_run_flatness: float = DEFAULT_MAX_RUN_FLATNESS,
+        floor_margin_db: float = 6.0,
+        floor_rise_db: float = 0.2,
     ) -> None:
         if not 0 <= vad_mode <= 3:
             raise ValueError("vad_mode must be 0..3")
@@ -122,6 +124,13 @@ class TalkDetector:
         self._run_frames = np.zeros(capacity, dtype=np.int32)
         self._run_flatness = np.zeros(capacity, dtype=np.float32)  # sum over the run
         self._vads: list[webrtcvad.Vad | None] = [None] * capacity
+        # Adaptive gate: each member's noise floor (mean square) follows its quietest frames
+        # at once and rises slowly through louder ones, so a steady sound (hum, a tone,
+        # constant noise) soon sits below floor + margin and costs no spectral analysis,
+        # while speech, which dips between words, keeps pulling the floor back down.
+        self._floor_ms = np.full(capacity, self._min_ms, dtype=np.float64)
+        self._floor_rise = float(10.0 ** (floor_rise_db / 10.0))
+        self._floor_margin = float(10.0 ** (floor_margin_db / 10.0))
         # Counters for observability/benchmarks: frames that reached each stage last update.
         self.last_gated = 0
         self.last_vad_calls = 0
@@ -146,6 +155,7 @@ class TalkDetector:
         self._run_frames = np.concatenate([self._run_frames, np.zeros(extra, dtype=np.int32)])
         self._run_flatness = np.concatenate([self._run_flatness, np.zeros(extra, dtype=np.float32)])
         self._vads.extend([None] * extra)
+        self._floor_ms = np.concatenate([self._floor_ms, np.full(extra, self._min_ms)])
 
     def remove(self, member_id: int) -> None:
         """Forget everything about a member (no event is emitted)."""
@@ -155,6 +165,7 @@ class TalkDetector:
             self._run_frames[member_id] = 0
             self._run_flatness[member_id] = 0.0
             self._vads[member_id] = None
+            self._floor_ms[member_id] = self._min_ms
 
     def talking(self, member_id: int) -> bool:
         return 0 <= member_id < self.capacity and bool(self._talking[member_id])
@@ -174,8 +185,11 @@ class TalkDetector:
         if k == 0:
             return speech, frame_flatness
         x = frames.astype(np.float32)
-        mean_square = np.einsum("ij,ij->i", x, x) / np.float32(FRAME_SAMPLES)
-        gated = np.flatnonzero(mean_square > self._min_ms)
+        mean_square = (np.einsum("ij,ij->i", x, x) / np.float32(FRAME_SAMPLES)).astype(np.float64)
+        floor = self._floor_ms[members]
+        gate = np.maximum(floor * self._floor_margin, self._min_ms)
+        self._floor_ms[members] = np.minimum(mean_square, floor * self._floor_rise)
+        gated = np.flatnonzero(mean_square > gate)
         self.last_gated = int(gated.size)
         if gated.size == 0:
             return speech, frame_flatness
