@@ -724,8 +724,16 @@ def main(argv: list[str] | None = None) -> int:
     res = uvloop.run(run(opts))
     print(summary(res))
     if out is not None:
-        out.write_text(json.dumps(res, indent=1))
+        out.write_text(json.dumps(res, indent=1, default=_json_default))
     return 0
+
+
+
+def _json_default(o: Any) -> Any:
+    """numpy scalars (np.bool_, np.float64, ...) as plain JSON values."""
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 if __name__ == "__main__":

@@ -200,3 +200,30 @@ def test_sequence_restart_with_continuous_timestamps() -> None:
         jb.push(i, i * 160, frame(i))
     assert pops(jb, 5) == [1, 2, 3, 4, 5]
     assert jb.stats.duplicate == 0 and jb.stats.late == 0
+
+
+def test_a_burst_of_extra_latency_is_given_back_after_a_second() -> None:
+    """After a stall (three frames arrive in one go), the buffer stays deeper than its target;
+    it skips one frame per second of that until the latency is back to normal."""
+    jb = JitterBuffer(depth=2)
+    seq, ts = 100, 8000
+    payload = bytes(range(160))
+
+    def push() -> None:
+        nonlocal seq, ts
+        jb.push(seq, ts, payload)
+        seq += 1
+        ts += 160
+
+    push()
+    push()
+    for _ in range(3):  # a stall: the sender's next frames arrive together with later ones
+        push()
+    levels = []
+    for _ in range(200):  # 4 s of steady 1-in-1-out
+        assert jb.pop() is not None
+        levels.append(jb.buffered_frames)
+        push()
+    assert levels[0] == 4  # 3 frames more than the steady level of 1
+    assert jb.stats.shrunk == 3 and levels[-1] == 1
+    assert jb.stats.lost == 0

@@ -1,11 +1,12 @@
 """`MediaEngine`: the one 20 ms media clock and the RTP socket adapter.
 
-Owns the RTP port range (one UDP socket per session, on even ports), the asyncio datagram
-protocol that hands packets to `MediaSession.on_datagram()`, and the clock task that calls
-`tick()` every 20 ms. `tick()` itself is plain synchronous code over all sessions at once:
-pop every jitter buffer, decode all frames of a codec with one table lookup, run the mixers,
-gather every outbound frame, encode each codec with one lookup, send. It can be driven by hand
-from tests (`add_session()` with a fake transport, then `tick(now)`).
+Owns the RTP port range (one non-blocking UDP socket per session, on even ports) and the clock
+task that calls `tick()` every 20 ms. `tick()` is plain synchronous code over all sessions at
+once: read every socket until it is empty (no event-loop wake-up per packet: that costs twice
+as much CPU as reading in the tick, and the jitter buffers are popped right after, so it adds
+no latency), pop every jitter buffer, decode all frames of a codec with one table lookup, run
+the mixers, gather every outbound frame, encode each codec with one lookup, send. It can be
+driven by hand from tests (`add_session()` with a fake transport, then `tick(now)`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +42,9 @@ _PLC_FRAMES: Final = 3  # a lost frame is concealed by fading repeats of the las
 _PLC_FADE_OUT: Final = np.linspace(1.0, 0.0, FRAME_SAMPLES, dtype=np.float64)
 _MAX_LATE: Final = 0.1  # seconds behind schedule before the clock gives up catching up
 _TIMEOUT_CHECK_EVERY: Final = 50  # ticks (1 s)
+_MAX_READS: Final = 16  # datagrams read per socket per tick (a sender at 10 ms sends 2)
+_MAX_DATAGRAM: Final = 2048
+_RCVBUF: Final = 256 * 1024
 _SILENCE_PAYLOAD: Final = {
     "PCMU": bytes([ULAW_SILENCE]) * FRAME_SAMPLES,
     "PCMA": bytes([ALAW_SILENCE]) * FRAME_SAMPLES,
@@ -58,7 +63,7 @@ class Mixer(Protocol):
 
 
 class DatagramSender(Protocol):
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None: ...
+    def sendto(self, data: bytes, addr: tuple[str, int], /) -> object: ...
 
 
 _Outgoing = tuple[MediaSession, DatagramSender, tuple[str, int]]
@@ -74,22 +79,6 @@ class EngineStats:
     max_lateness: float = 0.0  # seconds a tick started after its scheduled time, worst case
     packets_sent: int = 0
     send_errors: int = 0
-
-
-class _RtpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("_clock", "_on_datagram")
-
-    def __init__(self, session: MediaSession, clock: Callable[[], float]) -> None:
-        self._on_datagram = session.on_datagram
-        self._clock = clock
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        # IPv6 addresses come as (host, port, flowinfo, scope_id): keep (host, port).
-        self._on_datagram(data, addr if len(addr) == 2 else (addr[0], addr[1]), self._clock())
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and friends: the remote went away; the RTP timeout handles it.
-        log.debug("RTP socket error: %s", exc)
 
 
 class MediaEngine:
@@ -114,6 +103,8 @@ class MediaEngine:
         self.sessions: dict[int, MediaSession] = {}  # by local port
         self._entries: list[tuple[MediaSession, DatagramSender]] = []  # rebuilt on change
         self._transports: dict[int, DatagramSender] = {}
+        # sockets read at the start of each tick: (socket, its session's on_datagram)
+        self._readers: list[tuple[socket.socket, Callable[[bytes, Any, float], None]]] = []
         self._reserved: set[int] = set()
         self._cursor = first
         self._task: asyncio.Task[None] | None = None
@@ -149,30 +140,24 @@ class MediaEngine:
 
     async def open_session(self) -> MediaSession:
         """A new session bound to a free even port of the range (round robin)."""
-        loop = asyncio.get_running_loop()
-        for attempt in range(2):
-            if attempt:
-                # Closed transports release their socket on a later loop iteration: let the
-                # sessions closed just now really free their ports, then try once more.
-                for _ in range(3):
-                    await asyncio.sleep(0)
-            for _ in range(self._port_count()):
-                port = self._next_port()
-                if port in self.sessions or port in self._reserved:
-                    continue
-                session = MediaSession(port, now=loop.time())
-                self._reserved.add(port)
-                try:
-                    transport, _ = await loop.create_datagram_endpoint(
-                        lambda s=session: _RtpProtocol(s, loop.time),  # type: ignore[misc]
-                        local_addr=(self.host, port),
-                    )
-                except OSError:
-                    continue  # busy (another process) or not bindable: try the next one
-                finally:
-                    self._reserved.discard(port)
-                self.add_session(session, transport)
-                return session
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        now = asyncio.get_running_loop().time()
+        for _ in range(self._port_count()):
+            port = self._next_port()
+            if port in self.sessions:
+                continue
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+                sock.bind((self.host, port))
+            except OSError:
+                sock.close()
+                continue  # busy (another process) or not bindable: try the next one
+            session = MediaSession(port, now=now)
+            self.add_session(session, sock)
+            self._readers = [*self._readers, (sock, session.on_datagram)]
+            return session
         raise MediaError(f"no free RTP port in {self.port_min}-{self.port_max} on {self.host}")
 
     def add_session(self, session: MediaSession, transport: DatagramSender) -> None:
@@ -193,6 +178,7 @@ class MediaEngine:
         del self.sessions[port]
         transport = self._transports.pop(port)
         self._entries = [e for e in self._entries if e[0] is not s]
+        self._readers = [r for r in self._readers if r[1] != s.on_datagram]
         s.close()
         close = getattr(transport, "close", None)
         if close is not None:
@@ -233,6 +219,19 @@ class MediaEngine:
         t0 = time.perf_counter()
         entries = self._entries
         stats = self.stats
+
+        # (0) receive: drain every socket (bounded, so a flood on one port cannot stall us).
+        for sock, on_datagram in self._readers:
+            recv = sock.recvfrom
+            for _ in range(_MAX_READS):
+                try:
+                    data, addr = recv(_MAX_DATAGRAM)
+                except BlockingIOError:
+                    break
+                except OSError as e:  # e.g. an ICMP error queued on the socket
+                    log.debug("RTP socket error: %s", e)
+                    break
+                on_datagram(data, addr, now)
 
         # (1) inbound: pop every jitter buffer, decode each codec's frames in one lookup.
         ulaw_sessions: list[MediaSession] = []

@@ -27,6 +27,7 @@ __all__ = ["FRAME_BYTES", "JitterBuffer", "JitterStats"]
 FRAME_BYTES: Final = 160  # 20 ms of G.711 at 8 kHz
 _RESYNC_SAMPLES: Final = 8000  # a timestamp this far (1 s) from the cursor restarts the stream
 _SEQ_WINDOW: Final = 64
+_SHRINK_AFTER_POPS: Final = 50  # 1 s of pops leaving more than the steady level queued
 _SEQ_MASK: Final = (1 << _SEQ_WINDOW) - 1
 
 
@@ -39,12 +40,14 @@ class JitterStats:
     dropped_overflow: int = 0  # buffered frames discarded to bring the latency back down
     underruns: int = 0  # pops that found the buffer empty (prefill restarted)
     resets: int = 0  # restarts on a new SSRC or a timestamp jump
+    shrunk: int = 0  # frames skipped because the buffer stayed too deep (latency given back)
 
 
 class JitterBuffer:
     """De-jitters one G.711 stream: `push()` packets as they come, `pop()` one frame per tick."""
 
     __slots__ = (
+        "_deep_pops",
         "_depth_samples",
         "_end",
         "_fill_frame",
@@ -87,6 +90,7 @@ class JitterBuffer:
         self._has_played = False  # a frame has been popped since the stream (re)started
         self._max_seq = 0
         self._seq_bits = 0  # bit i set: sequence number (_max_seq - i) was received
+        self._deep_pops = 0  # consecutive pops that left more than depth - 1 frames queued
 
     @property
     def fill(self) -> int:
@@ -107,6 +111,7 @@ class JitterBuffer:
         self._has_played = False
         self._seq_bits = 0
         self._ssrc = None
+        self._deep_pops = 0
 
     def push(self, seq: int, ts: int, payload: bytes, ssrc: int | None = None) -> None:
         """Store one packet's payload at its timestamp position."""
@@ -240,9 +245,30 @@ class JitterBuffer:
         self._head = (slot + 1) % self._nframes
         self._read_ts = (self._read_ts + FRAME_BYTES) & 0xFFFFFFFF
         self._end -= FRAME_BYTES
+        # Playout shrinking: a late tick or a burst leaves extra frames queued, and a steady
+        # stream would keep them forever (the latency only ratchets up). After a pop the
+        # steady level is depth - 1 frames; when more stay queued after every pop for a
+        # whole second, skip one frame. (Ordinary jitter makes the level swing below the
+        # steady one now and then, which restarts the count.)
+        if self._end > self._depth_samples - FRAME_BYTES:
+            self._deep_pops += 1
+            if self._deep_pops >= _SHRINK_AFTER_POPS:
+                self._deep_pops = 0
+                self._skip_frame()
+        else:
+            self._deep_pops = 0
         if have:
             self._filled[slot] = 0
             base = slot * FRAME_BYTES
             return bytes(self._ring[base : base + FRAME_BYTES])
         self.stats.lost += 1
         return None
+
+    def _skip_frame(self) -> None:
+        """Discard the next frame (whatever it holds) to bring the latency down by 20 ms."""
+        slot = self._head
+        self._filled[slot] = 0
+        self._head = (slot + 1) % self._nframes
+        self._read_ts = (self._read_ts + FRAME_BYTES) & 0xFFFFFFFF
+        self._end -= FRAME_BYTES
+        self.stats.shrunk += 1

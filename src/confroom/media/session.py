@@ -163,7 +163,8 @@ class MediaSession:
         elif pt != _CN_PAYLOAD_TYPE:
             return  # unknown payload type (or RTCP on a muxed port): not ours
         if addr != self.remote:
-            self.remote = (addr[0], addr[1])  # symmetric RTP: answer where it comes from
+            # symmetric RTP: answer where it comes from (IPv6 addresses come as 4-tuples)
+            self.remote = (addr[0], addr[1])
         self.last_rx = now
         self._rx_rearm = False
         self._timed_out = False
