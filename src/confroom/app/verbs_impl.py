@@ -62,6 +62,17 @@ def loop_count(value: Any) -> int:
     return 0 if n == 0 else max(n, 1)
 
 
+def positive_int(value: Any) -> int | None:
+    """A whole number > 0 from a number or numeric string (None when absent or unusable)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None
+
+
 def seconds(value: Any) -> float | None:
     """A number or numeric string of seconds (None when absent or unusable)."""
     if value is None or isinstance(value, bool):

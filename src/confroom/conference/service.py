@@ -21,6 +21,7 @@ from typing import Any
 from confroom.app.hooks import WebhookClient
 from confroom.app.payload import call_fields
 from confroom.app.session import to_hook
+from confroom.app.verbs_impl import positive_int
 from confroom.conference.audio import ConferenceAudio, MixBus
 from confroom.conference.model import Conference, ConferenceRegistry, Member
 from confroom.conference.recorder import MixRecorder, RecordPathError, resolve_record_path
@@ -66,7 +67,7 @@ class ConferenceService:
             status_hook=verb.get("statusHook"),
             status_events=frozenset(str(e) for e in verb.get("statusEvents") or ()),
             host_app=member.app,
-            max_participants=_int_or_none(verb.get("maxParticipants")),
+            max_participants=positive_int(verb.get("maxParticipants")),
         )
         self.registry.create(conf)
         audio = ConferenceAudio(lambda m, talking: self._talking(conf, m, talking))
@@ -261,13 +262,3 @@ class ConferenceService:
             "friendlyName": conf.name,
             "duration": conf.duration(time.time()),
         }
-
-
-def _int_or_none(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        return None
-    return n if n > 0 else None

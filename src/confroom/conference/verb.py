@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from confroom.app import verbs_impl
 from confroom.app.verbs import MEDIA_ONLY
+from confroom.app.verbs_impl import positive_int
 from confroom.conference.model import Conference, Member
 from confroom.conference.service import ConferenceService
 from confroom.media.sources import SilenceSource
@@ -79,7 +80,7 @@ async def run_conference(s: CallSession, verb: dict[str, Any]) -> list[dict[str,
                 if conf is None:
                     return None  # the call ended (or was redirected) while waiting
                 continue  # it started: look again (it may be full already)
-            if conf.is_full(_positive_int(limit)):
+            if conf.is_full(positive_int(limit)):
                 log.info("conference %s is full: call_sid=%s not admitted",
                          name, call.info.call_sid)
                 return await _action_hook(s, svc, verb, conf, "full")
@@ -241,9 +242,3 @@ async def _hook_loop(
         if stop():
             return
         await s.call.play(SilenceSource(WAIT_ROUND_GAP_S))
-
-
-def _positive_int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return int(value) if value > 0 else None
