@@ -247,3 +247,31 @@ def test_reject_and_transactions_drain() -> None:
     core.handle_timer(100.0)
     assert len(core.tx) == 0
     assert core.legs == []
+
+
+def test_bye_before_ack_waits_for_the_ack() -> None:
+    """RFC 3261 15: no BYE until our 2xx is ACKed (its 200 OK may have been lost)."""
+    core = SipCore("127.0.0.1", 5060)
+    ev = new_call(core)
+    core.answer(ev.leg, b"v=0\r\n", 0.0)
+    sent(core)
+    assert core.bye(ev.leg, 0.1)  # the app hangs up at once
+    assert sent(core) == []  # nothing yet: the caller has not confirmed the call
+    core.handle_timer(0.5)
+    assert [m.status for m in sent(core) if isinstance(m, Response)] == [200]  # 2xx retx
+    core.receive_datagram(req("ACK", branch="z9hG4bKack", to_tag=ev.leg.local_tag), PEER, 0.6)
+    (bye,) = sent(core)
+    assert isinstance(bye, Request) and bye.method == "BYE"
+    assert events(core) == []  # no CallConfirmed for a call already hung up
+
+
+def test_bye_before_ack_goes_out_when_the_2xx_times_out() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    ev = new_call(core)
+    core.answer(ev.leg, b"v=0\r\n", 0.0)
+    core.bye(ev.leg, 0.1)
+    sent(core)
+    core.handle_timer(40.0)
+    out = sent(core)
+    assert [m.method for m in out if isinstance(m, Request)] == ["BYE"]
+    assert not any(isinstance(e, CallAckTimeout) for e in events(core))

@@ -71,6 +71,8 @@ class Leg:
     final_status: int | None = None
     # SDP body of our 2xx (retransmitted answers of re-INVITEs reuse the tx layer)
     pending_reinvite: ServerTransaction | None = None
+    # headers of a BYE asked for before the ACK arrived (sent on ACK or 2xx timeout)
+    pending_bye: list[tuple[str, str]] | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -309,15 +311,27 @@ class SipCore:
         return True
 
     def bye(self, leg: Leg, now: float, headers: list[tuple[str, str]] | None = None) -> bool:
-        """Send BYE in an answered dialog. False when there is no dialog to end."""
-        if leg.state not in ("answered", "confirmed"):
+        """End an answered dialog with BYE. False when there is no dialog to end.
+
+        Before the caller has ACKed our 2xx, the BYE waits for that ACK (or for the 2xx
+        transaction to time out): RFC 3261 section 15 forbids sending it earlier, and a caller
+        whose 200 OK was lost would otherwise get a BYE for a call it never saw answered."""
+        if leg.pending_bye is not None:
+            return True
+        if leg.state == "answered":
+            leg.pending_bye = list(headers or [])
+            return True
+        if leg.state != "confirmed":
             return False
-        req = self._in_dialog_request(leg, "BYE", headers or [])
+        self._send_bye(leg, now, headers or [])
+        return True
+
+    def _send_bye(self, leg: Leg, now: float, headers: list[tuple[str, str]]) -> None:
+        req = self._in_dialog_request(leg, "BYE", headers)
         self._terminate(leg)
         ctx = self.tx.request(req, self._dialog_peer(leg), now)
         self._bye_txs[id(ctx)] = leg
         self._pump(now)
-        return True
 
     def respond_reinvite(
         self, leg: Leg, tx: ServerTransaction, status: int, now: float, sdp: bytes | None = None,
@@ -366,11 +380,11 @@ class SipCore:
             if isinstance(ev, RequestReceived):
                 self._on_request(ev, now)
             elif isinstance(ev, AckReceived):
-                self._on_ack(ev.request)
+                self._on_ack(ev.request, now)
             elif isinstance(ev, ResponseReceived):
                 self._on_response(ev.tx, ev.response)
             elif isinstance(ev, TransactionTimeout):
-                self._on_timeout(ev.tx)
+                self._on_timeout(ev.tx, now)
             elif isinstance(ev, StrayResponse):
                 pass  # we only send BYE/OPTIONS-style requests: nothing to ACK
 
@@ -484,7 +498,7 @@ class SipCore:
         self.tx.respond(target, resp, now)
         self._events.append(CallCancelled(leg))
 
-    def _on_ack(self, ack: Request) -> None:
+    def _on_ack(self, ack: Request, now: float) -> None:
         leg = self._find_leg(ack)
         if leg is None or leg.state != "answered":
             return
@@ -492,6 +506,9 @@ class SipCore:
         if leg.invite_tx is not None:
             self._by_invite_tx.pop(id(leg.invite_tx), None)
             leg.invite_tx = None
+        if leg.pending_bye is not None:  # the layer above already hung up: now we may
+            self._send_bye(leg, now, leg.pending_bye)
+            return
         self._events.append(CallConfirmed(leg, ack))
 
     def _on_response(self, ctx: ClientTransaction, resp: Response) -> None:
@@ -502,7 +519,7 @@ class SipCore:
             self._forget(leg)
             self._events.append(ByeDone(leg, resp.status))
 
-    def _on_timeout(self, t: ServerTransaction | ClientTransaction) -> None:
+    def _on_timeout(self, t: ServerTransaction | ClientTransaction, now: float) -> None:
         if isinstance(t, ClientTransaction):
             leg = self._bye_txs.pop(id(t), None)
             if leg is not None:
@@ -516,6 +533,9 @@ class SipCore:
             # 2xx never ACKed: RFC 3261 13.3.1.4, the UAS must end the dialog with BYE.
             leg.state = "confirmed"  # so that bye() is allowed
             leg.invite_tx = None
+            if leg.pending_bye is not None:
+                self._send_bye(leg, now, leg.pending_bye)
+                return
             self._events.append(CallAckTimeout(leg))
         else:
             self._forget(leg)
