@@ -6,10 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+if [ "${1:-}" = "--test" ]; then want_test=1; fi
 
 apt_pkgs=(espeak-ng)
-[ "$want_test" = 1 ] && apt_pkgs+=(sip-tester sox)
+if [ "$want_test" = 1 ]; then apt_pkgs+=(sip-tester sox); fi
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -31,9 +31,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 extras=""
-[ "$want_test" = 1 ] && extras="[test]"
+stamp="$VENV/.confroom-installed"
+if [ "$want_test" = 1 ]; then
+  extras="[test]"
+  stamp="$stamp-test"
+fi
 # Reinstall only when the project's declared dependencies changed.
-stamp="$VENV/.confroom-installed$( [ "$want_test" = 1 ] && echo -test)"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
   "$VENV/bin/pip" install -q -e ".$extras"
