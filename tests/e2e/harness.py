@@ -34,8 +34,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pytest
 from aiohttp import web
+
+from toolcheck import in_ci as in_ci  # re-exported for the e2e tests
+from toolcheck import require_tool as require_tool
 
 HOST = "127.0.0.1"
 SIPP_DIR = Path(__file__).resolve().parent.parent / "sipp"
@@ -49,21 +51,6 @@ Int16Array = npt.NDArray[np.int16]
 
 
 # --------------------------------------------------------------------------------- tools
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI") == "true"
-
-
-def require_tool(name: str) -> str:
-    """The path of an external binary; a missing one FAILS the test in CI, else skips it."""
-    path = shutil.which(name)
-    if path is None:
-        msg = f"required tool {name!r} is not installed (not on PATH)"
-        if in_ci():
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
-    return path
 
 
 # --------------------------------------------------------------------------------- ports

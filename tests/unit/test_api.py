@@ -26,6 +26,7 @@ from confroom.conference.service import ConferenceService
 from confroom.config import AppConfig, ConfigError, Hook, load
 from confroom.media.engine import MediaEngine
 from confroom.media.session import MediaSession
+from toolcheck import in_ci
 
 TOKEN = "s3cret-token"
 ACCT = "acct"
@@ -278,8 +279,8 @@ def test_every_documented_response_was_exercised() -> None:
     documented = {(p, m, s) for p, ops in DOC["paths"].items() for m, op in ops.items()
                   for s in op["responses"]}
     missing = documented - SEEN
-    if len(RAN) < 8:
-        pytest.skip("needs the other API tests of this file to have run first")
+    if len(RAN) < 8 and not in_ci():  # a partial local run (-k ...); CI runs the whole file
+        pytest.skip("partial local run (never in CI): needs the other API tests of this file")
     assert not missing, f"documented but never exercised: {sorted(missing)}"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import wave
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from confroom.app.verbs_impl import local_media_path, loop_count
 from confroom.config import AppConfig, Config, Hook
 from confroom.media import tts
 from confroom.media.sources import Source
+from toolcheck import require_tool
 
 # ------------------------------------------------------------------------------- fakes
 
@@ -767,10 +767,10 @@ async def test_play_url_real_download(
     assert list((media_dir.parent / "cache").glob("url-*.wav"))
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 async def test_say_with_real_engine(
     server: AppServer, hooks: WebhookClient, media_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    require_tool("espeak-ng")
     monkeypatch.setattr(verbs_impl, "synthesize", tts.synthesize)
     server.routes["/app/call"] = [{"verb": "say", "text": "Welcome to confroom."}]
     session, call = make(server, hooks, media_dir)

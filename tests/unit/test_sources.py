@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import wave
 from pathlib import Path
@@ -23,6 +22,7 @@ from confroom.media.sources import (
     ToneSource,
     load_wav,
 )
+from toolcheck import require_tool
 
 
 def drain(source: Source, limit: int = 10_000) -> list[npt.NDArray[np.int16]]:
@@ -185,8 +185,7 @@ def test_load_wav_widths_and_rates(tmp_path: Path, rate: int, width: int) -> Non
 
 
 def _sox(tmp_path: Path, name: str, *args: str) -> Path:
-    if shutil.which("sox") is None:
-        pytest.skip("sox not installed")
+    require_tool("sox")
     out = tmp_path / name
     subprocess.run(
         ["sox", "-n", *args, str(out), "synth", "0.5", "sine", "1000", "vol", "0.5"],

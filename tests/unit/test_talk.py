@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import wave
 from collections.abc import Callable
@@ -15,6 +13,7 @@ import pytest
 
 from confroom.media.sources import FRAME_SAMPLES, SAMPLE_RATE
 from confroom.media.talk import TalkDetector, spectral_features
+from toolcheck import require_tool
 
 I16 = npt.NDArray[np.int16]
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
@@ -100,10 +99,7 @@ def onset_and_end(x: I16, start: float = 0.0) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, I16]:
     """8 kHz int16 speech from espeak-ng for two voices (en-us male, en+f3 female)."""
-    if shutil.which("espeak-ng") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("espeak-ng is required in CI (apt-get install espeak-ng)")
-        pytest.skip("espeak-ng not installed")
+    require_tool("espeak-ng")
     tmp = tmp_path_factory.mktemp("speech")
     voices: dict[str, I16] = {}
     for voice in ("en-us", "en+f3"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import wave
 from pathlib import Path
 
@@ -12,8 +11,12 @@ import pytest
 
 from confroom.media import filecache, tts
 from confroom.media.sources import load_wav
+from toolcheck import require_tool
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing")
+
+@pytest.fixture(autouse=True)
+def _espeak() -> None:
+    require_tool("espeak-ng")
 
 
 class SpawnCounter:
