@@ -86,8 +86,6 @@ class Call:
         self._sdp_version = 1
         self.started_at = time.time()
         self.answered_at: float | None = None
-        self.end_reason = ""
-        self.dtmf: list[str] = []
         self.session_kill: Callable[[], None] | None = None  # set by the runner
         media.on_play_done = self._on_play_done
         media.on_dtmf = self.on_dtmf
@@ -204,7 +202,6 @@ class Call:
         self._sig.sip_respond_reinvite(self.leg, tx, 200, self._answer_sdp())
 
     def on_dtmf(self, digit: str) -> None:
-        self.dtmf.append(digit)
         log.info("dtmf call_sid=%s digit=%s", self.info.call_sid, digit)
 
     def _on_rtp_timeout(self) -> None:
@@ -250,7 +247,6 @@ class Call:
         """The call is over: stop media and the verb runner, report, and release resources."""
         if self.ended:
             return
-        self.end_reason = reason
         self._ended.set()
         self._resolve_play(False)
         if self.session_kill is not None:

@@ -13,28 +13,29 @@ import time
 import urllib.error
 import urllib.request
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pytest
-from jambonz_sdk.client import JambonzClient
-from tests.e2e.conftest import ConfroomFactory
-from tests.e2e.harness import (
+from harness import (
     ACCOUNT_SID,
     HOST,
+    ConfroomFactory,
     ConfroomProcess,
     HookApp,
     HookRequest,
     Int16Array,
     RtpPeer,
+    SippRun,
     SippRunner,
     loud_frames,
     rms,
     tone_power,
     write_tone_wav,
 )
+from jambonz_sdk.client import JambonzClient
 
 pytestmark = pytest.mark.e2e
 
@@ -95,6 +96,19 @@ def server_addr(peer: RtpPeer, timeout: float = 15.0) -> tuple[str, int]:
     return peer.wait_packets(1, timeout=timeout, payload_types=[0])[0].source
 
 
+def dial(sipp: SippRunner, srv: ConfroomProcess, peers: Mapping[str, RtpPeer],
+         pause_ms: int | Mapping[str, int], timeout: float = 40
+         ) -> tuple[list[SippRun], dict[str, tuple[str, int]]]:
+    """One uac_basic call per named peer (its RTP port in the SDP, the name as From user), in
+    the conference for `pause_ms`; returns the SIPp runs and where the server sends each one's
+    RTP from (send there: symmetric RTP)."""
+    runs = [sipp.start("uac_basic", srv.target, keys={"rtp_port": p.port, "from_user": name},
+                       pause_ms=pause_ms if isinstance(pause_ms, int) else pause_ms[name],
+                       timeout=timeout)
+            for name, p in peers.items()]
+    return runs, {name: server_addr(p) for name, p in peers.items()}
+
+
 def window(peer: RtpPeer, t1: float, t2: float) -> Int16Array:
     """The audio `peer` received between monotonic times t1 and t2."""
     pcm = peer.decoded_pcm(since=t1)[: int((t2 - t1) * 8000)]
@@ -135,9 +149,7 @@ def test_mute_via_rest_with_the_jambonz_sdk(
     srv, rest = start(confroom, hook_app)
     freqs = {"alice": 440.0, "bob": 1000.0, "carol": 2200.0}
     peers = {name: rtp_peer_factory() for name in freqs}
-    runs = [sipp.start("uac_basic", srv.target, keys={"rtp_port": p.port, "from_user": name},
-                       pause_ms=11000, timeout=40) for name, p in peers.items()]
-    addrs = {name: server_addr(p) for name, p in peers.items()}
+    runs, addrs = dial(sipp, srv, peers, pause_ms=11000)
     srv.wait_log(r"conference join .*members=3", timeout=15)
     sids = call_sids(hook_app, 3)
     t0 = time.monotonic()
@@ -191,9 +203,7 @@ def test_hold_plays_the_wait_hook_and_isolates_the_member(
     write_tone_wav(srv.media_dir / "moh.wav", 3000.0, 1.0, amplitude=0.4)
     freqs = {"alice": 440.0, "bob": 1000.0}
     peers = {name: rtp_peer_factory() for name in freqs}
-    runs = [sipp.start("uac_basic", srv.target, keys={"rtp_port": p.port, "from_user": name},
-                       pause_ms=11000, timeout=40) for name, p in peers.items()]
-    addrs = {name: server_addr(p) for name, p in peers.items()}
+    runs, addrs = dial(sipp, srv, peers, pause_ms=11000)
     srv.wait_log(r"conference join .*members=2", timeout=15)
     sids = call_sids(hook_app, 2)
     t0 = time.monotonic()
@@ -244,9 +254,7 @@ def test_coach_is_heard_only_by_the_tagged_member(
     srv, rest = start(confroom, hook_app)
     freqs = {"coach": 440.0, "agent": 1000.0, "customer": 2200.0}
     peers = {name: rtp_peer_factory() for name in freqs}
-    runs = [sipp.start("uac_basic", srv.target, keys={"rtp_port": p.port, "from_user": name},
-                       pause_ms=12000, timeout=40) for name, p in peers.items()]
-    addrs = {name: server_addr(p) for name, p in peers.items()}
+    runs, addrs = dial(sipp, srv, peers, pause_ms=12000)
     srv.wait_log(r"conference join .*members=3", timeout=15)
     sids = call_sids(hook_app, 3)
     t0 = time.monotonic()
@@ -371,10 +379,7 @@ def test_recording_holds_the_mix_for_the_conference_duration(
     srv, _ = start(confroom, hook_app)
     freqs = {"alice": 440.0, "bob": 1000.0}
     peers = {name: rtp_peer_factory() for name in freqs}
-    runs = [sipp.start("uac_basic", srv.target, keys={"rtp_port": p.port, "from_user": name},
-                       pause_ms=pause, timeout=40)
-            for (name, p), pause in zip(peers.items(), (6000, 5000), strict=True)]
-    addrs = {name: server_addr(p) for name, p in peers.items()}
+    runs, addrs = dial(sipp, srv, peers, pause_ms=dict(zip(peers, (6000, 5000), strict=True)))
     srv.wait_log(r"conference join .*members=2", timeout=15)
     senders = [peers[n].send_tone_async(f, 3.0, addrs[n], amplitude=0.2)
                for n, f in freqs.items()]
@@ -412,9 +417,7 @@ def test_distribute_dtmf_sends_rfc4733_to_the_other_members(
     }))
     srv, _ = start(confroom, hook_app)
     peers = {name: rtp_peer_factory() for name in ("alice", "bob", "carol")}
-    runs = [sipp.start("uac_basic", srv.target, keys={"rtp_port": p.port, "from_user": name},
-                       pause_ms=5000, timeout=30) for name, p in peers.items()]
-    addrs = {name: server_addr(p) for name, p in peers.items()}
+    runs, addrs = dial(sipp, srv, peers, pause_ms=5000, timeout=30)
     srv.wait_log(r"conference join .*members=3", timeout=15)
     peers["alice"].send_dtmf("7", addrs["alice"])
     peers["bob"].send_dtmf("3", addrs["bob"])  # bob did not ask: his digit stays with him

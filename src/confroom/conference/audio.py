@@ -38,7 +38,7 @@ class ConferenceAudio:
     def __init__(self, on_talking: Callable[[Member, bool], None]) -> None:
         self.on_talking = on_talking
         self._members: list[Member] = []
-        self.recorder: MixRecorder | None = None
+        self._recorder: MixRecorder | None = None
         self._overlay: list[Frame] = []
         self._overlay_pos = 0
         self.bus: MixBus | None = None
@@ -61,6 +61,16 @@ class ConferenceAudio:
         """Call after changing a member's muted / on_hold / tag / speak_only_to."""
         if self.bus is not None:
             self.bus.layout_changed()
+
+    @property
+    def recorder(self) -> MixRecorder | None:
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, rec: MixRecorder | None) -> None:
+        self._recorder = rec
+        if self.bus is not None:
+            self.bus.layout_changed()  # the bus keeps its recorders in the layout
 
     def stop_recording(self) -> MixRecorder | None:
         """Finish the recording (if any) and return its recorder."""
@@ -114,6 +124,8 @@ class MixBus:
         # conferences (by index in _mixed) mixed again for coach/whisper: (index, restricted,
         # member_group) with the arrays over that conference's rows
         self._audience: list[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.intp]]] = []
+        # recording conferences: (recorder, index in _mixed or None while nobody is mixed)
+        self._recording: list[tuple[MixRecorder, int | None]] = []
 
     # ---- attachment ---------------------------------------------------------------------
 
@@ -184,6 +196,12 @@ class MixBus:
         self._speak_ok = np.array([not (m.muted or m.on_hold) for m in rows], dtype=bool)
         self._listens = np.array([not m.on_hold for m in rows], dtype=bool)
         self._slot_ids = np.array([self._slots[m.member_id] for m in rows], dtype=np.intp)
+        index = {id(conf): c for c, conf in enumerate(mixed)}
+        self._recording = [
+            (conf.recorder, index.get(id(conf)))
+            for conf in self._confs
+            if conf.recorder is not None
+        ]
         self._dirty = False
 
     # ---- the tick -------------------------------------------------------------------------
@@ -194,9 +212,8 @@ class MixBus:
         rows = self._rows
         n = len(rows)
         if n == 0:
-            for conf in self._confs:
-                if conf.recorder is not None:
-                    conf.recorder.write(None, now)
+            for rec, _ in self._recording:
+                rec.write(None, now)
             return
         buf = self._buf[:n]
         present = np.zeros(n, dtype=bool)
@@ -251,17 +268,11 @@ class MixBus:
                     self._row_conf[row].on_talking(member, talking)
 
     def _record(self, totals: npt.NDArray[np.int32], now: float) -> None:
-        index = {id(conf): c for c, conf in enumerate(self._mixed)}
-        for conf in self._confs:
-            rec = conf.recorder
-            if rec is None:
-                continue
-            c = index.get(id(conf))
+        for rec, c in self._recording:
             if c is None:
                 rec.write(None, now)
-                continue
-            total = np.clip(totals[c], -32768, 32767)
-            rec.write(total.astype(np.int16), now)
+            else:
+                rec.write(np.clip(totals[c], -32768, 32767).astype(np.int16), now)
 
 
 def _audience_groups(

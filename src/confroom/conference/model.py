@@ -21,13 +21,6 @@ from confroom.app.control import CallInfo
 from confroom.config import AppConfig
 from confroom.media.session import MediaSession
 
-# Names an app may list in statusEvents; "end-talking" (the seed's) and "stop-talking"
-# (jambonz's) mean the same event and are reported under the name the app asked for.
-STATUS_EVENTS = frozenset(
-    {"start", "end", "join", "leave", "start-talking", "end-talking", "stop-talking",
-     "mute", "unmute", "hold", "unhold"}
-)
-
 _member_ids = itertools.count(1)
 
 

@@ -105,7 +105,6 @@ class MediaEngine:
         self._transports: dict[int, DatagramSender] = {}
         # sockets read at the start of each tick: (socket, its session's on_datagram)
         self._readers: list[tuple[socket.socket, Callable[[bytes, Any, float], None]]] = []
-        self._reserved: set[int] = set()
         self._cursor = first
         self._task: asyncio.Task[None] | None = None
 
