@@ -85,9 +85,11 @@ class Server:
         self.config = config
         self.core: SipCore | None = None
         self.transports = SipTransports(self._on_sip_bytes)
+        # RTP listens where SIP listens (every interface for a wildcard); the SDP advertises
+        # config.contact_host, which may be a NAT's public address and need not be local.
         self.engine = MediaEngine(
-            config.contact_host if config.sip_host in ("0.0.0.0", "::", "") else config.sip_host,
-            config.rtp_port_min, config.rtp_port_max, config.rtp_timeout,
+            config.sip_host or "0.0.0.0", config.rtp_port_min, config.rtp_port_max,
+            config.rtp_timeout,
         )
         self.hooks = WebhookClient(timeout=config.webhook_timeout)
         self.conferences = ConferenceService(
