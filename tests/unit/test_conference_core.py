@@ -17,6 +17,7 @@ from confroom.conference.model import Conference, ConferenceRegistry, Member
 from confroom.conference.service import ConferenceService, iso_now
 from confroom.config import AppConfig, Hook
 from confroom.media.engine import MediaEngine
+from confroom.media.frames import FrameTable
 from confroom.media.session import MediaSession
 
 APP = AppConfig(call_hook=Hook("http://127.0.0.1:9/call"), account_sid="acct")
@@ -178,12 +179,19 @@ def power_at(frame: np.ndarray, freq: float) -> float:
     return float(spec[k] / max(spec.sum(), 1e-9))
 
 
-def test_audio_routing_mute_hold_and_coach() -> None:
+@pytest.mark.parametrize("shared", [True, False], ids=["one-frame-table", "own-tables"])
+def test_audio_routing_mute_hold_and_coach(shared: bool) -> None:
+    """Both ways the bus reaches frames: one gather from the table all sessions share (an
+    engine's), or member by member when each session has a table of its own."""
     audio = ConferenceAudio(lambda m, t: None)
     bus = MixBus()
     bus.attach(audio)
     a, b, c = member("A"), member("B"), member("C", tag="agent")
     coach = member("K", speak_only_to="agent")
+    if shared:
+        table = FrameTable()
+        for m in (a, b, c, coach):
+            m.media.adopt_frames(table)
     freqs = {"A": 400.0, "B": 1000.0, "C": 2000.0, "K": 3000.0}
     for m in (a, b, c, coach):
         audio.add(m)
@@ -214,3 +222,30 @@ def test_audio_routing_mute_hold_and_coach() -> None:
 
     audio.remove(b)
     assert b.media.mix_out is None and len(audio.members) == 3
+
+
+def test_a_freed_frame_row_is_not_mixed_into_by_a_stale_member() -> None:
+    """A member whose session left the shared table (the engine closed it) while still in
+    the conference must not write its mix into the row a new session now holds."""
+    table = FrameTable()
+    audio = ConferenceAudio(lambda m, t: None)
+    bus = MixBus()
+    bus.attach(audio)
+    a, b = member("A"), member("B")
+    for m in (a, b):
+        m.media.adopt_frames(table)
+        audio.add(m)
+    a.media.inbound = tone(400.0)
+    b.media.inbound = tone(1000.0)
+    bus.mix(0.0)
+    old_row = b.media.frame_row
+    b.media.adopt_frames(FrameTable())  # closed by the engine, still a member
+    newcomer = MediaSession(40000)
+    newcomer.adopt_frames(table)
+    assert newcomer.frame_row == old_row
+    table.set_outbound(old_row, None)
+    a.media.inbound = tone(400.0)
+    bus.mix(0.0)
+    assert newcomer.mix_out is None  # nothing written into the reused row
+    b_out = b.media.mix_out
+    assert b_out is not None and power_at(b_out, 400.0) > 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -379,4 +380,105 @@ async def test_busy_port_is_skipped() -> None:
             await engine.open_session()
     finally:
         blocker.close()
+        await engine.stop()
+
+
+async def test_sockets_are_read_in_rounds_with_audio_batched() -> None:
+    """The tick reads one datagram per readable socket per round: the plain 20 ms audio from
+    the latched address goes into the jitter bank in one batch per round, everything else
+    (the first packet from a new address, DTMF) through `on_datagram`; batched packets still
+    count for the inactivity timer."""
+    base = _free_even_port_range(2)
+    engine = MediaEngine("127.0.0.1", base, base + 3, rtp_timeout=1.0)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    here = client.getsockname()
+    try:
+        a = await engine.open_session()
+        b = await engine.open_session()
+        a.update("PCMU", 0, 101, here[0], here[1], "sendrecv")  # SDP already right: batched
+        b.update("PCMA", 8, 101, "127.0.0.1", 9, "sendrecv")  # SDP wrong: latches first
+        ulaw = g711.encode("PCMU", np.full(160, 1000, np.int16)).tobytes()
+        alaw = g711.encode("PCMA", np.full(160, -2000, np.int16)).tobytes()
+
+        def send(s: MediaSession, pt: int, seq: int, payload: bytes) -> None:
+            header = build_rtp_header(pt, False, seq, 8000 + seq * 160, 0x1234 + pt)
+            client.sendto(header + payload, ("127.0.0.1", s.local_port))
+
+        # Two frames of `a` queued in one tick (two rounds), one of `b`, DTMF for `a`.
+        send(a, 0, 0, ulaw)
+        send(a, 0, 1, ulaw)
+        send(b, 8, 0, alaw)
+        for i in range(4):
+            dtmf = struct.pack("!BBH", 5, (0x80 if i >= 2 else 0) | 10, 160 * (i + 1))
+            client.sendto(build_rtp_header(101, i == 0, 100 + i, 4000, 0x99) + dtmf,
+                          ("127.0.0.1", a.local_port))
+        clock = Clock()
+        clock.run(engine, 1)
+        assert a.jitter.stats.received == 2 and b.jitter.stats.received == 1
+        assert a.dtmf_digits == ["5"] and b.remote == here
+        assert a.inbound is not None and int(a.inbound[0]) == int(g711.ULAW_DECODE[ulaw[0]])
+        assert b.inbound is None  # prefilling: one frame of two
+        sent_at = clock.now - TICK
+        send(b, 8, 1, alaw)  # now from the latched address: batched
+        clock.run(engine, 1)
+        assert b.jitter.stats.received == 2
+        assert b.inbound is not None and int(b.inbound[0]) == int(g711.ALAW_DECODE[alaw[0]])
+        # The timer sees the batched packets: no timeout at 1 s after them, one at ~1.2 s.
+        timeouts: list[MediaSession] = []
+        a.on_timeout = lambda: timeouts.append(a)
+        b.on_timeout = lambda: timeouts.append(b)
+        clock.run(engine, 48)
+        assert a.last_rx == sent_at and b.last_rx == sent_at + TICK and not timeouts
+        clock.run(engine, 50)
+        assert timeouts == [a, b]
+    finally:
+        client.close()
+        await engine.stop()
+
+
+async def test_latched_socket_ignores_others_and_is_released_after_silence() -> None:
+    base = _free_even_port_range(1)
+    engine = MediaEngine("127.0.0.1", base, base + 1, rtp_timeout=0)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    payload = g711.encode("PCMU", np.full(160, 500, np.int16)).tobytes()
+    try:
+        s = await engine.open_session()
+        s.update("PCMU", 0, None, "127.0.0.1", 9, "sendrecv")
+        clock = Clock()
+        seq = 0
+
+        def send(sock: socket.socket) -> None:
+            nonlocal seq
+            sock.sendto(build_rtp_header(0, False, seq, seq * 160, 7) + payload,
+                        ("127.0.0.1", s.local_port))
+            seq += 1
+
+        send(peer)
+        clock.run(engine, 1)
+        assert s.remote == peer.getsockname()
+        send(other)  # somebody else, while the peer is latched: the kernel drops it
+        send(peer)
+        clock.run(engine, 1)
+        assert s.remote == peer.getsockname() and s.jitter.stats.received == 2
+        # Our RTP goes to the peer through the connected socket.
+        peer.settimeout(1.0)
+        data, addr = peer.recvfrom(2048)
+        assert addr == ("127.0.0.1", s.local_port) and len(data) == 172
+        clock.run(engine, 100)  # 2 s of silence: the latch is released
+        send(other)  # e.g. the peer's NAT mapping changed
+        clock.run(engine, 1)
+        assert s.remote == other.getsockname() and s.jitter.stats.received == 3
+        # An SDP moving the media elsewhere releases the latch as well.
+        s.update("PCMU", 0, None, "127.0.0.1", 9, "sendrecv")
+        clock.run(engine, 1)
+        send(peer)
+        clock.run(engine, 1)
+        assert s.remote == peer.getsockname() and s.jitter.stats.received == 4
+    finally:
+        peer.close()
+        other.close()
         await engine.stop()

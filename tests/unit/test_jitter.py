@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from confroom.media.jitter import JitterBuffer
+import random
+
+import numpy as np
+
+from confroom.media.jitter import JitterBank, JitterBuffer
 
 
 def frame(n: int, size: int = 160) -> bytes:
@@ -227,3 +231,162 @@ def test_a_burst_of_extra_latency_is_given_back_after_a_second() -> None:
     assert levels[0] == 4  # 3 frames more than the steady level of 1
     assert jb.stats.shrunk == 3 and levels[-1] == 1
     assert jb.stats.lost == 0
+
+
+# --- the adaptive target --------------------------------------------------------------------
+
+
+def test_a_clean_stream_lowers_its_target_to_min_depth_and_a_late_packet_raises_it() -> None:
+    jb = JitterBuffer(depth=2, min_depth=1)
+    seq = ts = 0
+
+    def push() -> None:
+        nonlocal seq, ts
+        jb.push(seq, ts, frame(seq))
+        seq += 1
+        ts += 160
+
+    push()
+    push()
+    assert jb.target == 2
+    for _ in range(100):  # 2 s in time: the target drops to one frame
+        assert jb.pop() is not None
+        push()
+    assert jb.target == 1
+    for _ in range(60):  # the shrink then gives the extra frame back within about 1 s
+        assert jb.pop() is not None
+        push()
+    assert jb.buffered_frames == 1 and jb.stats.shrunk == 1
+    out = jb.pop()  # steady at one frame: what was pushed just before the pop is played
+    assert out == frame(seq - 1) and jb.buffered_frames == 0
+    assert jb.pop() is None  # the next packet is late: underrun, back to two frames
+    assert jb.target == 2 and jb.stats.underruns == 1
+    push()  # the late one arrives
+    assert jb.pop() is None  # prefilling to two frames again
+    push()
+    assert jb.pop() == frame(seq - 2)
+
+
+def test_a_lost_frame_restores_the_full_depth() -> None:
+    jb = JitterBuffer(depth=3, min_depth=1)
+    for i in range(3):
+        jb.push(i, i * 160, frame(i))
+    for i in range(3, 103):
+        assert jb.pop() is not None
+        jb.push(i, i * 160, frame(i))
+    assert jb.target == 2
+    jb.push(104, 104 * 160, frame(104))  # 103 is lost
+    while jb.stats.lost == 0:
+        jb.pop()
+    assert jb.target == 3
+
+
+def test_min_depth_must_be_in_range() -> None:
+    for bad in (0, 3):
+        try:
+            JitterBuffer(depth=2, min_depth=bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"min_depth={bad} accepted")
+
+
+# --- the batch path equals the per-packet path ------------------------------------------------
+
+
+def _random_streams(rng: random.Random, n_streams: int, ticks: int) -> list[list[list[tuple]]]:
+    """Per tick, per stream, the packets (seq, ts, payload, ssrc) that arrive in that tick:
+    mostly 20 ms in order, with loss, reordering, duplicates, late bursts, silence gaps, SSRC
+    changes, timestamp jumps and 10/30 ms packets mixed in."""
+    plan: list[list[list[tuple]]] = [[[] for _ in range(n_streams)] for _ in range(ticks)]
+    for s in range(n_streams):
+        seq = rng.randrange(65536)
+        ts = rng.randrange(2**32)
+        ssrc = rng.randrange(2**32)
+        pending: list[tuple[int, tuple]] = []
+        for t in range(ticks):
+            r = rng.random()
+            if r < 0.03:
+                pass  # lost
+            elif r < 0.05:
+                ts = (ts + 160 * rng.randrange(2, 80)) & 0xFFFFFFFF  # silence / jump
+            elif r < 0.06:
+                ssrc = rng.randrange(2**32)
+            elif r < 0.07 and pending:
+                pending.append((t, pending[-1][1]))  # duplicate
+            size = 160
+            if r > 0.98:
+                size = rng.choice([80, 240, 100])
+            payload = bytes([rng.randrange(256)]) * size
+            delay = 0 if rng.random() < 0.9 else rng.randrange(1, 4)
+            pending.append((t + delay, (seq, ts, payload, ssrc)))
+            seq = (seq + 1) & 0xFFFF
+            ts = (ts + size) & 0xFFFFFFFF
+        for when, pkt in pending:
+            if when < ticks:
+                plan[when][s].append(pkt)
+        for t in range(ticks):
+            if rng.random() < 0.2:
+                rng.shuffle(plan[t][s])
+    return plan
+
+
+def _state(bank: JitterBank) -> list[np.ndarray]:
+    names = ("ring", "filled", "ssrc", "started", "playing", "has_played", "head", "read_ts",
+             "end", "max_seq", "seq_bits", "deep_pops", "target", "clean", "counts")
+    return [getattr(bank, n).copy() for n in names]
+
+
+def test_push_frames_and_pop_all_equal_packet_by_packet() -> None:
+    rng = random.Random(7)
+    n = 40
+    plan = _random_streams(rng, n, 600)
+    batch = JitterBank(capacity=4, depth=2, min_depth=1)
+    single = JitterBank(capacity=4, depth=2, min_depth=1)
+    ids = [batch.open() for _ in range(n)]
+    assert ids == [single.open() for _ in range(n)]
+    idx_all = np.array(ids, dtype=np.intp)
+    batched = 0
+    for tick in plan:
+        rounds = max(len(p) for p in tick)
+        for r in range(rounds):
+            rows = [(s, tick[s][r]) for s in range(n) if len(tick[s]) > r]
+            for s, (seq, ts, payload, ssrc) in rows:
+                single.push(ids[s], seq, ts, payload, ssrc)
+            fast = [(s, p) for s, p in rows if len(p[2]) == 160]
+            slow = [(s, p) for s, p in rows if len(p[2]) != 160]
+            if fast:
+                rest = batch.push_frames(
+                    np.array([ids[s] for s, _ in fast], dtype=np.intp),
+                    np.array([p[0] for _, p in fast], dtype=np.int64),
+                    np.array([p[1] for _, p in fast], dtype=np.int64),
+                    np.array([p[3] for _, p in fast], dtype=np.int64),
+                    np.frombuffer(b"".join(p[2] for _, p in fast), np.uint8).reshape(-1, 160),
+                )
+                batched += int((~rest).sum())
+                slow += [fast[k] for k in np.flatnonzero(rest)]
+            for s, (seq, ts, payload, ssrc) in slow:
+                batch.push(ids[s], seq, ts, payload, ssrc)
+        codes_b, ok_b = batch.pop_all(idx_all)
+        popped = [single.pop(i) for i in ids]
+        assert [p is not None for p in popped] == ok_b.tolist()
+        for k, p in enumerate(popped):
+            if p is not None:
+                assert codes_b[k].tobytes() == p
+        for a, b in zip(_state(batch), _state(single), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert batched > 0.4 * n * 600  # the batch path took most packets, even of these streams
+    totals = batch.counts.sum(axis=0)
+    assert all(totals[1:7] > 0)  # lost, late, duplicate, overflow, underruns, resets all seen
+
+
+def test_bank_grows_and_reuses_streams() -> None:
+    bank = JitterBank(capacity=1)
+    a = bank.open()
+    b = bank.open(fill=0xD5)
+    assert bank.capacity == 2 and a != b
+    bank.push(b, 0, 0, frame(3))
+    bank.push(b, 1, 160, frame(4))
+    assert bank.pop(b) == frame(3)
+    bank.close(b)
+    c = bank.open()
+    assert c == b and bank.stats(c).received == 0 and bank.buffered_frames(c) == 0

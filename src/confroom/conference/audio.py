@@ -4,13 +4,16 @@
 everything its members hear) and its recorder. All handles belong to one `MixBus`, registered
 once with the `MediaEngine` as its mixer. Each tick the bus:
 
-1. copies every mixed member's decoded frame into one (N, 160) buffer, rows grouped by
-   conference (the layout is rebuilt only when membership or a member's flags change);
+1. gathers every mixed member's decoded frame into one (N, 160) buffer, rows grouped by
+   conference, with one fancy index into the engine's `FrameTable` (the layout is rebuilt
+   only when membership, a member's flags or the table's rows change; members whose
+   sessions are not in one table, as in unit tests, are copied one by one);
 2. runs one talk detector over every member heard this tick (held members are not reported);
 3. mixes all conferences in one `mix_conferences` call (muted and held members are not summed;
    nobody hears itself); conferences with a coach/whisper member (`speakOnlyTo`) are mixed
    again on their own rows with `mix_with_audience`;
-4. hands each listening member its row as `mix_out`, feeds the recorders (what a silent
+4. writes each listening member's row to its `mix_out` (one scatter into the table), feeds
+   the recorders (what a silent
    listener without a tag hears) and reports talking changes.
 
 So the number of numpy passes per tick does not grow with the number of conferences.
@@ -25,6 +28,7 @@ import numpy.typing as npt
 
 from confroom.conference.model import Member
 from confroom.conference.recorder import MixRecorder
+from confroom.media.frames import FrameTable
 from confroom.media.mixer import beep_frames, mix_conferences, mix_with_audience
 from confroom.media.sources import FRAME_SAMPLES, Frame
 from confroom.media.talk import TalkDetector
@@ -121,6 +125,11 @@ class MixBus:
         self._speak_ok = np.zeros(0, dtype=bool)
         self._listens = np.zeros(0, dtype=bool)
         self._slot_ids = np.zeros(0, dtype=np.intp)
+        # the FrameTable all rows' sessions share (None: they do not), its version at layout
+        # time and each row's frame row in it
+        self._table: FrameTable | None = None
+        self._table_version = -1
+        self._frame_rows = np.zeros(0, dtype=np.intp)
         # conferences (by index in _mixed) mixed again for coach/whisper: (index, restricted,
         # member_group) with the arrays over that conference's rows
         self._audience: list[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.intp]]] = []
@@ -196,6 +205,10 @@ class MixBus:
         self._speak_ok = np.array([not (m.muted or m.on_hold) for m in rows], dtype=bool)
         self._listens = np.array([not m.on_hold for m in rows], dtype=bool)
         self._slot_ids = np.array([self._slots[m.member_id] for m in rows], dtype=np.intp)
+        tables = {id(m.media.frames): m.media.frames for m in rows}
+        self._table = next(iter(tables.values())) if len(tables) == 1 else None
+        self._table_version = self._table.version if self._table is not None else -1
+        self._frame_rows = np.array([m.media.frame_row for m in rows], dtype=np.intp)
         index = {id(conf): c for c, conf in enumerate(mixed)}
         self._recording = [
             (conf.recorder, index.get(id(conf)))
@@ -207,23 +220,31 @@ class MixBus:
     # ---- the tick -------------------------------------------------------------------------
 
     def mix(self, now: float) -> None:
-        if self._dirty:
+        table = self._table
+        if self._dirty or (table is not None and table.version != self._table_version):
             self._layout()
+            table = self._table
         rows = self._rows
         n = len(rows)
         if n == 0:
             for rec, _ in self._recording:
                 rec.write(None, now)
             return
-        buf = self._buf[:n]
-        present = np.zeros(n, dtype=bool)
-        for i, m in enumerate(rows):
-            frame = m.media.inbound
-            if frame is None:
-                buf[i] = 0
-            else:
-                buf[i] = frame
-                present[i] = True
+        if table is not None:
+            frame_rows = self._frame_rows
+            buf = table.inbound[frame_rows]
+            present = table.has_inbound[frame_rows]
+            buf[~present] = 0
+        else:
+            buf = self._buf[:n]
+            present = np.zeros(n, dtype=bool)
+            for i, m in enumerate(rows):
+                frame = m.media.inbound
+                if frame is None:
+                    buf[i] = 0
+                else:
+                    buf[i] = frame
+                    present[i] = True
         # talking: every member heard this tick except the held ones
         detect = np.flatnonzero(present & self._listens)
         changes = self._talk.update(buf[detect], self._slot_ids[detect], now)
@@ -252,9 +273,14 @@ class MixBus:
         self._record(totals, now)
 
         listens = self._listens
-        for i, m in enumerate(rows):
-            if listens[i]:
-                m.media.mix_out = out[i]
+        if table is not None:
+            to = self._frame_rows[listens]
+            table.outbound[to] = out[listens]
+            table.has_outbound[to] = True
+        else:
+            for i, m in enumerate(rows):
+                if listens[i]:
+                    m.media.mix_out = out[i]
         if changes:
             slots = self._slot_ids
             by_slot = {int(slots[i]): i for i in range(n)}

@@ -2,35 +2,52 @@
 
 Owns the RTP port range (one non-blocking UDP socket per session, on even ports) and the clock
 task that calls `tick()` every 20 ms. `tick()` is plain synchronous code over all sessions at
-once: read every socket until it is empty (no event-loop wake-up per packet: that costs twice
-as much CPU as reading in the tick, and the jitter buffers are popped right after, so it adds
-no latency), pop every jitter buffer, decode all frames of a codec with one table lookup, run
-the mixers, gather every outbound frame, encode each codec with one lookup, send. It can be
-driven by hand from tests (`add_session()` with a fake transport, then `tick(now)`).
+once:
+
+1. receive: an epoll of the engine's own says which sockets are readable; each round reads one
+   datagram from each of them (no event-loop wake-up per packet, no failing read per socket).
+   A session's socket is `connect()`ed to the address its RTP is latched to, so the kernel
+   drops anybody else's packets and reads need no source address: they land straight in one
+   receive buffer, and a round's plain 20 ms audio packets go into the `JitterBank` in one
+   batch; anything else (DTMF, comfort noise, odd sizes) goes through the session's
+   `on_datagram()`, as does every packet on a socket that is not latched yet. A latched
+   socket that hears nothing for `_RELATCH_AFTER` is released, so a peer whose address
+   changed (NAT re-binding) is latched again by its next packet; so is one whose SDP moved
+   the media elsewhere;
+2. pop every jitter buffer in one pass and decode each codec with one table lookup;
+3. run the mixers;
+4. gather every outbound frame, encode each codec with one lookup, send.
+
+It can be driven by hand from tests (`add_session()` with a fake transport, then `tick(now)`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import logging
+import os
+import select
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from confroom.media import g711
+from confroom.media.frames import FrameTable
 from confroom.media.g711 import (
     ALAW_DECODE,
     ALAW_ENCODE,
-    ALAW_SILENCE,
     ULAW_DECODE,
     ULAW_ENCODE,
-    ULAW_SILENCE,
 )
+from confroom.media.jitter import JitterBank, JitterBuffer
 from confroom.media.session import MediaSession
 from confroom.media.sources import FRAME_SAMPLES, Frame
 
@@ -38,17 +55,18 @@ __all__ = ["DatagramSender", "EngineStats", "MediaEngine", "MediaError", "Mixer"
 
 log = logging.getLogger(__name__)
 
-_PLC_FRAMES: Final = 3  # a lost frame is concealed by fading repeats of the last one
-_PLC_FADE_OUT: Final = np.linspace(1.0, 0.0, FRAME_SAMPLES, dtype=np.float64)
 _MAX_LATE: Final = 0.1  # seconds behind schedule before the clock gives up catching up
-_TIMEOUT_CHECK_EVERY: Final = 50  # ticks (1 s)
 _MAX_READS: Final = 16  # datagrams read per socket per tick (a sender at 10 ms sends 2)
+_EPOLL_BATCH: Final = 4096  # readable sockets taken per epoll round
+_RELATCH_AFTER: Final = 1.0  # seconds of silence after which a latched socket is released
+# The common datagram, taken in batches: RTP v2 without padding, extension or CSRCs (first
+# byte 0x80) carrying 20 ms of G.711.
+_FAST_LEN: Final = 12 + FRAME_SAMPLES
+_HOUSEKEEPING_EVERY: Final = 50  # ticks (1 s): inactivity timeouts, releasing quiet latches
+_libc = ctypes.CDLL(None, use_errno=True)
+_AF_UNSPEC_ADDR: Final = bytes(16)  # a sockaddr with sa_family AF_UNSPEC
 _MAX_DATAGRAM: Final = 2048
 _RCVBUF: Final = 256 * 1024
-_SILENCE_PAYLOAD: Final = {
-    "PCMU": bytes([ULAW_SILENCE]) * FRAME_SAMPLES,
-    "PCMA": bytes([ALAW_SILENCE]) * FRAME_SAMPLES,
-}
 
 
 class MediaError(Exception):
@@ -66,7 +84,38 @@ class DatagramSender(Protocol):
     def sendto(self, data: bytes, addr: tuple[str, int], /) -> object: ...
 
 
-_Outgoing = tuple[MediaSession, DatagramSender, tuple[str, int]]
+# (session, its transport, where to, the latched socket's send() or None: then sendto)
+_Outgoing = tuple[MediaSession, DatagramSender, tuple[str, int], Callable[[bytes], int] | None]
+
+
+class _Port:
+    """A session's socket as the tick uses it."""
+
+    __slots__ = ("peer", "send", "session", "sock", "stream")
+
+    def __init__(self, sock: socket.socket, session: MediaSession) -> None:
+        self.sock = sock
+        self.session = session
+        self.stream = session.jitter.index
+        self.peer: tuple[str, int] | None = None  # the address the socket is connected to
+        self.send = sock.send
+
+    def connect(self, peer: tuple[str, int]) -> None:
+        try:
+            self.sock.connect(peer)
+        except OSError as e:
+            log.warning("RTP port %d: cannot latch to %s: %s", self.session.local_port, peer, e)
+            return
+        self.peer = peer
+
+    def release(self) -> None:
+        """Dissolve the connection (connect to AF_UNSPEC): any source is heard again."""
+        self.peer = None
+        if _libc.connect(self.sock.fileno(), _AF_UNSPEC_ADDR, len(_AF_UNSPEC_ADDR)) != 0:
+            err = ctypes.get_errno()
+            if err != errno.EAFNOSUPPORT:  # some kernels report this after dissolving
+                log.warning("RTP port %d: cannot release: %s", self.session.local_port,
+                            os.strerror(err))
 
 
 @dataclass(slots=True)
@@ -103,8 +152,19 @@ class MediaEngine:
         self.sessions: dict[int, MediaSession] = {}  # by local port
         self._entries: list[tuple[MediaSession, DatagramSender]] = []  # rebuilt on change
         self._transports: dict[int, DatagramSender] = {}
-        # sockets read at the start of each tick: (socket, its session's on_datagram)
-        self._readers: list[tuple[socket.socket, Callable[[bytes, Any, float], None]]] = []
+        # sockets read at the start of each tick, by fd, and by the session's local port
+        self._readers: dict[int, _Port] = {}
+        self._ports: dict[int, _Port] = {}
+        self._rx_buf = np.zeros((0, _MAX_DATAGRAM), dtype=np.uint8)  # a row per readable socket
+        self._rx_rows: list[memoryview] = []
+        self._poller = select.epoll()
+        # every session's jitter buffer is a stream of this bank: popped in one pass per tick
+        self.jitter = JitterBank(capacity=64, depth=2, min_depth=1)
+        self._streams = np.zeros(0, dtype=np.intp)  # the jitter stream of each entry
+        # every session's inbound / mix_out frames are rows of this table
+        self.frames = FrameTable(capacity=64)
+        self._rows = np.zeros(0, dtype=np.intp)  # the frame row of each entry
+        self._rx_at = np.zeros(self.jitter.capacity)  # last batched packet per stream
         self._cursor = first
         self._task: asyncio.Task[None] | None = None
 
@@ -122,6 +182,7 @@ class MediaEngine:
                 await task
         for session in list(self.sessions.values()):
             self.close_session(session)
+        self._poller.close()
 
     @property
     def running(self) -> bool:
@@ -155,7 +216,16 @@ class MediaEngine:
                 continue  # busy (another process) or not bindable: try the next one
             session = MediaSession(port, now=now)
             self.add_session(session, sock)
-            self._readers = [*self._readers, (sock, session.on_datagram)]
+            if self._poller.closed:
+                self._poller = select.epoll()
+            self._poller.register(sock.fileno(), select.EPOLLIN)
+            p = _Port(sock, session)
+            self._readers[sock.fileno()] = p
+            self._ports[port] = p
+            if len(self._readers) > len(self._rx_rows):
+                rows = max(64, 2 * len(self._readers))
+                self._rx_buf = np.zeros((rows, _MAX_DATAGRAM), dtype=np.uint8)
+                self._rx_rows = [memoryview(row) for row in self._rx_buf]  # type: ignore[arg-type]
             return session
         raise MediaError(f"no free RTP port in {self.port_min}-{self.port_max} on {self.host}")
 
@@ -164,9 +234,21 @@ class MediaEngine:
         port = session.local_port
         if port in self.sessions:
             raise MediaError(f"port {port} already has a session")
+        bank = self.jitter
+        stream = bank.open(g711.silence_byte(session.codec))
+        if bank.capacity > len(self._rx_at):
+            self._rx_at = np.resize(self._rx_at, bank.capacity)
+        self._rx_at[stream] = 0.0
+        session.jitter = JitterBuffer.of(bank, stream)
+        session.adopt_frames(self.frames)
         self.sessions[port] = session
         self._transports[port] = transport
-        self._entries = [*self._entries, (session, transport)]
+        self._set_entries([*self._entries, (session, transport)])
+
+    def _set_entries(self, entries: list[tuple[MediaSession, DatagramSender]]) -> None:
+        self._entries = entries
+        self._streams = np.array([s.jitter.index for s, _ in entries], dtype=np.intp)
+        self._rows = np.array([s.frame_row for s, _ in entries], dtype=np.intp)
 
     def close_session(self, s: MediaSession) -> None:
         """Stop the session and close its socket; the port becomes free again."""
@@ -176,8 +258,14 @@ class MediaEngine:
             return
         del self.sessions[port]
         transport = self._transports.pop(port)
-        self._entries = [e for e in self._entries if e[0] is not s]
-        self._readers = [r for r in self._readers if r[1] != s.on_datagram]
+        self._set_entries([e for e in self._entries if e[0] is not s])
+        self.jitter.close(s.jitter.index)
+        s.adopt_frames(FrameTable())  # the row goes back to the engine's table
+        self._ports.pop(port, None)
+        if isinstance(transport, socket.socket) and transport.fileno() in self._readers:
+            del self._readers[transport.fileno()]
+            with contextlib.suppress(OSError, ValueError):
+                self._poller.unregister(transport.fileno())
         s.close()
         close = getattr(transport, "close", None)
         if close is not None:
@@ -219,41 +307,14 @@ class MediaEngine:
         entries = self._entries
         stats = self.stats
 
-        # (0) receive: drain every socket (bounded, so a flood on one port cannot stall us).
-        for sock, on_datagram in self._readers:
-            recv = sock.recvfrom
-            for _ in range(_MAX_READS):
-                try:
-                    data, addr = recv(_MAX_DATAGRAM)
-                except BlockingIOError:
-                    break
-                except OSError as e:  # e.g. an ICMP error queued on the socket
-                    log.debug("RTP socket error: %s", e)
-                    break
-                on_datagram(data, addr, now)
+        # (0) receive: one datagram from each readable socket per round, until none is
+        # readable (bounded, so a flood on one port cannot stall the clock).
+        if self._readers:
+            self._receive(now)
 
-        # (1) inbound: pop every jitter buffer, decode each codec's frames in one lookup.
-        ulaw_sessions: list[MediaSession] = []
-        ulaw_payloads: list[bytes] = []
-        alaw_sessions: list[MediaSession] = []
-        alaw_payloads: list[bytes] = []
-        for s, _ in entries:
-            payload = s.jitter.pop()
-            if payload is not None:
-                if s.codec == "PCMU":
-                    ulaw_sessions.append(s)
-                    ulaw_payloads.append(payload)
-                else:
-                    alaw_sessions.append(s)
-                    alaw_payloads.append(payload)
-            elif s._plc_left:
-                s.inbound = s._last_in = _conceal(s)
-            else:
-                s.inbound = s._last_in = None
-        if ulaw_sessions:
-            _assign_decoded(ulaw_sessions, ulaw_payloads, ULAW_DECODE)
-        if alaw_sessions:
-            _assign_decoded(alaw_sessions, alaw_payloads, ALAW_DECODE)
+        # (1) inbound: pop every jitter buffer in one pass, decode in one lookup per codec.
+        if entries:
+            self._inbound(entries)
 
         # (2) mixers.
         for mixer in self.mixers:
@@ -263,19 +324,24 @@ class MediaEngine:
                 log.exception("mixer %r failed", mixer)
 
         # (3) outbound: source frame, else the mix, else silence; one encode per codec.
+        frames = self.frames
         ulaw_out: list[_Outgoing] = []
-        ulaw_frames: list[Frame] = []
         alaw_out: list[_Outgoing] = []
-        alaw_frames: list[Frame] = []
         sent = 0
+        ports = self._ports
         for s, transport in entries:
-            frame: Frame | None = None
             if s.source is not None:
                 frame = _read_source(s)
-            if frame is None:
-                frame = s.mix_out
-            s.mix_out = None
+                if frame is not None:  # a prompt plays over the conference
+                    s.mix_out = frame
             remote = s.remote
+            send: Callable[[bytes], int] | None = None
+            p = ports.get(s.local_port)
+            if p is not None and p.peer is not None:
+                if p.peer == remote:
+                    send = p.send
+                else:  # the SDP moved the media: hear whoever sends first again
+                    p.release()
             if not s.send_enabled or remote is None or s.closed:
                 s.sender.skip(FRAME_SAMPLES)  # keep RTP time running while we are silent
                 continue
@@ -284,70 +350,118 @@ class MediaEngine:
                 if n_dtmf is not None:  # this tick's packets were telephone-events, not audio
                     sent += n_dtmf
                     continue
-            if frame is None:  # plain silence: a prebuilt payload, no encoding
-                marker = s.marker_pending
-                s.marker_pending = False
-                header = s.sender.next_header(s.payload_type, marker)
-                try:
-                    transport.sendto(header + _SILENCE_PAYLOAD[s.codec], remote)
-                    sent += 1
-                except OSError:
-                    stats.send_errors += 1
-            elif s.codec == "PCMU":
-                ulaw_out.append((s, transport, remote))
-                ulaw_frames.append(frame)
+            if s.codec == "PCMU":
+                ulaw_out.append((s, transport, remote, send))
             else:
-                alaw_out.append((s, transport, remote))
-                alaw_frames.append(frame)
+                alaw_out.append((s, transport, remote, send))
         if ulaw_out:
-            sent += _encode_and_send(ulaw_out, ulaw_frames, ULAW_ENCODE, stats)
+            sent += _encode_and_send(ulaw_out, frames, ULAW_ENCODE, stats)
         if alaw_out:
-            sent += _encode_and_send(alaw_out, alaw_frames, ALAW_ENCODE, stats)
+            sent += _encode_and_send(alaw_out, frames, ALAW_ENCODE, stats)
+        frames.has_outbound[:] = False  # every frame of this tick is spent
         stats.packets_sent += sent
 
         # (4) RTP inactivity, once per second.
         stats.ticks += 1
-        if self.rtp_timeout > 0 and stats.ticks % _TIMEOUT_CHECK_EVERY == 0:
-            self._check_timeouts(now)
+        if stats.ticks % _HOUSEKEEPING_EVERY == 0:
+            self._housekeeping(now)
 
         elapsed = time.perf_counter() - t0
         stats.last_tick_duration = elapsed
         if elapsed > stats.max_tick_duration:
             stats.max_tick_duration = elapsed
 
-    def _check_timeouts(self, now: float) -> None:
+    def _receive(self, now: float) -> None:
+        """Rounds of one datagram per readable socket (see the module docstring)."""
+        readers = self._readers
+        poll = self._poller.poll
+        rows = self._rx_rows
+        trunc = socket.MSG_TRUNC
+        for _ in range(_MAX_READS):
+            ready = poll(0, _EPOLL_BATCH)
+            if not ready:
+                return
+            got: list[_Port] = []
+            lens: list[int] = []
+            k = 0
+            for fd, _events in ready:
+                p = readers.get(fd)
+                if p is None:
+                    continue
+                try:
+                    if p.peer is not None:  # latched: straight into the round's buffer
+                        lens.append(p.sock.recv_into(rows[k], _MAX_DATAGRAM, trunc))
+                        got.append(p)
+                        k += 1
+                        continue
+                    data, addr = p.sock.recvfrom(_MAX_DATAGRAM)
+                except BlockingIOError:
+                    continue
+                except OSError as e:  # e.g. an ICMP error queued on the socket
+                    log.debug("RTP socket error: %s", e)
+                    continue
+                s = p.session
+                if s.on_datagram(data, addr, now) and not s.closed:
+                    p.connect((addr[0], addr[1]))  # latched (see the module docstring)
+            if got:
+                self._push_round(got, lens, now)
+
+    def _push_round(self, got: list[_Port], lens: list[int], now: float) -> None:
+        """One round of datagrams from latched sockets (row k of the receive buffer is
+        `got[k]`'s): plain 20 ms audio into the jitter bank in one batch, the rest one by one."""
+        n = len(got)
+        buf = self._rx_buf[:n]
+        size = np.array(lens, dtype=np.intp)
+        pts = np.fromiter((p.session.payload_type for p in got), dtype=np.intp, count=n)
+        streams = np.fromiter((p.stream for p in got), dtype=np.intp, count=n)
+        fast = (size == _FAST_LEN) & (buf[:, 0] == 0x80) & ((buf[:, 1] & 0x7F) == pts)
+        single = np.flatnonzero(~fast).tolist()
+        if len(single) < n:
+            rows = buf[fast]
+            fields = np.ascontiguousarray(rows[:, 2:12])
+            seq = fields[:, :2].view(">u2")[:, 0].astype(np.int64)
+            ts_ssrc = fields[:, 2:].view(">u4").astype(np.int64)
+            taken = streams[fast]
+            rest = self.jitter.push_frames(
+                taken, seq, ts_ssrc[:, 0], ts_ssrc[:, 1], rows[:, 12:_FAST_LEN]
+            )
+            self._rx_at[taken] = now
+            if rest.any():
+                single = sorted(single + np.flatnonzero(fast)[rest].tolist())
+        for k in single:
+            p = got[k]
+            if lens[k] > _MAX_DATAGRAM:
+                log.debug("RTP port %d: %d-byte datagram dropped", p.session.local_port, lens[k])
+                continue
+            assert p.peer is not None
+            p.session.on_datagram(buf[k, : lens[k]].tobytes(), p.peer, now)
+
+    def _inbound(self, entries: list[tuple[MediaSession, DatagramSender]]) -> None:
+        codes, ok = self.jitter.pop_all(self._streams)
+        pcm = ULAW_DECODE[codes]
+        alaw = np.fromiter((s.codec != "PCMU" for s, _ in entries), dtype=bool,
+                           count=len(entries))
+        if alaw.any():
+            pcm[alaw] = ALAW_DECODE[codes[alaw]]
+        self.frames.take_inbound(self._rows, pcm, ok)
+
+    def _housekeeping(self, now: float) -> None:
+        """Once a second: batched packets refresh the sessions' `last_rx`; quiet latched
+        sockets are released; sessions silent for longer than `rtp_timeout` time out."""
         timeout = self.rtp_timeout
-        for s, _ in self._entries:
-            if s.check_timeout(now, timeout) and s.on_timeout is not None:
+        rx_at = self._rx_at.tolist()
+        ports = self._ports
+        for (s, _), stream in zip(self._entries, self._streams.tolist(), strict=True):
+            if rx_at[stream] > s.last_rx:
+                s.received(rx_at[stream])
+            p = ports.get(s.local_port)
+            if p is not None and p.peer is not None and now - s.last_rx > _RELATCH_AFTER:
+                p.release()
+            if timeout > 0 and s.check_timeout(now, timeout) and s.on_timeout is not None:
                 try:
                     s.on_timeout()
                 except Exception:
                     log.exception("on_timeout callback failed for %r", s)
-
-
-def _conceal(s: MediaSession) -> Frame | None:
-    """Packet-loss concealment: repeat the last frame at half the level each time, the last
-    repeat fading out to zero (so the stream ends without a click)."""
-    last = s._last_in
-    left = s._plc_left
-    s._plc_left = left - 1
-    if last is None:
-        return None
-    frame: Frame = last >> 1
-    if left == 1:
-        frame = (frame * _PLC_FADE_OUT).astype(np.int16)
-    return frame
-
-
-def _assign_decoded(
-    sessions: list[MediaSession], payloads: list[bytes], table: npt.NDArray[np.int16]
-) -> None:
-    codes = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), FRAME_SAMPLES)
-    pcm = table[codes]
-    for s, row in zip(sessions, pcm, strict=True):
-        s.inbound = s._last_in = row
-        s._plc_left = _PLC_FRAMES
-
 
 def _read_source(s: MediaSession) -> Frame | None:
     """The current source's next frame; on its end, `on_play_done(True)` and, if that callback
@@ -396,23 +510,25 @@ def _send_dtmf(
 
 
 def _encode_and_send(
-    out: list[_Outgoing],
-    frames: list[Frame],
-    table: npt.NDArray[np.uint8],
-    stats: EngineStats,
+    out: list[_Outgoing], frames: FrameTable, table: npt.NDArray[np.uint8], stats: EngineStats
 ) -> int:
-    pcm = np.stack(frames)
-    if pcm.dtype != np.int16:
-        pcm = pcm.astype(np.int16)
+    """Encode the sessions' outbound rows (silence where a row holds no frame) with one table
+    lookup and send each with its next RTP header."""
+    rows = np.fromiter((s.frame_row for s, _, _, _ in out), dtype=np.intp, count=len(out))
+    pcm = frames.outbound[rows]
+    pcm[~frames.has_outbound[rows]] = 0
     payloads = table[pcm.view(np.uint16)].tobytes()
     sent = 0
     pos = 0
-    for s, transport, remote in out:
+    for s, transport, remote, send in out:
         marker = s.marker_pending
         s.marker_pending = False
         header = s.sender.next_header(s.payload_type, marker)
         try:
-            transport.sendto(header + payloads[pos : pos + FRAME_SAMPLES], remote)
+            if send is None:
+                transport.sendto(header + payloads[pos : pos + FRAME_SAMPLES], remote)
+            else:
+                send(header + payloads[pos : pos + FRAME_SAMPLES])
             sent += 1
         except OSError:
             stats.send_errors += 1

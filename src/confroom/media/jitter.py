@@ -1,12 +1,21 @@
-"""Jitter buffer for G.711 RTP audio (one byte per sample), sans-IO.
+"""Jitter buffers for G.711 RTP audio (one byte per sample), sans-IO, many streams per bank.
 
-Owns the reordering/de-jittering of one inbound stream. Packets are placed by RTP timestamp
-into a byte ring of whole 160-sample frames, so any packetisation (10/20/30 ms, or odd sizes)
-comes out as exactly one 20 ms frame per `pop()`. The media clock pops once per tick.
+Owns the reordering/de-jittering of inbound streams. A `JitterBank` holds every stream of a
+media engine in numpy arrays (one byte ring of whole 160-sample frames per stream, plus the
+per-stream cursor state), so the media clock can push a whole round of received 20 ms packets
+with `push_frames()` and pop every stream with `pop_all()` in a few array operations instead of
+Python work per packet. `JitterBuffer` is one stream of a bank (a standalone one owns a bank of
+one) with the per-packet `push()` / `pop()` that handle everything the batch path does not.
+Packets are placed by RTP timestamp, so any packetisation (10/20/30 ms, or odd sizes) comes
+out as exactly one 20 ms frame per pop. Both paths implement one policy:
 
-Policy:
-- prefill: after (re)start, `pop()` yields nothing until `depth` frames are buffered ahead of
-  the read cursor; the cursor then advances one frame per pop, a missing frame pops as None.
+- prefill: after (re)start, a pop yields nothing until the stream's target depth of frames is
+  buffered ahead of the read cursor; the cursor then advances one frame per pop, a missing
+  frame pops as None.
+- adaptive target: a stream starts at `depth` frames. With `min_depth` below that, a stream
+  whose frames all arrived in time for 2 s (`_LOWER_AFTER` pops) lowers its target by one
+  frame (20 ms less latency on a clean path); an underrun or a lost frame puts it straight
+  back to `depth`.
 - underrun (nothing at all buffered): the cursor holds still and prefill starts again; the next
   packet re-bases the cursor on itself, so a talk spurt after silence suppression or a burst
   of loss does not add latency.
@@ -14,21 +23,37 @@ Policy:
   window) are dropped; reordering inside the buffer is free.
 - overflow: a packet ending more than `max_depth` frames ahead drops the oldest frames so that
   `depth` frames remain (latency cannot grow without bound).
-- a new SSRC, or a timestamp more than 1 s away from the cursor, resets the buffer.
+- shrinking: when more than the steady `target - 1` frames stay queued after every pop for a
+  whole second (a late tick or a burst left them), one frame is skipped to give latency back.
+- a new SSRC, or a timestamp more than 1 s away from the cursor, resets the stream.
+
+`push_frames()` takes only the packets whose effect is simple (same SSRC, the next sequence
+numbers, 160 bytes at a frame boundary inside the buffer, no re-base) and hands the others
+back for `push()`; tests check that both paths leave identical state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["FRAME_BYTES", "JitterBuffer", "JitterStats"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["FRAME_BYTES", "JitterBank", "JitterBuffer", "JitterStats"]
 
 FRAME_BYTES: Final = 160  # 20 ms of G.711 at 8 kHz
 _RESYNC_SAMPLES: Final = 8000  # a timestamp this far (1 s) from the cursor restarts the stream
 _SEQ_WINDOW: Final = 64
 _SHRINK_AFTER_POPS: Final = 50  # 1 s of pops leaving more than the steady level queued
+_LOWER_AFTER: Final = 100  # 2 s of frames all in time lower a stream's target by one frame
 _SEQ_MASK: Final = (1 << _SEQ_WINDOW) - 1
+_TS_MASK: Final = 0xFFFFFFFF
+
+# columns of JitterBank.counts, in JitterStats field order
+_RECEIVED, _LOST, _LATE, _DUPLICATE, _OVERFLOW, _UNDERRUNS, _RESETS, _SHRUNK = range(8)
+
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(slots=True)
@@ -43,126 +68,206 @@ class JitterStats:
     shrunk: int = 0  # frames skipped because the buffer stayed too deep (latency given back)
 
 
-class JitterBuffer:
-    """De-jitters one G.711 stream: `push()` packets as they come, `pop()` one frame per tick."""
+class _State:
+    """One stream's cursor state as Python ints, for the per-packet paths."""
 
     __slots__ = (
-        "_deep_pops",
-        "_depth_samples",
-        "_end",
-        "_fill_frame",
-        "_filled",
-        "_has_played",
-        "_head",
-        "_max_samples",
-        "_max_seq",
-        "_nframes",
-        "_playing",
-        "_read_ts",
-        "_ring",
-        "_seq_bits",
-        "_ssrc",
-        "_started",
-        "depth",
-        "max_depth",
-        "stats",
+        "deep_pops", "end", "has_played", "head", "max_seq", "playing", "read_ts", "seq_bits",
+        "ssrc", "started",
     )
 
-    def __init__(self, depth: int = 2, max_depth: int = 10, fill: int = 0xFF) -> None:
-        """`fill`: the codec's silence byte, used for gaps inside a partially received frame."""
-        if depth < 1 or max_depth < depth:
-            raise ValueError("need 1 <= depth <= max_depth")
+    def __init__(self, bank: JitterBank, i: int) -> None:
+        self.ssrc = int(bank.ssrc[i])  # -1: none yet
+        self.started = bool(bank.started[i])
+        self.playing = bool(bank.playing[i])
+        self.has_played = bool(bank.has_played[i])
+        self.head = int(bank.head[i])
+        self.read_ts = int(bank.read_ts[i])
+        self.end = int(bank.end[i])
+        self.max_seq = int(bank.max_seq[i])
+        self.seq_bits = int(bank.seq_bits[i])
+        self.deep_pops = int(bank.deep_pops[i])
+
+    def store(self, bank: JitterBank, i: int) -> None:
+        bank.ssrc[i] = self.ssrc
+        bank.started[i] = self.started
+        bank.playing[i] = self.playing
+        bank.has_played[i] = self.has_played
+        bank.head[i] = self.head
+        bank.read_ts[i] = self.read_ts
+        bank.end[i] = self.end
+        bank.max_seq[i] = self.max_seq
+        bank.seq_bits[i] = self.seq_bits
+        bank.deep_pops[i] = self.deep_pops
+
+    def start(self, seq: int, ts: int) -> None:
+        self.started = True
+        self.playing = False
+        self.has_played = False
+        self.read_ts = ts & _TS_MASK
+        self.max_seq = seq & 0xFFFF
+        self.seq_bits = 0
+        self.end = 0
+
+
+class JitterBank:
+    """The jitter buffers of many streams in numpy arrays (see the module docstring).
+
+    Streams are numbered from 0; `open()` gives out a free number, `close()` returns it. The
+    arrays grow (doubling) as streams are opened; index them only through the methods or
+    right after a call, never keep a reference across `open()`.
+    """
+
+    def __init__(
+        self, capacity: int = 16, depth: int = 2, max_depth: int = 10, min_depth: int | None = None
+    ) -> None:
+        if min_depth is None:
+            min_depth = depth
+        if min_depth < 1 or depth < min_depth or max_depth < depth:
+            raise ValueError("need 1 <= min_depth <= depth <= max_depth")
         self.depth = depth
+        self.min_depth = min_depth
         self.max_depth = max_depth
-        self._depth_samples = depth * FRAME_BYTES
-        self._max_samples = max_depth * FRAME_BYTES
-        self._nframes = max_depth + 1
-        self._ring = bytearray(bytes([fill]) * (self._nframes * FRAME_BYTES))
-        self._fill_frame = bytes([fill]) * FRAME_BYTES
-        self._filled = [0] * self._nframes  # samples written per frame slot
-        self.stats = JitterStats()
-        self._ssrc: int | None = None
-        self._head = 0  # ring frame slot of the read cursor
-        self._read_ts = 0  # RTP timestamp of the read cursor
-        self._end = 0  # samples from the cursor to the end of the furthest packet
-        self._started = False
-        self._playing = False
-        self._has_played = False  # a frame has been popped since the stream (re)started
-        self._max_seq = 0
-        self._seq_bits = 0  # bit i set: sequence number (_max_seq - i) was received
-        self._deep_pops = 0  # consecutive pops that left more than depth - 1 frames queued
+        self.depth_samples = depth * FRAME_BYTES
+        self.max_samples = max_depth * FRAME_BYTES
+        self.nframes = max_depth + 1
+        self.capacity = 0
+        self._free: list[int] = []
+        self._allocate(max(1, capacity))
 
-    @property
-    def fill(self) -> int:
-        return self._fill_frame[0]
+    ring: npt.NDArray[np.uint8]  # (streams, nframes, 160): the payload bytes
+    filled: npt.NDArray[np.int64]  # (streams, nframes): samples written per frame slot
+    fill: npt.NDArray[np.uint8]  # the codec's silence byte, for partial frames
+    ssrc: npt.NDArray[np.int64]  # -1: none yet
+    started: npt.NDArray[np.bool_]
+    playing: npt.NDArray[np.bool_]
+    has_played: npt.NDArray[np.bool_]  # a frame was popped since the stream (re)started
+    head: npt.NDArray[np.int64]  # ring slot of the read cursor
+    read_ts: npt.NDArray[np.int64]  # RTP timestamp of the read cursor
+    end: npt.NDArray[np.int64]  # samples from the cursor to the end of the furthest packet
+    max_seq: npt.NDArray[np.int64]
+    seq_bits: npt.NDArray[np.uint64]  # bit i set: sequence number (max_seq - i) was received
+    deep_pops: npt.NDArray[np.int64]  # consecutive pops leaving more than target - 1 queued
+    target: npt.NDArray[np.int64]  # the stream's target depth in frames
+    clean: npt.NDArray[np.int64]  # frames played in time since the last loss or underrun
+    counts: npt.NDArray[np.int64]  # (streams, 8): JitterStats counters
 
-    @property
-    def buffered_frames(self) -> int:
-        """Frames between the read cursor and the end of the furthest packet (rounded up)."""
-        return max(0, -(-self._end // FRAME_BYTES))
+    _FIELDS: Final = (
+        ("ring", np.uint8, 0), ("filled", np.int64, 0), ("fill", np.uint8, 0xFF),
+        ("ssrc", np.int64, -1), ("started", np.bool_, 0), ("playing", np.bool_, 0),
+        ("has_played", np.bool_, 0), ("head", np.int64, 0), ("read_ts", np.int64, 0),
+        ("end", np.int64, 0), ("max_seq", np.int64, 0), ("seq_bits", np.uint64, 0),
+        ("deep_pops", np.int64, 0), ("target", np.int64, None), ("clean", np.int64, 0),
+        ("counts", np.int64, 0),
+    )
 
-    def reset(self) -> None:
+    def _allocate(self, capacity: int) -> None:
+        old = self.capacity
+        shapes = {"ring": (self.nframes, FRAME_BYTES), "filled": (self.nframes,), "counts": (8,)}
+        for name, dtype, fill in self._FIELDS:
+            value = self.depth if fill is None else fill
+            new: npt.NDArray[Any] = np.full((capacity, *shapes.get(name, ())), value, dtype=dtype)
+            if old:
+                new[:old] = getattr(self, name)
+            setattr(self, name, new)
+        self._free.extend(range(capacity - 1, old - 1, -1))
+        self.capacity = capacity
+
+    # --- streams ----------------------------------------------------------------------------
+
+    def open(self, fill: int = 0xFF) -> int:
+        """A fresh stream (nothing buffered, zero stats) whose partial frames pad with `fill`."""
+        if not self._free:
+            self._allocate(self.capacity * 2)
+        i = self._free.pop()
+        self.fill[i] = fill
+        self.counts[i] = 0
+        self.reset(i)
+        return i
+
+    def close(self, i: int) -> None:
+        self.reset(i)
+        self._free.append(i)
+
+    def reset(self, i: int) -> None:
         """Forget everything buffered; the next packet starts a new stream (with prefill)."""
-        self._filled = [0] * self._nframes
-        self._head = 0
-        self._end = 0
-        self._started = False
-        self._playing = False
-        self._has_played = False
-        self._seq_bits = 0
-        self._ssrc = None
-        self._deep_pops = 0
+        self.filled[i] = 0
+        self.head[i] = 0
+        self.end[i] = 0
+        self.started[i] = False
+        self.playing[i] = False
+        self.has_played[i] = False
+        self.seq_bits[i] = 0
+        self.ssrc[i] = -1
+        self.deep_pops[i] = 0
+        self.target[i] = self.depth
+        self.clean[i] = 0
 
-    def push(self, seq: int, ts: int, payload: bytes, ssrc: int | None = None) -> None:
-        """Store one packet's payload at its timestamp position."""
-        stats = self.stats
-        stats.received += 1
+    def stats(self, i: int) -> JitterStats:
+        return JitterStats(*(int(v) for v in self.counts[i]))
+
+    def buffered_frames(self, i: int) -> int:
+        """Frames between the read cursor and the end of the furthest packet (rounded up)."""
+        return max(0, -(-int(self.end[i]) // FRAME_BYTES))
+
+    # --- one packet -------------------------------------------------------------------------
+
+    def push(self, i: int, seq: int, ts: int, payload: bytes, ssrc: int | None = None) -> None:
+        """Store one packet's payload of stream `i` at its timestamp position."""
+        counts = self.counts[i]
+        counts[_RECEIVED] += 1
         n = len(payload)
         if n == 0:
             return
-        if ssrc is not None and ssrc != self._ssrc:
-            if self._ssrc is not None:
-                stats.resets += 1
-                self.reset()
-            self._ssrc = ssrc
-        if not self._started:
-            self._start(seq, ts)
+        st = _State(self, i)
+        if ssrc is not None and ssrc != st.ssrc:
+            if st.ssrc != -1:
+                counts[_RESETS] += 1
+                self.reset(i)
+                st = _State(self, i)
+            st.ssrc = ssrc
+        if not st.started:
+            st.start(seq, ts)
         # Duplicate check against the sequence window.
-        delta = ((seq - self._max_seq + 0x8000) & 0xFFFF) - 0x8000
-        if -_SEQ_WINDOW < delta <= 0 and (self._seq_bits >> -delta) & 1:
-            stats.duplicate += 1
+        delta = ((seq - st.max_seq + 0x8000) & 0xFFFF) - 0x8000
+        if -_SEQ_WINDOW < delta <= 0 and (st.seq_bits >> -delta) & 1:
+            counts[_DUPLICATE] += 1
+            st.store(self, i)
             return
-        offset = ((ts - self._read_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-        if offset > 0 and not self._playing and self._end <= 0:
+        offset = ((ts - st.read_ts + 0x80000000) & _TS_MASK) - 0x80000000
+        if offset > 0 and not st.playing and st.end <= 0:
             # Waiting after an underrun with nothing buffered: re-base the cursor on this packet
             # (the wait already played out as silence, so skipping ahead adds no gap).
-            self._read_ts = ts & 0xFFFFFFFF
+            st.read_ts = ts & _TS_MASK
             offset = 0
         if offset > _RESYNC_SAMPLES or offset < -_RESYNC_SAMPLES:
-            stats.resets += 1
-            ssrc_keep = self._ssrc
-            self.reset()
-            self._ssrc = ssrc_keep
-            self._start(seq, ts)
+            counts[_RESETS] += 1
+            ssrc_keep = st.ssrc
+            self.reset(i)
+            st = _State(self, i)
+            st.ssrc = ssrc_keep
+            st.start(seq, ts)
             delta = 0
             offset = 0
         elif offset < 0:
             back = -(offset // FRAME_BYTES)
-            if self._has_played or self._end + back * FRAME_BYTES > self._max_samples:
-                stats.late += 1
+            if st.has_played or st.end + back * FRAME_BYTES > self.max_samples:
+                counts[_LATE] += 1
+                st.store(self, i)
                 return
             # Reordered at the very start: move the cursor back (whole frames) to include it.
-            self._head = (self._head - back) % self._nframes
-            self._read_ts = (self._read_ts - back * FRAME_BYTES) & 0xFFFFFFFF
-            self._end += back * FRAME_BYTES
+            st.head = (st.head - back) % self.nframes
+            st.read_ts = (st.read_ts - back * FRAME_BYTES) & _TS_MASK
+            st.end += back * FRAME_BYTES
             offset += back * FRAME_BYTES
         end = offset + n
-        if end > self._max_samples:
-            if n > self._max_samples:
-                stats.dropped_overflow += 1
+        if end > self.max_samples:
+            if n > self.max_samples:
+                counts[_OVERFLOW] += 1
+                st.store(self, i)
                 return
-            self._drop_frames(-(-(end - self._depth_samples) // FRAME_BYTES))
-            offset = ((ts - self._read_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            self._drop_frames(i, st, -(-(end - self.depth_samples) // FRAME_BYTES))
+            offset = ((ts - st.read_ts + 0x80000000) & _TS_MASK) - 0x80000000
             end = offset + n
             if offset < 0:  # only possible when the packet itself is longer than depth
                 payload = payload[-offset:]
@@ -170,105 +275,226 @@ class JitterBuffer:
                 offset = 0
         # Accepted: record the sequence number.
         if delta > 0:
-            self._seq_bits = ((self._seq_bits << delta) | 1) & _SEQ_MASK
-            self._max_seq = seq
+            st.seq_bits = ((st.seq_bits << delta) | 1) & _SEQ_MASK
+            st.max_seq = seq
         elif delta > -_SEQ_WINDOW:
-            self._seq_bits |= 1 << -delta
+            st.seq_bits |= 1 << -delta
         else:  # far behind: the sender restarted its sequence numbers
-            self._seq_bits = 1
-            self._max_seq = seq
-        self._write(offset, payload, n)
-        if end > self._end:
-            self._end = end
+            st.seq_bits = 1
+            st.max_seq = seq
+        self._write(i, st.head, offset, payload, n)
+        if end > st.end:
+            st.end = end
+        st.store(self, i)
 
-    def _start(self, seq: int, ts: int) -> None:
-        self._started = True
-        self._playing = False
-        self._has_played = False
-        self._read_ts = ts & 0xFFFFFFFF
-        self._max_seq = seq & 0xFFFF
-        self._seq_bits = 0
-        self._end = 0
-
-    def _write(self, offset: int, payload: bytes, n: int) -> None:
-        ring = self._ring
-        filled = self._filled
-        nframes = self._nframes
-        slot = (self._head + offset // FRAME_BYTES) % nframes
+    def _write(self, i: int, head: int, offset: int, payload: bytes, n: int) -> None:
+        ring = self.ring[i]
+        filled = self.filled[i]
+        nframes = self.nframes
+        data = np.frombuffer(payload, dtype=np.uint8, count=n)
+        slot = (head + offset // FRAME_BYTES) % nframes
         within = offset % FRAME_BYTES
-        if within == 0 and n == FRAME_BYTES:  # the common case: one aligned 20 ms packet
-            base = slot * FRAME_BYTES
-            ring[base : base + FRAME_BYTES] = payload
-            filled[slot] = FRAME_BYTES
-            return
-        view = memoryview(payload)
         pos = 0
         while pos < n:
             chunk = min(FRAME_BYTES - within, n - pos)
-            base = slot * FRAME_BYTES
-            have = filled[slot]
+            have = int(filled[slot])
             if have == 0 and chunk < FRAME_BYTES:
-                ring[base : base + FRAME_BYTES] = self._fill_frame
-            ring[base + within : base + within + chunk] = view[pos : pos + chunk]
+                ring[slot] = self.fill[i]
+            ring[slot, within : within + chunk] = data[pos : pos + chunk]
             filled[slot] = min(FRAME_BYTES, have + chunk)
             pos += chunk
             within = 0
             slot = (slot + 1) % nframes
 
-    def _drop_frames(self, count: int) -> None:
+    def _drop_frames(self, i: int, st: _State, count: int) -> None:
         """Advance the cursor by `count` frames, discarding what they hold."""
-        filled = self._filled
-        nframes = self._nframes
-        head = self._head
+        filled = self.filled[i]
+        nframes = self.nframes
+        head = st.head
         for _ in range(min(count, nframes)):
             if filled[head]:
-                self.stats.dropped_overflow += 1
+                self.counts[i, _OVERFLOW] += 1
                 filled[head] = 0
             head = (head + 1) % nframes
-        self._head = (self._head + count) % nframes
-        self._read_ts = (self._read_ts + count * FRAME_BYTES) & 0xFFFFFFFF
-        self._end = max(0, self._end - count * FRAME_BYTES)
+        st.head = (st.head + count) % nframes
+        st.read_ts = (st.read_ts + count * FRAME_BYTES) & _TS_MASK
+        st.end = max(0, st.end - count * FRAME_BYTES)
+
+    def pop(self, i: int) -> bytes | None:
+        """Stream `i`'s next 160 bytes by timestamp position, or None (prefilling, lost, or
+        empty). The same step as one row of `pop_all()`."""
+        codes, ok = self.pop_all(np.array([i], dtype=np.intp))
+        return codes[0].tobytes() if ok[0] else None
+
+    # --- a batch of packets, a batch of pops ------------------------------------------------
+
+    def push_frames(
+        self,
+        idx: npt.NDArray[np.intp],
+        seq: IntArray,
+        ts: IntArray,
+        ssrc: IntArray,
+        payload: npt.NDArray[np.uint8],
+    ) -> npt.NDArray[np.bool_]:
+        """Push 160-byte packets of distinct streams `idx` (payload: (K, 160)) where that is a
+        plain in-order append; returns a mask of the packets NOT taken (push those one by one
+        with `push()`, in order, after this call)."""
+        delta = ((seq - self.max_seq[idx] + 0x8000) & 0xFFFF) - 0x8000
+        offset = ((ts - self.read_ts[idx] + 0x80000000) & _TS_MASK) - 0x80000000
+        end_now = self.end[idx]
+        take = (
+            self.started[idx]
+            & (ssrc == self.ssrc[idx])
+            & (delta >= 1)
+            & (offset >= 0)
+            & (offset % FRAME_BYTES == 0)
+            & (offset + FRAME_BYTES <= self.max_samples)
+            & ((offset == 0) | self.playing[idx] | (end_now > 0))
+        )
+        if not take.all():
+            idx, delta, offset, end_now, payload, seq = (
+                idx[take], delta[take], offset[take], end_now[take], payload[take], seq[take]
+            )
+        if len(idx):
+            self.counts[idx, _RECEIVED] += 1
+            shift = np.minimum(delta, _SEQ_WINDOW).astype(np.uint64)
+            bits = np.where(
+                delta < _SEQ_WINDOW,
+                (self.seq_bits[idx] << np.minimum(shift, np.uint64(_SEQ_WINDOW - 1)))
+                | np.uint64(1),
+                np.uint64(1),
+            )
+            self.seq_bits[idx] = bits
+            self.max_seq[idx] = seq
+            slot = (self.head[idx] + offset // FRAME_BYTES) % self.nframes
+            self.ring[idx, slot] = payload
+            self.filled[idx, slot] = FRAME_BYTES
+            self.end[idx] = np.maximum(end_now, offset + FRAME_BYTES)
+        rest: npt.NDArray[np.bool_] = ~take
+        return rest
+
+    def pop_all(
+        self, idx: npt.NDArray[np.intp]
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+        """One pop of each (distinct) stream in `idx`: (codes (K, 160), ok (K,)); row k is
+        stream idx[k]'s next frame where ok[k], anything otherwise."""
+        nf = self.nframes
+        end = self.end[idx]
+        playing = self.playing[idx]
+        target = self.target[idx] * FRAME_BYTES  # in samples
+        starting = ~playing & (end >= target)
+        if starting.any():
+            self.playing[idx[starting]] = True
+            self.has_played[idx[starting]] = True
+            playing = playing | starting
+        empty = playing & (end <= 0)
+        if empty.any():
+            e = idx[empty]
+            self.playing[e] = False
+            self.counts[e, _UNDERRUNS] += 1
+            self.target[e] = self.depth
+            self.clean[e] = 0
+        go = playing & (end > 0)
+        head = self.head[idx]
+        have = self.filled[idx, head] > 0
+        codes: npt.NDArray[np.uint8] = self.ring[idx, head]
+        ok = go & have
+        if not go.any():
+            return codes, ok
+        g = idx[go]
+        gh = head[go]
+        new_head = (gh + 1) % nf
+        new_end = end[go] - FRAME_BYTES
+        new_ts = (self.read_ts[g] + FRAME_BYTES) & _TS_MASK
+        deep = new_end > target[go] - FRAME_BYTES
+        pops = np.where(deep, self.deep_pops[g] + 1, 0)
+        shrink = pops >= _SHRINK_AFTER_POPS
+        if shrink.any():
+            s = g[shrink]
+            self.filled[s, new_head[shrink]] = 0
+            new_head[shrink] = (new_head[shrink] + 1) % nf
+            new_ts[shrink] = (new_ts[shrink] + FRAME_BYTES) & _TS_MASK
+            new_end[shrink] -= FRAME_BYTES
+            pops[shrink] = 0
+            self.counts[s, _SHRUNK] += 1
+        self.deep_pops[g] = pops
+        self.head[g] = new_head
+        self.end[g] = new_end
+        self.read_ts[g] = new_ts
+        self.filled[g, gh] = 0
+        lost = go & ~have
+        if lost.any():
+            lo = idx[lost]
+            self.counts[lo, _LOST] += 1
+            self.target[lo] = self.depth
+            self.clean[lo] = 0
+        if self.min_depth < self.depth:
+            self._adapt(idx[ok])
+        return codes, ok
+
+    def _adapt(self, played: npt.NDArray[np.intp]) -> None:
+        """Count frames played in time; 2 s of them lower the target by a frame."""
+        clean = self.clean[played] + 1
+        lower = (clean >= _LOWER_AFTER) & (self.target[played] > self.min_depth)
+        if lower.any():
+            self.target[played[lower]] -= 1
+            clean[lower] = 0
+        self.clean[played] = clean
+
+
+class JitterBuffer:
+    """One stream: `push()` packets as they come, `pop()` one frame per tick. A standalone
+    buffer owns a bank of one; `JitterBuffer.of(bank, i)` is stream `i` of a shared bank."""
+
+    __slots__ = ("bank", "index")
+
+    def __init__(
+        self, depth: int = 2, max_depth: int = 10, fill: int = 0xFF, min_depth: int | None = None
+    ) -> None:
+        """`fill`: the codec's silence byte, used for gaps inside a partially received frame."""
+        self.bank = JitterBank(capacity=1, depth=depth, max_depth=max_depth, min_depth=min_depth)
+        self.index = self.bank.open(fill)
+
+    @classmethod
+    def of(cls, bank: JitterBank, index: int) -> JitterBuffer:
+        jb = cls.__new__(cls)
+        jb.bank = bank
+        jb.index = index
+        return jb
+
+    @property
+    def depth(self) -> int:
+        return self.bank.depth
+
+    @property
+    def max_depth(self) -> int:
+        return self.bank.max_depth
+
+    @property
+    def target(self) -> int:
+        """The stream's current target depth in frames (see "adaptive target")."""
+        return int(self.bank.target[self.index])
+
+    @property
+    def fill(self) -> int:
+        return int(self.bank.fill[self.index])
+
+    @property
+    def stats(self) -> JitterStats:
+        return self.bank.stats(self.index)
+
+    @property
+    def buffered_frames(self) -> int:
+        return self.bank.buffered_frames(self.index)
+
+    def reset(self, fill: int | None = None) -> None:
+        """Forget everything buffered (and, given `fill`, pad partial frames with it now)."""
+        if fill is not None:
+            self.bank.fill[self.index] = fill
+        self.bank.reset(self.index)
+
+    def push(self, seq: int, ts: int, payload: bytes, ssrc: int | None = None) -> None:
+        self.bank.push(self.index, seq, ts, payload, ssrc)
 
     def pop(self) -> bytes | None:
-        """The next 160 bytes by timestamp position, or None (prefilling, lost, or empty)."""
-        if not self._playing:
-            if self._end < self._depth_samples:
-                return None
-            self._playing = True
-            self._has_played = True
-        if self._end <= 0:
-            self._playing = False
-            self.stats.underruns += 1
-            return None
-        slot = self._head
-        have = self._filled[slot]
-        self._head = (slot + 1) % self._nframes
-        self._read_ts = (self._read_ts + FRAME_BYTES) & 0xFFFFFFFF
-        self._end -= FRAME_BYTES
-        # Playout shrinking: a late tick or a burst leaves extra frames queued, and a steady
-        # stream would keep them forever (the latency only ratchets up). After a pop the
-        # steady level is depth - 1 frames; when more stay queued after every pop for a
-        # whole second, skip one frame. (Ordinary jitter makes the level swing below the
-        # steady one now and then, which restarts the count.)
-        if self._end > self._depth_samples - FRAME_BYTES:
-            self._deep_pops += 1
-            if self._deep_pops >= _SHRINK_AFTER_POPS:
-                self._deep_pops = 0
-                self._skip_frame()
-        else:
-            self._deep_pops = 0
-        if have:
-            self._filled[slot] = 0
-            base = slot * FRAME_BYTES
-            return bytes(self._ring[base : base + FRAME_BYTES])
-        self.stats.lost += 1
-        return None
-
-    def _skip_frame(self) -> None:
-        """Discard the next frame (whatever it holds) to bring the latency down by 20 ms."""
-        slot = self._head
-        self._filled[slot] = 0
-        self._head = (slot + 1) % self._nframes
-        self._read_ts = (self._read_ts + FRAME_BYTES) & 0xFFFFFFFF
-        self._end -= FRAME_BYTES
-        self.stats.shrunk += 1
+        return self.bank.pop(self.index)

@@ -3,8 +3,9 @@
 Owns what the engine needs per call: the negotiated codec and payload types, where to send
 (symmetric RTP latching), the send/receive permissions derived from the remote SDP direction,
 the inbound jitter buffer and DTMF receiver, the outbound RTP sender state and DTMF send queue,
-the current audio source and the per-tick frame slots (`inbound`, `mix_out`). No sockets and
-no asyncio here: the engine feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
+the current audio source and the per-tick frame slots (`inbound`, `mix_out`: a row of a
+`FrameTable`, the engine's once the session is added to one). No sockets and no asyncio here:
+the engine feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import Final
 
 from confroom.media import g711
+from confroom.media.frames import FrameTable
 from confroom.media.jitter import JitterBuffer
 from confroom.media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse_rtp
 from confroom.media.sources import Frame, Source
@@ -27,8 +29,6 @@ class MediaSession:
     """Per-call media state. Created by `MediaEngine.open_session()`; see `update()`."""
 
     __slots__ = (
-        "_last_in",
-        "_plc_left",
         "_rx_rearm",
         "_timed_out",
         "closed",
@@ -38,12 +38,12 @@ class MediaSession:
         "dtmf_payload_type",
         "dtmf_tap",
         "dtmf_tx",
-        "inbound",
+        "frame_row",
+        "frames",
         "jitter",
         "last_rx",
         "local_port",
         "marker_pending",
-        "mix_out",
         "on_dtmf",
         "on_play_done",
         "on_timeout",
@@ -72,8 +72,8 @@ class MediaSession:
         self.dtmf_digits: list[str] = []
         self.sender = RtpSender()
         self.marker_pending = True  # set the RTP marker on the next packet sent
-        self.inbound: Frame | None = None
-        self.mix_out: Frame | None = None
+        self.frames = FrameTable()  # a table of its own until an engine adopts the session
+        self.frame_row = self.frames.open()
         self.source: Source | None = None
         self.on_play_done: Callable[[bool], None] | None = None
         self.on_dtmf: Callable[[str], None] | None = None
@@ -83,9 +83,7 @@ class MediaSession:
         self.dtmf_tx: DtmfSender | None = None
         self.on_timeout: Callable[[], None] | None = None
         self.closed = False
-        # Engine-private state (packet-loss concealment and the inactivity timer).
-        self._last_in: Frame | None = None
-        self._plc_left = 0
+        # Engine-private state (the inactivity timer).
         self._rx_rearm = False
         self._timed_out = False
 
@@ -116,9 +114,8 @@ class MediaSession:
         if remote_direction not in DIRECTIONS:
             raise ValueError(f"unknown SDP direction {remote_direction!r}")
         if codec != self.codec:
-            self.jitter = JitterBuffer(depth=self.jitter.depth, fill=g711.silence_byte(codec))
-            self._last_in = None
-            self._plc_left = 0
+            self.jitter.reset(fill=g711.silence_byte(codec))
+            self.frames.clear(self.frame_row)  # no concealment from the other codec's audio
         self.codec = codec
         self.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
@@ -142,13 +139,14 @@ class MediaSession:
 
     # --- inbound (called per datagram: keep it lean, no numpy) ------------------------------
 
-    def on_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
-        """Handle one received datagram: audio -> jitter buffer, telephone-event -> digits."""
+    def on_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> bool:
+        """Handle one received datagram: audio -> jitter buffer, telephone-event -> digits.
+        True when it was RTP of this session (then `addr` is where we send from now on)."""
         if self.closed:
-            return
+            return False
         pkt = parse_rtp(data)
         if pkt is None:
-            return
+            return False
         pt = pkt.payload_type
         if pt == self.payload_type:
             self.jitter.push(pkt.seq, pkt.timestamp, pkt.payload, pkt.ssrc)
@@ -161,10 +159,16 @@ class MediaSession:
                 if self.dtmf_tap is not None:
                     self.dtmf_tap(digit)
         elif pt != _CN_PAYLOAD_TYPE:
-            return  # unknown payload type (or RTCP on a muxed port): not ours
+            return False  # unknown payload type (or RTCP on a muxed port): not ours
         if addr != self.remote:
             # symmetric RTP: answer where it comes from (IPv6 addresses come as 4-tuples)
             self.remote = (addr[0], addr[1])
+        self.received(now)
+        return True
+
+    def received(self, now: float) -> None:
+        """RTP arrived at `now` (the engine reports the packets it batched past
+        `on_datagram()` this way): it refreshes the inactivity timer."""
         self.last_rx = now
         self._rx_rearm = False
         self._timed_out = False
@@ -213,8 +217,34 @@ class MediaSession:
         self.closed = True
         self.send_enabled = False
         self.receive_expected = False
-        self.inbound = None
-        self.mix_out = None
+        self.frames.clear(self.frame_row)
+
+    # --- this tick's frames -------------------------------------------------------------------
+
+    @property
+    def inbound(self) -> Frame | None:
+        """What the caller said this tick (decoded; concealed after a loss), or None. A copy:
+        mixers read the whole table instead (`frames.inbound[frame_row]`)."""
+        return self.frames.get_inbound(self.frame_row)
+
+    @inbound.setter
+    def inbound(self, frame: Frame | None) -> None:
+        self.frames.set_inbound(self.frame_row, frame)
+
+    @property
+    def mix_out(self) -> Frame | None:
+        """The frame to send this tick unless a source plays (a conference mix), or None."""
+        return self.frames.get_outbound(self.frame_row)
+
+    @mix_out.setter
+    def mix_out(self, frame: Frame | None) -> None:
+        self.frames.set_outbound(self.frame_row, frame)
+
+    def adopt_frames(self, table: FrameTable) -> None:
+        """Move this session's frame slots to `table` (an engine's), starting empty."""
+        self.frames.close(self.frame_row)
+        self.frames = table
+        self.frame_row = table.open()
 
     # --- engine hooks -----------------------------------------------------------------------
 
