@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 
 from confroom.media.rtp import (
@@ -11,6 +12,7 @@ from confroom.media.rtp import (
     DtmfReceiver,
     RtpPacket,
     RtpSender,
+    RtpSenders,
     build_rtp_header,
     parse_rtp,
     parse_telephone_event,
@@ -154,3 +156,26 @@ def test_sender_advances_seq_and_ts_with_wrap() -> None:
 def test_senders_start_randomly() -> None:
     starts = {(s.ssrc, s.seq, s.ts) for s in (RtpSender() for _ in range(5))}
     assert len(starts) == 5
+
+
+def test_bank_headers_equal_next_header_and_continue_the_stream() -> None:
+    """The tick builds headers for many streams at once: byte for byte what `next_header`
+    gives, wrapping the same way, and a stream moved into the bank keeps its numbering."""
+    bank = RtpSenders(capacity=1)
+    singles = [RtpSender() for _ in range(5)]
+    twins = [RtpSender() for _ in range(5)]
+    for a, b in zip(singles, twins, strict=True):
+        b.seq, b.ts = a.seq, a.ts
+        b._bank.ssrc[b.index] = a.ssrc
+        b.move_to(bank)
+    singles[0].seq, twins[0].seq = 65535, 65535
+    singles[1].ts, twins[1].ts = 2**32 - 100, 2**32 - 100
+    idx = np.array([t.index for t in twins], dtype=np.intp)
+    for k in range(3):
+        second = np.array([0x80 | 8 if k == 0 else 0] * 5, dtype=np.uint8)
+        out = np.zeros((5, 12), dtype=np.uint8)
+        bank.headers(idx, second, out)
+        want = [s.next_header(8 if k == 0 else 0, marker=k == 0) for s in singles]
+        assert [bytes(row) for row in out] == want
+    assert [t.seq for t in twins] == [s.seq for s in singles]
+    assert [t.ts for t in twins] == [s.ts for s in singles]

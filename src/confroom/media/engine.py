@@ -48,6 +48,7 @@ from confroom.media.g711 import (
     ULAW_ENCODE,
 )
 from confroom.media.jitter import JitterBank, JitterBuffer
+from confroom.media.rtp import RtpSenders
 from confroom.media.session import MediaSession
 from confroom.media.sources import FRAME_SAMPLES, Frame
 
@@ -84,8 +85,8 @@ class DatagramSender(Protocol):
     def sendto(self, data: bytes, addr: tuple[str, int], /) -> object: ...
 
 
-# (session, its transport, where to, the latched socket's send() or None: then sendto)
-_Outgoing = tuple[MediaSession, DatagramSender, tuple[str, int], Callable[[bytes], int] | None]
+# (its transport, where to, the latched socket's send() or None: then sendto)
+_Outgoing = tuple[DatagramSender, tuple[str, int], Callable[[bytes], int] | None]
 
 
 class _Port:
@@ -164,6 +165,8 @@ class MediaEngine:
         # every session's inbound / mix_out frames are rows of this table
         self.frames = FrameTable(capacity=64)
         self._rows = np.zeros(0, dtype=np.intp)  # the frame row of each entry
+        # every session's outgoing RTP stream (SSRC, sequence, time): all headers in one go
+        self.senders = RtpSenders(capacity=64)
         self._rx_at = np.zeros(self.jitter.capacity)  # last batched packet per stream
         self._cursor = first
         self._task: asyncio.Task[None] | None = None
@@ -236,11 +239,13 @@ class MediaEngine:
             raise MediaError(f"port {port} already has a session")
         bank = self.jitter
         stream = bank.open(g711.silence_byte(session.codec))
+        bank.pt[stream] = session.payload_type
         if bank.capacity > len(self._rx_at):
             self._rx_at = np.resize(self._rx_at, bank.capacity)
         self._rx_at[stream] = 0.0
         session.jitter = JitterBuffer.of(bank, stream)
         session.adopt_frames(self.frames)
+        session.sender.move_to(self.senders)
         self.sessions[port] = session
         self._transports[port] = transport
         self._set_entries([*self._entries, (session, transport)])
@@ -249,6 +254,7 @@ class MediaEngine:
         self._entries = entries
         self._streams = np.array([s.jitter.index for s, _ in entries], dtype=np.intp)
         self._rows = np.array([s.frame_row for s, _ in entries], dtype=np.intp)
+        self._senders = np.array([s.sender.index for s, _ in entries], dtype=np.intp)
 
     def close_session(self, s: MediaSession) -> None:
         """Stop the session and close its socket; the port becomes free again."""
@@ -261,6 +267,7 @@ class MediaEngine:
         self._set_entries([e for e in self._entries if e[0] is not s])
         self.jitter.close(s.jitter.index)
         s.adopt_frames(FrameTable())  # the row goes back to the engine's table
+        s.sender.move_to(RtpSenders())
         self._ports.pop(port, None)
         if isinstance(transport, socket.socket) and transport.fileno() in self._readers:
             del self._readers[transport.fileno()]
@@ -314,7 +321,7 @@ class MediaEngine:
 
         # (1) inbound: pop every jitter buffer in one pass, decode in one lookup per codec.
         if entries:
-            self._inbound(entries)
+            self._inbound()
 
         # (2) mixers.
         for mixer in self.mixers:
@@ -325,11 +332,11 @@ class MediaEngine:
 
         # (3) outbound: source frame, else the mix, else silence; one encode per codec.
         frames = self.frames
-        ulaw_out: list[_Outgoing] = []
-        alaw_out: list[_Outgoing] = []
+        ulaw = _Batch()
+        alaw = _Batch()
         sent = 0
         ports = self._ports
-        for s, transport in entries:
+        for k, (s, transport) in enumerate(entries):
             if s.source is not None:
                 frame = _read_source(s)
                 if frame is not None:  # a prompt plays over the conference
@@ -350,14 +357,21 @@ class MediaEngine:
                 if n_dtmf is not None:  # this tick's packets were telephone-events, not audio
                     sent += n_dtmf
                     continue
-            if s.codec == "PCMU":
-                ulaw_out.append((s, transport, remote, send))
-            else:
-                alaw_out.append((s, transport, remote, send))
-        if ulaw_out:
-            sent += _encode_and_send(ulaw_out, frames, ULAW_ENCODE, stats)
-        if alaw_out:
-            sent += _encode_and_send(alaw_out, frames, ALAW_ENCODE, stats)
+            second = s.payload_type
+            if s.marker_pending:
+                s.marker_pending = False
+                second |= 0x80
+            batch = ulaw if s.codec == "PCMU" else alaw
+            batch.out.append((transport, remote, send))
+            batch.entries.append(k)
+            batch.second.append(second)
+        for batch, table in ((ulaw, ULAW_ENCODE), (alaw, ALAW_ENCODE)):
+            if batch.out:
+                entry = np.array(batch.entries, dtype=np.intp)
+                sent += _encode_and_send(
+                    batch, frames, self._rows[entry], self.senders, self._senders[entry],
+                    table, stats,
+                )
         frames.has_outbound[:] = False  # every frame of this tick is spent
         stats.packets_sent += sent
 
@@ -383,6 +397,7 @@ class MediaEngine:
                 return
             got: list[_Port] = []
             lens: list[int] = []
+            streams: list[int] = []
             k = 0
             for fd, _events in ready:
                 p = readers.get(fd)
@@ -392,6 +407,7 @@ class MediaEngine:
                     if p.peer is not None:  # latched: straight into the round's buffer
                         lens.append(p.sock.recv_into(rows[k], _MAX_DATAGRAM, trunc))
                         got.append(p)
+                        streams.append(p.stream)
                         k += 1
                         continue
                     data, addr = p.sock.recvfrom(_MAX_DATAGRAM)
@@ -404,16 +420,18 @@ class MediaEngine:
                 if s.on_datagram(data, addr, now) and not s.closed:
                     p.connect((addr[0], addr[1]))  # latched (see the module docstring)
             if got:
-                self._push_round(got, lens, now)
+                self._push_round(got, lens, streams, now)
 
-    def _push_round(self, got: list[_Port], lens: list[int], now: float) -> None:
+    def _push_round(
+        self, got: list[_Port], lens: list[int], stream_list: list[int], now: float
+    ) -> None:
         """One round of datagrams from latched sockets (row k of the receive buffer is
         `got[k]`'s): plain 20 ms audio into the jitter bank in one batch, the rest one by one."""
         n = len(got)
         buf = self._rx_buf[:n]
         size = np.array(lens, dtype=np.intp)
-        pts = np.fromiter((p.session.payload_type for p in got), dtype=np.intp, count=n)
-        streams = np.fromiter((p.stream for p in got), dtype=np.intp, count=n)
+        streams = np.array(stream_list, dtype=np.intp)
+        pts = self.jitter.pt[streams]
         fast = (size == _FAST_LEN) & (buf[:, 0] == 0x80) & ((buf[:, 1] & 0x7F) == pts)
         single = np.flatnonzero(~fast).tolist()
         if len(single) < n:
@@ -436,11 +454,10 @@ class MediaEngine:
             assert p.peer is not None
             p.session.on_datagram(buf[k, : lens[k]].tobytes(), p.peer, now)
 
-    def _inbound(self, entries: list[tuple[MediaSession, DatagramSender]]) -> None:
+    def _inbound(self) -> None:
         codes, ok = self.jitter.pop_all(self._streams)
         pcm = ULAW_DECODE[codes]
-        alaw = np.fromiter((s.codec != "PCMU" for s, _ in entries), dtype=bool,
-                           count=len(entries))
+        alaw = self.frames.alaw[self._rows]
         if alaw.any():
             pcm[alaw] = ALAW_DECODE[codes[alaw]]
         self.frames.take_inbound(self._rows, pcm, ok)
@@ -509,28 +526,48 @@ def _send_dtmf(
     return sent
 
 
+class _Batch:
+    """The sessions of one codec sending audio this tick, in entry order."""
+
+    __slots__ = ("entries", "out", "second")
+
+    def __init__(self) -> None:
+        self.out: list[_Outgoing] = []
+        self.entries: list[int] = []  # index in the engine's entries
+        self.second: list[int] = []  # the RTP header's second byte: marker | payload type
+
+
 def _encode_and_send(
-    out: list[_Outgoing], frames: FrameTable, table: npt.NDArray[np.uint8], stats: EngineStats
+    batch: _Batch,
+    frames: FrameTable,
+    rows: npt.NDArray[np.intp],
+    senders: RtpSenders,
+    streams: npt.NDArray[np.intp],
+    table: npt.NDArray[np.uint8],
+    stats: EngineStats,
 ) -> int:
-    """Encode the sessions' outbound rows (silence where a row holds no frame) with one table
-    lookup and send each with its next RTP header."""
-    rows = np.fromiter((s.frame_row for s, _, _, _ in out), dtype=np.intp, count=len(out))
+    """Build every packet of `batch` in one array (headers from the senders' arrays, payload
+    = the outbound `rows` encoded with one table lookup, silence where a row holds no
+    frame), then send each."""
+    out = batch.out
+    n = len(out)
+    packets = np.empty((n, _FAST_LEN), dtype=np.uint8)
+    senders.headers(streams, np.array(batch.second, dtype=np.uint8), packets)
     pcm = frames.outbound[rows]
     pcm[~frames.has_outbound[rows]] = 0
-    payloads = table[pcm.view(np.uint16)].tobytes()
+    packets[:, 12:] = table[pcm.view(np.uint16)]
+    data = packets.tobytes()
     sent = 0
     pos = 0
-    for s, transport, remote, send in out:
-        marker = s.marker_pending
-        s.marker_pending = False
-        header = s.sender.next_header(s.payload_type, marker)
+    for transport, remote, send in out:
+        packet = data[pos : pos + _FAST_LEN]
+        pos += _FAST_LEN
         try:
             if send is None:
-                transport.sendto(header + payloads[pos : pos + FRAME_SAMPLES], remote)
+                transport.sendto(packet, remote)
             else:
-                send(header + payloads[pos : pos + FRAME_SAMPLES])
+                send(packet)
             sent += 1
         except OSError:
             stats.send_errors += 1
-        pos += FRAME_SAMPLES
     return sent

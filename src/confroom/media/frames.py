@@ -3,10 +3,10 @@
 Owns the two per-tick frame slots of every media session of an engine: what the session's
 caller said this tick (`inbound`: decoded, with loss concealment) and what the session is to
 send (`outbound`: a conference mix), each with a flag saying whether the row holds a frame,
-plus the loss-concealment countdown. The engine fills `inbound` for all sessions in a few
-array operations and encodes `outbound` in one; a mixer gathers its members' rows with one
-fancy index and writes its output the same way. A session outside any engine has a table of
-its own, so the same code serves both.
+plus the loss-concealment countdown and the codec. The engine fills `inbound` for all
+sessions in a few array operations and encodes `outbound` in one; a mixer gathers its
+members' rows with one fancy index and writes its output the same way. A session outside
+any engine has a table of its own, so the same code serves both.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ class FrameTable:
         self.outbound = np.zeros((0, FRAME_SAMPLES), dtype=np.int16)
         self.has_outbound = np.zeros(0, dtype=bool)
         self.plc_left = np.zeros(0, dtype=np.int64)  # concealment frames left per row
+        self.alaw = np.zeros(0, dtype=bool)  # the row's codec is PCMA (else PCMU)
         self._free: list[int] = []
         self.version = 0  # changes whenever a row is given out or taken back
         self._grow(max(1, capacity))
 
     def _grow(self, capacity: int) -> None:
         old = self.capacity
-        for name in ("inbound", "has_inbound", "outbound", "has_outbound", "plc_left"):
+        for name in ("inbound", "has_inbound", "outbound", "has_outbound", "plc_left", "alaw"):
             a = getattr(self, name)
             new = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
             new[:old] = a

@@ -151,6 +151,7 @@ class JitterBank:
     target: npt.NDArray[np.int64]  # the stream's target depth in frames
     clean: npt.NDArray[np.int64]  # frames played in time since the last loss or underrun
     counts: npt.NDArray[np.int64]  # (streams, 8): JitterStats counters
+    pt: npt.NDArray[np.int64]  # the audio payload type the stream's packets carry (-1: none)
 
     _FIELDS: Final = (
         ("ring", np.uint8, 0), ("filled", np.int64, 0), ("fill", np.uint8, 0xFF),
@@ -158,7 +159,7 @@ class JitterBank:
         ("has_played", np.bool_, 0), ("head", np.int64, 0), ("read_ts", np.int64, 0),
         ("end", np.int64, 0), ("max_seq", np.int64, 0), ("seq_bits", np.uint64, 0),
         ("deep_pops", np.int64, 0), ("target", np.int64, None), ("clean", np.int64, 0),
-        ("counts", np.int64, 0),
+        ("counts", np.int64, 0), ("pt", np.int64, -1),
     )
 
     def _allocate(self, capacity: int) -> None:
@@ -182,6 +183,7 @@ class JitterBank:
         i = self._free.pop()
         self.fill[i] = fill
         self.counts[i] = 0
+        self.pt[i] = -1
         self.reset(i)
         return i
 
@@ -478,6 +480,15 @@ class JitterBuffer:
     @property
     def fill(self) -> int:
         return int(self.bank.fill[self.index])
+
+    @property
+    def payload_type(self) -> int:
+        """The audio payload type of the stream (for the engine's batch receive), -1: none."""
+        return int(self.bank.pt[self.index])
+
+    @payload_type.setter
+    def payload_type(self, pt: int) -> None:
+        self.bank.pt[self.index] = pt
 
     @property
     def stats(self) -> JitterStats:

@@ -1,10 +1,12 @@
 """RTP (RFC 3550) packets and RFC 4733 telephone-events, sans-IO.
 
 Owns: parsing a datagram into an `RtpPacket` (CSRC list, header extension and padding handled),
-building the fixed 12-byte header, the per-stream sender state (`RtpSender`: SSRC, sequence
-number, timestamp), DTMF reception (`DtmfReceiver`: one digit per telephone-event) and DTMF
-sending (`DtmfSender`: a queue of digits turned into telephone-event packets, one tick at a time).
-Everything here is called per packet, so it is kept to `struct.unpack_from` and slicing.
+building the fixed 12-byte header, the sender state of outgoing streams (`RtpSenders`: SSRC,
+sequence number and timestamp of many streams in numpy arrays, so the media clock builds all
+headers of a tick at once; `RtpSender`: one of those streams, for packet-by-packet use), DTMF
+reception (`DtmfReceiver`: one digit per telephone-event) and DTMF sending (`DtmfSender`: a
+queue of digits turned into telephone-event packets, one tick at a time). The per-packet paths
+are kept to `struct.unpack_from` and slicing.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import random
 import struct
 from typing import Final, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 __all__ = [
     "DTMF_EVENTS",
     "DtmfReceiver",
     "DtmfSender",
     "RtpPacket",
     "RtpSender",
+    "RtpSenders",
     "build_rtp_header",
     "parse_rtp",
     "parse_telephone_event",
@@ -122,37 +128,123 @@ class DtmfReceiver:
         return DTMF_EVENTS[event] if event < 16 else None
 
 
-class RtpSender:
-    """Outgoing stream state: random SSRC, random initial sequence number and timestamp."""
+class RtpSenders:
+    """Outgoing stream state of many streams: SSRC, next sequence number and timestamp, in
+    int64 arrays indexed by stream number (`open()` gives one out, `close()` takes it back;
+    the arrays grow by doubling)."""
 
-    __slots__ = ("samples_per_packet", "seq", "ssrc", "ts")
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = 0
+        self.seq = np.zeros(0, dtype=np.int64)
+        self.ts = np.zeros(0, dtype=np.int64)
+        self.ssrc = np.zeros(0, dtype=np.int64)
+        self._free: list[int] = []
+        self._grow(max(1, capacity))
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+        for name in ("seq", "ts", "ssrc"):
+            new = np.zeros(capacity, dtype=np.int64)
+            new[:old] = getattr(self, name)
+            setattr(self, name, new)
+        self._free.extend(range(capacity - 1, old - 1, -1))
+        self.capacity = capacity
+
+    def open(self, seq: int, ts: int, ssrc: int) -> int:
+        if not self._free:
+            self._grow(self.capacity * 2)
+        i = self._free.pop()
+        self.seq[i] = seq & 0xFFFF
+        self.ts[i] = ts & 0xFFFFFFFF
+        self.ssrc[i] = ssrc & 0xFFFFFFFF
+        return i
+
+    def close(self, i: int) -> None:
+        self._free.append(i)
+
+    def headers(
+        self,
+        idx: npt.NDArray[np.intp],
+        second_byte: npt.NDArray[np.uint8],
+        out: npt.NDArray[np.uint8],
+    ) -> None:
+        """Write the next header of each (distinct) stream in `idx` into `out[:, :12]`
+        (`second_byte`: marker bit | payload type per stream) and advance each stream by one
+        packet of `_SAMPLES_PER_FRAME` samples."""
+        seq = self.seq[idx]
+        ts = self.ts[idx]
+        out[:, 0] = 0x80
+        out[:, 1] = second_byte
+        out[:, 2:4] = seq.astype(">u2").view(np.uint8).reshape(-1, 2)
+        out[:, 4:8] = ts.astype(">u4").view(np.uint8).reshape(-1, 4)
+        out[:, 8:12] = self.ssrc[idx].astype(">u4").view(np.uint8).reshape(-1, 4)
+        self.seq[idx] = (seq + 1) & 0xFFFF
+        self.ts[idx] = (ts + _SAMPLES_PER_FRAME) & 0xFFFFFFFF
+
+
+class RtpSender:
+    """One outgoing stream: random SSRC, random initial sequence number and timestamp. It
+    lives in a bank of its own until `move_to()` puts it into a shared `RtpSenders`."""
+
+    __slots__ = ("_bank", "_i", "samples_per_packet")
 
     def __init__(self, samples_per_packet: int = _SAMPLES_PER_FRAME) -> None:
         rng = random.SystemRandom()
-        self.ssrc: int = rng.getrandbits(32)
-        self.seq: int = rng.getrandbits(16)
-        self.ts: int = rng.getrandbits(32)
+        self._bank = RtpSenders()
+        self._i = self._bank.open(rng.getrandbits(16), rng.getrandbits(32), rng.getrandbits(32))
         self.samples_per_packet = samples_per_packet
+
+    def move_to(self, bank: RtpSenders) -> int:
+        """Continue this stream (same SSRC, sequence and time) as a stream of `bank`; returns
+        its number there."""
+        i = bank.open(self.seq, self.ts, self.ssrc)
+        self._bank.close(self._i)
+        self._bank, self._i = bank, i
+        return i
+
+    @property
+    def index(self) -> int:
+        return self._i
+
+    @property
+    def seq(self) -> int:
+        return int(self._bank.seq[self._i])
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        self._bank.seq[self._i] = value & 0xFFFF
+
+    @property
+    def ts(self) -> int:
+        return int(self._bank.ts[self._i])
+
+    @ts.setter
+    def ts(self, value: int) -> None:
+        self._bank.ts[self._i] = value & 0xFFFFFFFF
+
+    @property
+    def ssrc(self) -> int:
+        return int(self._bank.ssrc[self._i])
 
     def next_header(self, pt: int, marker: bool = False) -> bytes:
         """Header for the next packet; advances seq by 1 and the timestamp by one packet."""
         seq = self.seq
         ts = self.ts
-        self.seq = (seq + 1) & 0xFFFF
-        self.ts = (ts + self.samples_per_packet) & 0xFFFFFFFF
+        self.seq = seq + 1
+        self.ts = ts + self.samples_per_packet
         return _HEADER.pack(0x80, (pt & 0x7F) | (0x80 if marker else 0), seq, ts, self.ssrc)
 
     def event_header(self, pt: int, marker: bool, ts: int) -> bytes:
         """Header for a telephone-event packet: the event's own (start) timestamp `ts`;
         advances the sequence number only (the caller advances time with `skip`)."""
         seq = self.seq
-        self.seq = (seq + 1) & 0xFFFF
+        self.seq = seq + 1
         return _HEADER.pack(0x80, (pt & 0x7F) | (0x80 if marker else 0), seq, ts & 0xFFFFFFFF,
                             self.ssrc)
 
     def skip(self, samples: int) -> None:
         """Advance the timestamp without sending (time passed while nothing was sent)."""
-        self.ts = (self.ts + samples) & 0xFFFFFFFF
+        self.ts = self.ts + samples
 
 
 class DtmfSender:

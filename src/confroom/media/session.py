@@ -116,8 +116,10 @@ class MediaSession:
         if codec != self.codec:
             self.jitter.reset(fill=g711.silence_byte(codec))
             self.frames.clear(self.frame_row)  # no concealment from the other codec's audio
+            self.frames.alaw[self.frame_row] = codec == "PCMA"
         self.codec = codec
         self.payload_type = payload_type
+        self.jitter.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
         self.remote_direction = remote_direction
         reachable = bool(remote_host) and remote_host not in ("0.0.0.0", "::") and bool(remote_port)
@@ -245,6 +247,7 @@ class MediaSession:
         self.frames.close(self.frame_row)
         self.frames = table
         self.frame_row = table.open()
+        table.alaw[self.frame_row] = self.codec == "PCMA"
 
     # --- engine hooks -----------------------------------------------------------------------
 
