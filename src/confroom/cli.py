@@ -8,9 +8,14 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confroom import __version__
 from confroom.config import ConfigError, load
+from confroom.memory import GcPolicy, garbage_report
+
+if TYPE_CHECKING:
+    from confroom.server import Server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,11 +77,24 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(
+        signal.SIGUSR1, lambda: logging.getLogger("confroom").info("gc: %s", garbage_report())
+    )
+    gc_policy = GcPolicy()  # see confroom.memory
+    gc_task = loop.create_task(_gc_ticks(gc_policy, server), name="gc-policy")
     await stop.wait()
+    gc_task.cancel()
+    gc_policy.close()
     logging.getLogger("confroom").info("shutting down: ending %d call(s)", len(server.calls))
     await server.stop()
     logging.getLogger("confroom").info("stopped")
     return 0
+
+
+async def _gc_ticks(policy: GcPolicy, server: Server) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        policy.tick(quiet=not server.calls)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -264,6 +264,7 @@ class Server:
         self._flush()
 
     def call_finished(self, call: Call) -> None:
+        call.session_kill = None  # the verb runner points back at the call: no cycle left
         self.calls.pop(call.info.call_sid, None)
         self._by_leg.pop(id(call.leg), None)
         self.engine.close_session(call.media)

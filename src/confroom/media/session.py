@@ -220,6 +220,11 @@ class MediaSession:
         self.send_enabled = False
         self.receive_expected = False
         self.frames.clear(self.frame_row)
+        # Drop the callbacks: they point back at the call, and a call that ends should be freed
+        # by reference counting, not left as a cycle for the garbage collector (whose full
+        # passes stall the media clock in proportion to everything alive).
+        self.on_play_done = self.on_dtmf = self.on_timeout = None
+        self.dtmf_tap = None
 
     # --- this tick's frames -------------------------------------------------------------------
 
