@@ -26,7 +26,6 @@ _engines: list[eng.MediaEngine] = []
 _ticks: list[tuple[float, float]] = []  # (monotonic start, duration)
 _gc: list[tuple[float, int, float]] = []  # (monotonic start, generation, duration)
 _gc_start = [0.0]
-_cyc = [0]
 _objects: list[tuple[float, int, int]] = []  # (monotonic, GC-tracked objects, sessions)
 _types: dict[str, int] = {}  # the most common tracked types at the last sample
 
@@ -43,15 +42,6 @@ def _tick(self: eng.MediaEngine, now: float) -> None:
     t = time.perf_counter()
     _orig_tick(self, now)
     _ticks.append((t, time.perf_counter() - t))
-    if os.environ.get("CYC_OUT"):
-        if self.sessions:
-            _cyc[0] = 1
-        elif _cyc[0] == 1:
-            _cyc[0] += 1
-        elif _cyc[0] > 1:
-            _cyc[0] += 1
-            if _cyc[0] == 150:
-                import sys; sys.path.insert(0, "/tmp/mb"); import cyc; cyc.analyse(os.environ["CYC_OUT"])
     if len(_ticks) % 500 == 1:  # every 10 s: how many objects the cyclic GC has to scan
         objs = gc.get_objects()
         _objects.append((t, len(objs), len(self.sessions)))
@@ -72,6 +62,7 @@ def _dump() -> None:
     if not path:
         return
     # Cyclic garbage left behind (the calls have ended by now): what only the GC can free.
+    gc.unfreeze()
     gc.set_debug(gc.DEBUG_SAVEALL)
     gc.collect()
     garbage = Counter(type(o).__name__ for o in gc.garbage)
