@@ -330,10 +330,11 @@ class MediaEngine:
             except Exception:
                 log.exception("mixer %r failed", mixer)
 
-        # (3) outbound: source frame, else the mix, else silence; one encode per codec.
+        # (3) outbound: source frame, else the mix, else silence; all packets built at once.
         frames = self.frames
-        ulaw = _Batch()
-        alaw = _Batch()
+        out: list[_Outgoing] = []
+        out_entries: list[int] = []  # the entry index of each of `out`
+        marked: list[int] = []  # positions in `out` whose packet carries the marker bit
         sent = 0
         ports = self._ports
         for k, (s, transport) in enumerate(entries):
@@ -357,21 +358,13 @@ class MediaEngine:
                 if n_dtmf is not None:  # this tick's packets were telephone-events, not audio
                     sent += n_dtmf
                     continue
-            second = s.payload_type
             if s.marker_pending:
                 s.marker_pending = False
-                second |= 0x80
-            batch = ulaw if s.codec == "PCMU" else alaw
-            batch.out.append((transport, remote, send))
-            batch.entries.append(k)
-            batch.second.append(second)
-        for batch, table in ((ulaw, ULAW_ENCODE), (alaw, ALAW_ENCODE)):
-            if batch.out:
-                entry = np.array(batch.entries, dtype=np.intp)
-                sent += _encode_and_send(
-                    batch, frames, self._rows[entry], self.senders, self._senders[entry],
-                    table, stats,
-                )
+                marked.append(len(out))
+            out.append((transport, remote, send))
+            out_entries.append(k)
+        if out:
+            sent += self._encode_and_send(out, np.array(out_entries, dtype=np.intp), marked)
         frames.has_outbound[:] = False  # every frame of this tick is spent
         stats.packets_sent += sent
 
@@ -462,6 +455,29 @@ class MediaEngine:
             pcm[alaw] = ALAW_DECODE[codes[alaw]]
         self.frames.take_inbound(self._rows, pcm, ok)
 
+    def _encode_and_send(
+        self, out: list[_Outgoing], entries: npt.NDArray[np.intp], marked: list[int]
+    ) -> int:
+        """Build every packet of this tick in one array, then send each: headers from the
+        senders' arrays (payload type per stream, marker where `marked`), payloads = the
+        entries' outbound rows encoded with one table lookup per codec (silence where a row
+        holds no frame)."""
+        frames = self.frames
+        rows = self._rows[entries]
+        second = self.jitter.pt[self._streams[entries]].astype(np.uint8)
+        if marked:
+            second[marked] |= 0x80
+        packets = np.empty((len(out), _FAST_LEN), dtype=np.uint8)
+        self.senders.headers(self._senders[entries], second, packets)
+        pcm = frames.outbound[rows]
+        pcm[~frames.has_outbound[rows]] = 0
+        codes = pcm.view(np.uint16)
+        packets[:, 12:] = ULAW_ENCODE[codes]
+        alaw = frames.alaw[rows]
+        if alaw.any():
+            packets[alaw, 12:] = ALAW_ENCODE[codes[alaw]]
+        return _send_all(out, packets.tobytes(), self.stats)
+
     def _housekeeping(self, now: float) -> None:
         """Once a second: batched packets refresh the sessions' `last_rx`; quiet latched
         sockets are released; sessions silent for longer than `rtp_timeout` time out."""
@@ -526,37 +542,8 @@ def _send_dtmf(
     return sent
 
 
-class _Batch:
-    """The sessions of one codec sending audio this tick, in entry order."""
-
-    __slots__ = ("entries", "out", "second")
-
-    def __init__(self) -> None:
-        self.out: list[_Outgoing] = []
-        self.entries: list[int] = []  # index in the engine's entries
-        self.second: list[int] = []  # the RTP header's second byte: marker | payload type
-
-
-def _encode_and_send(
-    batch: _Batch,
-    frames: FrameTable,
-    rows: npt.NDArray[np.intp],
-    senders: RtpSenders,
-    streams: npt.NDArray[np.intp],
-    table: npt.NDArray[np.uint8],
-    stats: EngineStats,
-) -> int:
-    """Build every packet of `batch` in one array (headers from the senders' arrays, payload
-    = the outbound `rows` encoded with one table lookup, silence where a row holds no
-    frame), then send each."""
-    out = batch.out
-    n = len(out)
-    packets = np.empty((n, _FAST_LEN), dtype=np.uint8)
-    senders.headers(streams, np.array(batch.second, dtype=np.uint8), packets)
-    pcm = frames.outbound[rows]
-    pcm[~frames.has_outbound[rows]] = 0
-    packets[:, 12:] = table[pcm.view(np.uint16)]
-    data = packets.tobytes()
+def _send_all(out: list[_Outgoing], data: bytes, stats: EngineStats) -> int:
+    """Send packet k of `data` (all `_FAST_LEN` bytes long) as `out[k]` says."""
     sent = 0
     pos = 0
     for transport, remote, send in out:

@@ -56,6 +56,7 @@ class FrameTable:
             self._grow(self.capacity * 2)
         row = self._free.pop()
         self.clear(row)
+        self.alaw[row] = False
         self.version += 1
         return row
 

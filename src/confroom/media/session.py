@@ -32,7 +32,6 @@ class MediaSession:
         "_rx_rearm",
         "_timed_out",
         "closed",
-        "codec",
         "dtmf",
         "dtmf_digits",
         "dtmf_payload_type",
@@ -47,7 +46,6 @@ class MediaSession:
         "on_dtmf",
         "on_play_done",
         "on_timeout",
-        "payload_type",
         "receive_expected",
         "remote",
         "remote_direction",
@@ -58,8 +56,6 @@ class MediaSession:
 
     def __init__(self, local_port: int, now: float = 0.0, jitter_depth: int = 2) -> None:
         self.local_port = local_port
-        self.codec = "PCMU"
-        self.payload_type = 0
         self.dtmf_payload_type: int | None = None
         self.remote: tuple[str, int] | None = None
         self.remote_direction = "sendrecv"
@@ -74,6 +70,7 @@ class MediaSession:
         self.marker_pending = True  # set the RTP marker on the next packet sent
         self.frames = FrameTable()  # a table of its own until an engine adopts the session
         self.frame_row = self.frames.open()
+        self.payload_type = 0  # PCMU until negotiated (FrameTable rows start as PCMU)
         self.source: Source | None = None
         self.on_play_done: Callable[[bool], None] | None = None
         self.on_dtmf: Callable[[str], None] | None = None
@@ -117,9 +114,7 @@ class MediaSession:
             self.jitter.reset(fill=g711.silence_byte(codec))
             self.frames.clear(self.frame_row)  # no concealment from the other codec's audio
             self.frames.alaw[self.frame_row] = codec == "PCMA"
-        self.codec = codec
         self.payload_type = payload_type
-        self.jitter.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
         self.remote_direction = remote_direction
         reachable = bool(remote_host) and remote_host not in ("0.0.0.0", "::") and bool(remote_port)
@@ -249,10 +244,27 @@ class MediaSession:
 
     def adopt_frames(self, table: FrameTable) -> None:
         """Move this session's frame slots to `table` (an engine's), starting empty."""
+        alaw = bool(self.frames.alaw[self.frame_row])
         self.frames.close(self.frame_row)
         self.frames = table
         self.frame_row = table.open()
-        table.alaw[self.frame_row] = self.codec == "PCMA"
+        table.alaw[self.frame_row] = alaw
+
+    # --- the negotiated codec, kept where the engine's array passes read it ------------------
+
+    @property
+    def codec(self) -> str:
+        """"PCMU" or "PCMA" (the session's `FrameTable` row holds it)."""
+        return "PCMA" if self.frames.alaw[self.frame_row] else "PCMU"
+
+    @property
+    def payload_type(self) -> int:
+        """The audio payload type, both ways (the session's jitter stream holds it)."""
+        return self.jitter.payload_type
+
+    @payload_type.setter
+    def payload_type(self, pt: int) -> None:
+        self.jitter.payload_type = pt
 
     # --- engine hooks -----------------------------------------------------------------------
 
