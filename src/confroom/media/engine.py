@@ -14,9 +14,12 @@ once:
    socket that hears nothing for `_RELATCH_AFTER` is released, so a peer whose address
    changed (NAT re-binding) is latched again by its next packet; so is one whose SDP moved
    the media elsewhere;
-2. pop every jitter buffer in one pass and decode each codec with one table lookup;
-3. run the mixers;
-4. gather every outbound frame, encode each codec with one lookup, send.
+2. pop every jitter buffer in one pass and decode each codec with one table lookup, into the
+   engine's `FrameTable` (with loss concealment);
+3. run the mixers (they read and write `FrameTable` rows);
+4. build every outgoing packet of the tick in one array (headers from `RtpSenders`, payloads
+   encoded with one lookup per codec), then send each; sources (prompts) and DTMF are
+   handled per session first.
 
 It can be driven by hand from tests (`add_session()` with a fake transport, then `tick(now)`).
 """
