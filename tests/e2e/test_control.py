@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import wave
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -109,6 +110,40 @@ def dial(sipp: SippRunner, srv: ConfroomProcess, peers: Mapping[str, RtpPeer],
     return runs, {name: server_addr(p) for name, p in peers.items()}
 
 
+@dataclass
+class ToneRoom:
+    """Callers in one conference, each sending its own tone to the server: `start()` dials
+    them, waits until all have joined and starts the tones (at `t0`); `finish()` waits for
+    the tones and the calls to end (each SIPp call must succeed)."""
+
+    peers: dict[str, RtpPeer]
+    runs: list[SippRun]
+    addrs: dict[str, tuple[str, int]]
+    sids: dict[str, str]
+    t0: float
+    senders: list[Any]
+
+    @classmethod
+    def start(cls, sipp: SippRunner, srv: ConfroomProcess, hook_app: HookApp,
+              rtp_peer_factory: Callable[[], RtpPeer], freqs: Mapping[str, float],
+              pause_ms: int | Mapping[str, int], seconds: float) -> ToneRoom:
+        peers = {name: rtp_peer_factory() for name in freqs}
+        runs, addrs = dial(sipp, srv, peers, pause_ms=pause_ms)
+        srv.wait_log(rf"conference join .*members={len(freqs)}", timeout=15)
+        sids = call_sids(hook_app, len(freqs))
+        t0 = time.monotonic()
+        senders = [peers[n].send_tone_async(f, seconds, addrs[n], amplitude=0.2)
+                   for n, f in freqs.items()]
+        return cls(peers, runs, addrs, sids, t0, senders)
+
+    def finish(self) -> None:
+        for s in self.senders:
+            s.join(timeout=15)
+        for r in self.runs:
+            res = r.wait()
+            assert res.ok(), res.describe()
+
+
 def window(peer: RtpPeer, t1: float, t2: float) -> Int16Array:
     """The audio `peer` received between monotonic times t1 and t2."""
     pcm = peer.decoded_pcm(since=t1)[: int((t2 - t1) * 8000)]
@@ -148,13 +183,8 @@ def test_mute_via_rest_with_the_jambonz_sdk(
     hook_app.route("/status", [])
     srv, rest = start(confroom, hook_app)
     freqs = {"alice": 440.0, "bob": 1000.0, "carol": 2200.0}
-    peers = {name: rtp_peer_factory() for name in freqs}
-    runs, addrs = dial(sipp, srv, peers, pause_ms=11000)
-    srv.wait_log(r"conference join .*members=3", timeout=15)
-    sids = call_sids(hook_app, 3)
-    t0 = time.monotonic()
-    senders = [peers[n].send_tone_async(f, 7.5, addrs[n], amplitude=0.2)
-               for n, f in freqs.items()]
+    room = ToneRoom.start(sipp, srv, hook_app, rtp_peer_factory, freqs, 11000, 7.5)
+    peers, sids, t0 = room.peers, room.sids, room.t0
 
     async def sdk(status: str) -> float:
         # base_url is the server root: the SDK itself appends /v1/Accounts/<account_sid>/...
@@ -168,12 +198,8 @@ def test_mute_via_rest_with_the_jambonz_sdk(
     t_mute = asyncio.run(sdk("mute"))
     time.sleep(2.5)
     t_unmute = asyncio.run(sdk("unmute"))
-    for s in senders:
-        s.join(timeout=15)
+    room.finish()
     t_end = t0 + 7.3
-    for r in runs:
-        res = r.wait()
-        assert res.ok(), res.describe()
     for listener in ("bob", "carol"):
         peer = peers[listener]
         before = window(peer, t0 + MARGIN, t_mute)
@@ -202,25 +228,16 @@ def test_hold_plays_the_wait_hook_and_isolates_the_member(
     srv, rest = start(confroom, hook_app)
     write_tone_wav(srv.media_dir / "moh.wav", 3000.0, 1.0, amplitude=0.4)
     freqs = {"alice": 440.0, "bob": 1000.0}
-    peers = {name: rtp_peer_factory() for name in freqs}
-    runs, addrs = dial(sipp, srv, peers, pause_ms=11000)
-    srv.wait_log(r"conference join .*members=2", timeout=15)
-    sids = call_sids(hook_app, 2)
-    t0 = time.monotonic()
-    senders = [peers[n].send_tone_async(f, 8.0, addrs[n], amplitude=0.2)
-               for n, f in freqs.items()]
+    room = ToneRoom.start(sipp, srv, hook_app, rtp_peer_factory, freqs, 11000, 8.0)
+    peers, sids, t0 = room.peers, room.sids, room.t0
     time.sleep(1.5)
     assert rest.update(sids["bob"], {"conf_hold_status": "hold", "waitHook": "/moh"})[0] == 202
     t_hold = time.monotonic()
     time.sleep(3.5)
     assert rest.update(sids["bob"], {"conf_hold_status": "unhold"})[0] == 202
     t_unhold = time.monotonic()
-    for s in senders:
-        s.join(timeout=15)
+    room.finish()
     t_end = t0 + 7.8
-    for r in runs:
-        res = r.wait()
-        assert res.ok(), res.describe()
     alice, bob = peers["alice"], peers["bob"]
     assert hears(window(alice, t0 + MARGIN, t_hold), 1000)
     assert hears(window(bob, t0 + MARGIN, t_hold), 440)
@@ -253,13 +270,8 @@ def test_coach_is_heard_only_by_the_tagged_member(
     }))
     srv, rest = start(confroom, hook_app)
     freqs = {"coach": 440.0, "agent": 1000.0, "customer": 2200.0}
-    peers = {name: rtp_peer_factory() for name in freqs}
-    runs, addrs = dial(sipp, srv, peers, pause_ms=12000)
-    srv.wait_log(r"conference join .*members=3", timeout=15)
-    sids = call_sids(hook_app, 3)
-    t0 = time.monotonic()
-    senders = [peers[n].send_tone_async(f, 8.5, addrs[n], amplitude=0.2)
-               for n, f in freqs.items()]
+    room = ToneRoom.start(sipp, srv, hook_app, rtp_peer_factory, freqs, 12000, 8.5)
+    peers, sids, t0 = room.peers, room.sids, room.t0
     time.sleep(2.5)
     action = "conferenceParticipantAction"
     assert rest.update(sids["coach"], {action: {"action": "uncoach"}})[0] == 202
@@ -267,12 +279,8 @@ def test_coach_is_heard_only_by_the_tagged_member(
     time.sleep(2.5)
     assert rest.update(sids["coach"], {action: {"action": "coach", "tag": "agent"}})[0] == 202
     t2 = time.monotonic()
-    for s in senders:
-        s.join(timeout=15)
+    room.finish()
     t_end = t0 + 8.3
-    for r in runs:
-        res = r.wait()
-        assert res.ok(), res.describe()
     agent, customer, coach = peers["agent"], peers["customer"], peers["coach"]
     for start_t, end_t, public in ((t0 + MARGIN, t1, False), (t1 + MARGIN, t2, True),
                                    (t2 + MARGIN, t_end, False)):
@@ -378,16 +386,8 @@ def test_recording_holds_the_mix_for_the_conference_duration(
                               "record": {"path": "recordings/rec-room.wav"}}])
     srv, _ = start(confroom, hook_app)
     freqs = {"alice": 440.0, "bob": 1000.0}
-    peers = {name: rtp_peer_factory() for name in freqs}
-    runs, addrs = dial(sipp, srv, peers, pause_ms=dict(zip(peers, (6000, 5000), strict=True)))
-    srv.wait_log(r"conference join .*members=2", timeout=15)
-    senders = [peers[n].send_tone_async(f, 3.0, addrs[n], amplitude=0.2)
-               for n, f in freqs.items()]
-    for s in senders:
-        s.join(timeout=15)
-    for r in runs:
-        res = r.wait()
-        assert res.ok(), res.describe()
+    ToneRoom.start(sipp, srv, hook_app, rtp_peer_factory, freqs,
+                   {"alice": 6000, "bob": 5000}, 3.0).finish()
     done = srv.wait_log(r"conference recording done name=rec-room path=(\S+)", timeout=10)
     start_line = srv.wait_log(r"conference start name=rec-room").string
     end_line = srv.wait_log(r"conference end name=rec-room").string

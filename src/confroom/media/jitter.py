@@ -465,14 +465,6 @@ class JitterBuffer:
         return jb
 
     @property
-    def depth(self) -> int:
-        return self.bank.depth
-
-    @property
-    def max_depth(self) -> int:
-        return self.bank.max_depth
-
-    @property
     def target(self) -> int:
         """The stream's current target depth in frames (see "adaptive target")."""
         return int(self.bank.target[self.index])

@@ -228,11 +228,10 @@ class RtpSender:
 
     def next_header(self, pt: int, marker: bool = False) -> bytes:
         """Header for the next packet; advances seq by 1 and the timestamp by one packet."""
-        seq = self.seq
         ts = self.ts
-        self.seq = seq + 1
+        header = self.event_header(pt, marker, ts)
         self.ts = ts + self.samples_per_packet
-        return _HEADER.pack(0x80, (pt & 0x7F) | (0x80 if marker else 0), seq, ts, self.ssrc)
+        return header
 
     def event_header(self, pt: int, marker: bool, ts: int) -> bytes:
         """Header for a telephone-event packet: the event's own (start) timestamp `ts`;
