@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from typing import Any
 
 from confroom.api import ApiServer
@@ -105,6 +106,8 @@ class Server:
         self._bye_waiters: dict[int, asyncio.Future[None]] = {}
         self._ordered = KeyedSerial(self._spawn)
         self.api: ApiServer | None = None  # the REST API, when http_port > 0
+        # INVITEs refused, by the reason logged with them (the metrics read this)
+        self.rejected: Counter[str] = Counter()
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -303,6 +306,7 @@ class Server:
         def refuse(status: int, reason: str | None, why: str,
                    headers: list[tuple[str, str]] | None = None) -> None:
             self.sip_reject(leg, status, reason, headers or [])
+            self.rejected[why] += 1
             log_call_end(info.call_sid, "failed", why, 0.0)
 
         if self._stopping:
