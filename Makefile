@@ -3,13 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test lint setup setup-test bench
+.PHONY: run test lint setup setup-test setup-bench bench
 
 setup:
 	@scripts/setup.sh
 
 setup-test:
 	@scripts/setup.sh --test
+
+setup-bench:
+	@scripts/setup.sh --bench
 
 ## Install what is needed and run the server on the embedded default app.
 run: setup
@@ -23,9 +26,9 @@ lint: setup-test
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-## Benchmark confroom against Janus AudioBridge (needs apt janus + sipp and
-## bench/requirements.txt; uses both cores: run it on an otherwise idle machine).
+## Benchmark confroom against Janus AudioBridge (installs apt janus + sipp and
+## bench/requirements.txt into the venv; uses both cores: run it on an otherwise idle machine).
 ## BENCH_ARGS="--n 300" (default), "--sweep", ...; see bench/RESULTS.md.
 BENCH_ARGS ?= --n 300
-bench:
-	python3 bench/run $(BENCH_ARGS)
+bench: setup-bench
+	$(PY) bench/run $(BENCH_ARGS)

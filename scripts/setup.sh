@@ -2,14 +2,18 @@
 # Installs what confroom needs on a Debian 12 machine (run as root, or with sudo available):
 #   scripts/setup.sh          apt packages for running + a virtualenv with confroom
 #   scripts/setup.sh --test   the same plus what the test suite needs (SIPp, sox, test extras)
+#   scripts/setup.sh --bench  the same plus what `make bench` needs (Janus, SIPp, bench/requirements.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
+want_bench=0
 if [ "${1:-}" = "--test" ]; then want_test=1; fi
+if [ "${1:-}" = "--bench" ]; then want_bench=1; fi
 
 apt_pkgs=(espeak-ng)
 if [ "$want_test" = 1 ]; then apt_pkgs+=(sip-tester sox); fi
+if [ "$want_bench" = 1 ]; then apt_pkgs+=(sip-tester janus); fi
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -36,9 +40,13 @@ if [ "$want_test" = 1 ]; then
   extras="[test]"
   stamp="$stamp-test"
 fi
+if [ "$want_bench" = 1 ]; then
+  stamp="$stamp-bench"
+fi
 # Reinstall only when the project's declared dependencies changed.
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ bench/requirements.txt -nt "$stamp" ]; then
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
   "$VENV/bin/pip" install -q -e ".$extras"
+  if [ "$want_bench" = 1 ]; then "$VENV/bin/pip" install -q -r bench/requirements.txt; fi
   touch "$stamp"
 fi

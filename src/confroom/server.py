@@ -21,6 +21,7 @@ from confroom.app.hooks import WebhookClient
 from confroom.app.session import CallSession, notify_call_status
 from confroom.call import Call, log_call_end
 from confroom.conference.service import ConferenceService
+from confroom.conference.verb import verb_table
 from confroom.config import Config
 from confroom.media.engine import MediaEngine, MediaError
 from confroom.ordered import KeyedSerial
@@ -96,6 +97,7 @@ class Server:
         self.conferences = ConferenceService(
             self.engine, self.hooks, self._spawn, media_dir=config.media_dir
         )
+        self.verbs = verb_table(self.conferences)  # what each verb name runs
         self.calls: dict[str, Call] = {}  # call_sid -> call
         self._by_leg: dict[int, Call] = {}  # id(leg) -> call
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -345,7 +347,7 @@ class Server:
         self.calls[info.call_sid] = call
         self._by_leg[id(leg)] = call
         call.ring()
-        session = CallSession(call, self.hooks, self.config, conferences=self.conferences)
+        session = CallSession(call, self.hooks, self.config, verbs=self.verbs)
         call.session_kill = session.kill
         try:
             await session.run()

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Collection, Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -25,9 +25,6 @@ from confroom.app.payload import call_fields, session_new_body
 from confroom.app.verbs import VerbError, parse_verb_list
 from confroom.config import AppConfig, Config, Hook
 from confroom.media.sources import Source
-
-if TYPE_CHECKING:
-    from confroom.conference.service import ConferenceService
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +93,10 @@ class CallSession:
         config: Config,
         *,
         http: aiohttp.ClientSession | None = None,
-        conferences: ConferenceService | None = None,
+        verbs: Mapping[str, verbs_impl.VerbImpl] = verbs_impl.VERBS,
     ) -> None:
         self.call = call
-        self.conferences = conferences
+        self.verbs = verbs  # what runs each verb name (the server adds `conference`)
         self.hooks = hooks
         self.config = config
         self.http = http
@@ -305,7 +302,7 @@ class CallSession:
             self._interrupt.clear()
             self.current = verb
             name = verb["verb"]
-            impl = verbs_impl.VERBS.get(name)
+            impl = self.verbs.get(name)
             try:
                 if impl is None:
                     logger.warning(

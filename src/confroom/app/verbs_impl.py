@@ -1,8 +1,10 @@
 """The verbs a `CallSession` runs: answer, say, play, pause, hangup, sip:decline, redirect.
 
-One coroutine per verb, registered in `VERBS` by name (the conference verb is added by its
-own module). A verb returns None to let the list continue, or a verb list that replaces the
-rest of the list (an empty list ends it).
+One coroutine per verb, registered in `VERBS` by name. These are the verbs that need nothing
+but the call; verbs built on other services (`conference`, in `confroom.conference.verb`) are
+added to a copy of this table by whoever wires those services (`Server`), so `app` never
+imports the packages built on it. A verb returns None to let the list continue, or a verb
+list that replaces the rest of the list (an empty list ends it).
 """
 
 from __future__ import annotations
@@ -277,13 +279,6 @@ async def run_redirect(s: CallSession, verb: dict[str, Any]) -> VerbResult:
     return verbs if verbs is not None else []
 
 
-async def run_conference(s: CallSession, verb: dict[str, Any]) -> VerbResult:
-    # imported here: the conference package builds on this module
-    from confroom.conference.verb import run_conference as conference
-
-    return await conference(s, verb)
-
-
 VERBS: dict[str, VerbImpl] = {
     "answer": run_answer,
     "say": run_say,
@@ -292,5 +287,4 @@ VERBS: dict[str, VerbImpl] = {
     "hangup": run_hangup,
     "sip:decline": run_decline,
     "redirect": run_redirect,
-    "conference": run_conference,
 }

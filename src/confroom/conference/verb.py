@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from confroom.app import verbs_impl
@@ -39,11 +40,15 @@ log = logging.getLogger("confroom.conference")
 WAIT_ROUND_GAP_S = 0.75
 
 
-async def run_conference(s: CallSession, verb: dict[str, Any]) -> list[dict[str, Any]] | None:
-    svc = s.conferences
-    if svc is None:
-        log.error("call_sid=%s: conference verb without a conference service", s.call_sid)
-        return None
+def verb_table(svc: ConferenceService) -> Mapping[str, verbs_impl.VerbImpl]:
+    """The verbs a call can run on this node: the app layer's, plus `conference` on `svc`.
+    (The dependency goes one way: this package builds on `confroom.app`, never back.)"""
+    return {**verbs_impl.VERBS, "conference": partial(run_conference, svc)}
+
+
+async def run_conference(
+    svc: ConferenceService, s: CallSession, verb: dict[str, Any]
+) -> list[dict[str, Any]] | None:
     call = s.call
     if not call.answered:
         await call.answer()
