@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, metavar="N",
                    help="port of the REST API and health endpoint; default off. Needs a "
                    "bearer token: [http] token in the config file or CONFROOM_API_TOKEN")
+    s.add_argument("--webhook-max-body", type=int, metavar="BYTES",
+                   help="largest webhook answer read; a longer one fails the hook "
+                   "(default 1048576)")
     s.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -60,6 +63,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "rtp_ports": args.rtp_ports,
         "app": args.app,
         "http_port": args.http_port,
+        "webhook_max_body": args.webhook_max_body,
     }
     try:
         config = load(args.config, overrides=overrides)

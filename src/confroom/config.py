@@ -25,6 +25,7 @@ TOML layout::
     voice = "en-us"
     [webhooks]
     timeout = 10.0
+    max_body = 1048576          # bytes of a hook's answer read at most; a longer one fails
     [[apps]]
     name = "default"
     call_hook = "http://127.0.0.1:3000/call"   # URL, hook table, or path to a JSON verb file
@@ -36,7 +37,8 @@ TOML layout::
 
 Environment: CONFROOM_SIP_HOST, CONFROOM_SIP_PORT, CONFROOM_RTP_PORTS, CONFROOM_RTP_TIMEOUT,
 CONFROOM_HTTP_PORT, CONFROOM_API_TOKEN (the REST API's bearer token), CONFROOM_MEDIA_DIR,
-CONFROOM_APP (call hook of the default app), CONFROOM_WEBHOOK_SECRET (secret of the default app).
+CONFROOM_APP (call hook of the default app), CONFROOM_WEBHOOK_SECRET (secret of the default app),
+CONFROOM_WEBHOOK_MAX_BODY.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from typing import Any
 
 DEFAULT_ACCOUNT_SID = "00000000-0000-4000-8000-000000000001"
 DEFAULT_APPLICATION_SID = "00000000-0000-4000-8000-000000000002"
+DEFAULT_WEBHOOK_MAX_BODY = 1024 * 1024  # bytes
 
 
 class ConfigError(ValueError):
@@ -121,6 +124,7 @@ class Config:
     cache_dir: Path | None = None
     tts_voice: str = "en-us"
     webhook_timeout: float = 10.0
+    webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
     apps: tuple[AppConfig, ...] = field(default_factory=lambda: (default_app(),))
 
     @property
@@ -261,6 +265,8 @@ def load(
         kw["tts_voice"] = str(data["tts"]["voice"])
     if "timeout" in data.get("webhooks", {}):
         kw["webhook_timeout"] = _num(data["webhooks"], "timeout", "webhooks")
+    if "max_body" in data.get("webhooks", {}):
+        kw["webhook_max_body"] = _num(data["webhooks"], "max_body", "webhooks", int)
     if "apps" in data:
         if not isinstance(data["apps"], list) or not data["apps"]:
             raise ConfigError("apps: expected one or more [[apps]] tables")
@@ -295,6 +301,8 @@ def load(
         kw["api_token"] = env["CONFROOM_API_TOKEN"]
     if env.get("CONFROOM_MEDIA_DIR"):
         kw["media_dir"] = Path(env["CONFROOM_MEDIA_DIR"])
+    if (n := env_int("CONFROOM_WEBHOOK_MAX_BODY")) is not None:
+        kw["webhook_max_body"] = n
 
     cfg = Config(**kw)
     app_over: dict[str, Any] = {}
@@ -336,6 +344,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rtp.ports: the range needs at least two ports")
     if cfg.rtp_timeout < 0:
         raise ConfigError("rtp.timeout must be >= 0")
+    if cfg.webhook_max_body < 1:
+        raise ConfigError(
+            f"webhooks.max_body (CONFROOM_WEBHOOK_MAX_BODY, --webhook-max-body) must be a "
+            f"positive number of bytes, not {cfg.webhook_max_body}"
+        )
     for app in cfg.apps:
         if (app.call_hook is None) == (app.verbs_file is None):
             raise ConfigError(f"app {app.name!r}: needs exactly one of a call hook or a verb file")

@@ -13,6 +13,10 @@ bench/RESULTS.md). So:
   the next full pass only looks at what is new since. A cycle among frozen objects would
   not be collected while frozen; when no call is up (nothing to stall) the policy thaws
   everything, runs one full pass and freezes again, and `garbage_report()` does the same.
+* an exception caught for good (a failed webhook or download) is passed to
+  `forget_traceback()`: its traceback's frames hold locals that refer back to it (aiohttp keeps
+  the exception of a refused connection in a local; a shared download task holds its error),
+  cycles that reference counting alone would never free.
 
 `GcPolicy.tick()` is called about once a second by the event loop (cli), with `quiet` true
 when no call is in progress.
@@ -21,10 +25,29 @@ when no call is in progress.
 from __future__ import annotations
 
 import gc
+import traceback
 from collections import Counter
 from typing import Any
 
-__all__ = ["GcPolicy", "garbage_report"]
+__all__ = ["GcPolicy", "forget_traceback", "garbage_report"]
+
+
+def forget_traceback(exc: BaseException) -> None:
+    """Clear the locals of the finished frames in the tracebacks of `exc` and of every
+    exception chained to it (cause, context, group members), so that none of them is left in
+    a reference cycle through those frames. Call it where the exception ends its life, after
+    logging it; frames still running (the caller's) are left alone."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo += (e.__cause__, e.__context__)
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
 
 
 class GcPolicy:

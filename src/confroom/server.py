@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from confroom.api import ApiServer
+from confroom.api.metrics import metrics_registry
 from confroom.app.control import CallInfo
 from confroom.app.hooks import WebhookClient
 from confroom.app.session import CallSession, notify_call_status
@@ -93,7 +94,8 @@ class Server:
             config.sip_host or "0.0.0.0", config.rtp_port_min, config.rtp_port_max,
             config.rtp_timeout,
         )
-        self.hooks = WebhookClient(timeout=config.webhook_timeout)
+        self.hooks = WebhookClient(timeout=config.webhook_timeout,
+                                   max_body=config.webhook_max_body)
         self.conferences = ConferenceService(
             self.engine, self.hooks, self._spawn, media_dir=config.media_dir
         )
@@ -110,6 +112,8 @@ class Server:
         self.api: ApiServer | None = None  # the REST API, when http_port > 0
         # INVITEs refused, by the reason logged with them (the metrics read this)
         self.rejected: Counter[str] = Counter()
+        # calls that reached each call_status (ringing = set up; the metrics read this)
+        self.call_statuses: Counter[str] = Counter()
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -122,7 +126,8 @@ class Server:
         await self.transports.start(cfg.sip_host, cfg.sip_port, cfg.sip_transports)
         self.core = SipCore(cfg.contact_host, self.transports.port)
         if cfg.http_port > 0:
-            self.api = ApiServer(self, cfg.http_host, cfg.http_port, cfg.api_token)
+            self.api = ApiServer(self, cfg.http_host, cfg.http_port, cfg.api_token,
+                                 metrics=metrics_registry(self))
             await self.api.start()
         log.info(
             "confroom ready: sip %s on %s:%d, rtp %d-%d, apps: %s",
@@ -358,6 +363,7 @@ class Server:
 
     def _status_changed(self, call: Call) -> None:
         """Send the call-status hook; one call's notifications go out strictly in order."""
+        self.call_statuses[call.info.call_status] += 1
         if call.app.call_status_hook is None:
             return
         # the body is captured now, whenever it is sent

@@ -2,8 +2,9 @@
 
 A thin adapter: request bodies are parsed and carried out by `confroom.conference.control`
 (sans-IO), conferences are found through the `ConferenceService`, calls through the server's
-`calls` map. Every `/v1` route needs `Authorization: Bearer <token>` (401 otherwise);
-`/health` and `/openapi.json` are open. Every error is JSON: `{"error": "<what is wrong>"}`.
+`calls` map. Every `/v1` route and `/metrics` need `Authorization: Bearer <token>` (401
+otherwise); `/health` and `/openapi.json` are open. Every error is JSON:
+`{"error": "<what is wrong>"}`.
 
 Routes (documented in `openapi.json`):
   PUT|POST /v1/Accounts/{account_sid}/Calls/{call_sid}   live control of a conference member
@@ -12,6 +13,7 @@ Routes (documented in `openapi.json`):
   DELETE   /v1/Accounts/{account_sid}/Conferences/{name}  end it (members go to actionHook)
   GET      /health                                        {"status": "ok", "calls", "conferences"}
   GET      /openapi.json                                  the OpenAPI document
+  GET      /metrics                   Prometheus text format (`confroom.api.metrics`), when given
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from importlib import resources
 from typing import Any, Protocol
 
 from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
 
+from confroom.api.metrics import CONTENT_TYPE
 from confroom.app.control import CallInfo
 from confroom.conference.control import (
     ControlError,
@@ -58,6 +63,7 @@ class ServerLike(Protocol):
 
 SERVER = web.AppKey("server", ServerLike)
 TOKEN = web.AppKey("token", str)
+METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 @cache
@@ -77,7 +83,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def _auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/") or request.path == "/v1":
+    if request.path.startswith("/v1/") or request.path in ("/v1", "/metrics"):
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         expected = request.app[TOKEN]
@@ -171,8 +177,16 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-def build_app(server: ServerLike, token: str) -> web.Application:
-    """The API application for `server`, guarded by bearer `token` (must not be empty)."""
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS])  # collected now, from the server's state
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def build_app(
+    server: ServerLike, token: str, metrics_registry: CollectorRegistry | None = None
+) -> web.Application:
+    """The API application for `server`, guarded by bearer `token` (must not be empty);
+    with `metrics_registry`, `GET /metrics` exposes it."""
     if not token:
         raise ValueError("the REST API needs a bearer token")
     app = web.Application(middlewares=[_auth_and_errors], client_max_size=MAX_BODY)
@@ -187,14 +201,18 @@ def build_app(server: ServerLike, token: str) -> web.Application:
     app.router.add_delete(confs + "/{name}", delete_conference)
     app.router.add_get("/health", health, allow_head=False)
     app.router.add_get("/openapi.json", openapi, allow_head=False)
+    if metrics_registry is not None:
+        app[METRICS] = metrics_registry
+        app.router.add_get("/metrics", metrics, allow_head=False)
     return app
 
 
 class ApiServer:
-    """Serves `build_app(server, token)` on host:port (port 0: any free port)."""
+    """Serves `build_app(server, token, metrics)` on host:port (port 0: any free port)."""
 
-    def __init__(self, server: ServerLike, host: str, port: int, token: str) -> None:
-        self._app = build_app(server, token)
+    def __init__(self, server: ServerLike, host: str, port: int, token: str,
+                 metrics: CollectorRegistry | None = None) -> None:
+        self._app = build_app(server, token, metrics)
         self._host = host
         self._want_port = port
         self.port = port

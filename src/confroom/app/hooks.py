@@ -1,9 +1,12 @@
 """The webhook client: how confroom calls an application's hooks.
 
 Owns request building (JSON body for POST, query string for GET, basic auth, relative URL
-resolution against the app's call-hook URL), `Jambonz-Signature` signing, timeouts, and turning
-the response into a verb list. Network and HTTP problems never raise: they come back as a
-`HookResult` with `ok=False` and are logged with the hook URL.
+resolution against the app's call-hook URL), `Jambonz-Signature` signing, timeouts, the cap on
+response bodies (`max_body`: the read stops as soon as an answer passes it), and turning the
+response into a verb list. Network and HTTP problems never raise: they come back as a
+`HookResult` with `ok=False` and a failure `kind` (see `FAILURE_KINDS`), are logged with the hook
+URL, and leave no reference cycle behind (`confroom.memory.forget_traceback`). `HookStats`
+counts calls, their latency and failures by kind for the metrics endpoint.
 """
 
 from __future__ import annotations
@@ -15,30 +18,51 @@ import hmac
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
-from confroom.config import Hook
+from confroom.config import DEFAULT_WEBHOOK_MAX_BODY, Hook
+from confroom.histogram import Histogram
+from confroom.httpbody import BodyTooLarge, read_body
+from confroom.memory import forget_traceback
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Jambonz-Signature"
 DEFAULT_TIMEOUT = 10.0
 
+# why a hook failed (HookResult.kind, and the label of the failure metric)
+FAILURE_KINDS: Final = ("timeout", "connection", "http_status", "bad_response", "too_large",
+                        "bad_url")
+# webhook latency buckets, seconds
+LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 
 @dataclass
 class HookResult:
-    """What a hook call produced. `verbs` is set (possibly empty) only when `ok`."""
+    """What a hook call produced. `verbs` is set (possibly empty) only when `ok`; `kind` (one
+    of `FAILURE_KINDS`) only when not."""
 
     ok: bool
     status: int | None
     verbs: list[dict[str, Any]] | None
     error: str | None
     url: str
+    kind: str | None = None
+
+
+@dataclass
+class HookStats:
+    """Every hook call's latency (until its answer was read or it failed) and the failures
+    by kind."""
+
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    failures: Counter[str] = field(default_factory=Counter)
 
 
 def sign(secret: str, body: bytes, t: int) -> str:
@@ -136,8 +160,12 @@ def parse_response(text: str) -> tuple[list[dict[str, Any]] | None, str | None]:
 class WebhookClient:
     """Calls hooks over one reused aiohttp session (created on first use, in the running loop)."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, timeout: float = DEFAULT_TIMEOUT, max_body: int = DEFAULT_WEBHOOK_MAX_BODY
+    ) -> None:
         self.timeout = timeout
+        self.max_body = max_body  # bytes of an answer read at most
+        self.stats = HookStats()
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -167,8 +195,17 @@ class WebhookClient:
         url = resolve_url(hook.url, base_url)
         if url is None:
             return self._fail(
-                hook.url, None, "URL is not an absolute http(s) URL and there is no base URL"
+                hook.url, None, "URL is not an absolute http(s) URL and there is no base URL",
+                "bad_url",
             )
+        t0 = time.monotonic()
+        result = await self._request(hook, body, url, secret)
+        self.stats.latency.observe(time.monotonic() - t0)
+        return result
+
+    async def _request(
+        self, hook: Hook, body: Mapping[str, Any], url: str, secret: str | None
+    ) -> HookResult:
         method = hook.method.upper()
         headers: dict[str, str] = {}
         data: bytes | None = None
@@ -187,25 +224,38 @@ class WebhookClient:
         if hook.username is not None:
             creds = f"{hook.username}:{hook.password or ''}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(creds).decode("ascii")
+        status: int | None = None
         try:
             session = self.http_session()
             async with session.request(method, url, data=data, headers=headers) as resp:
                 status = resp.status
-                raw = await resp.read()
-        except TimeoutError:
-            return self._fail(url, None, f"timed out after {self.timeout:g} s")
+                if not 200 <= status < 300:  # the body is not needed: not read
+                    return self._fail(url, status, f"HTTP status {status}", "http_status")
+                try:
+                    raw = await read_body(resp, self.max_body)
+                except BodyTooLarge:
+                    resp.close()  # drop the connection: the rest is never read
+                    raise
+        except BodyTooLarge as e:
+            forget_traceback(e)
+            return self._fail(url, status, str(e), "too_large")
+        except TimeoutError as e:
+            forget_traceback(e)
+            return self._fail(url, status, f"timed out after {self.timeout:g} s", "timeout")
         except aiohttp.ClientError as e:
-            return self._fail(url, None, f"connection error: {e or type(e).__name__}")
+            forget_traceback(e)
+            return self._fail(url, status, f"connection error: {e or type(e).__name__}",
+                              "connection")
         except (OSError, ValueError) as e:
-            return self._fail(url, None, f"request error: {e or type(e).__name__}")
-        if not 200 <= status < 300:
-            return self._fail(url, status, f"HTTP status {status}")
+            forget_traceback(e)
+            return self._fail(url, status, f"request error: {e or type(e).__name__}",
+                              "connection")
         verbs, error = parse_response(raw.decode("utf-8", errors="replace"))
         if verbs is None:
-            return self._fail(url, status, error or "bad response")
+            return self._fail(url, status, error or "bad response", "bad_response")
         return HookResult(ok=True, status=status, verbs=verbs, error=None, url=url)
 
-    @staticmethod
-    def _fail(url: str, status: int | None, error: str) -> HookResult:
+    def _fail(self, url: str, status: int | None, error: str, kind: str) -> HookResult:
+        self.stats.failures[kind] += 1
         logger.warning("hook %s failed: %s", url, error)
-        return HookResult(ok=False, status=status, verbs=None, error=error, url=url)
+        return HookResult(ok=False, status=status, verbs=None, error=error, url=url, kind=kind)

@@ -29,6 +29,7 @@ from confroom.media.sources import (
     load_wav,
 )
 from confroom.media.tts import synthesize
+from confroom.memory import forget_traceback
 
 if TYPE_CHECKING:
     from confroom.app.session import CallSession
@@ -235,6 +236,7 @@ async def _load_url(s: CallSession, url: str) -> Samples | None:
         return await asyncio.to_thread(load_wav, local)
     except Exception as e:
         logger.error("call_sid=%s: play: cannot load %s: %s", s.call_sid, url, e)
+        forget_traceback(e)  # the guarded task holds it: no cycle through its frames
         return None
 
 

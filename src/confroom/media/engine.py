@@ -36,12 +36,13 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from confroom.histogram import Histogram
 from confroom.media import g711
 from confroom.media.frames import FrameTable
 from confroom.media.g711 import (
@@ -71,6 +72,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _AF_UNSPEC_ADDR: Final = bytes(16)  # a sockaddr with sa_family AF_UNSPEC
 _MAX_DATAGRAM: Final = 2048
 _RCVBUF: Final = 256 * 1024
+# buckets (seconds) of EngineStats.lateness and .tick_duration
+LATENESS_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+TICK_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.05, 0.1)
 
 
 class MediaError(Exception):
@@ -132,6 +136,9 @@ class EngineStats:
     max_lateness: float = 0.0  # seconds a tick started after its scheduled time, worst case
     packets_sent: int = 0
     send_errors: int = 0
+    # every tick's lateness and duration (seconds), for the metrics endpoint
+    lateness: Histogram = field(default_factory=lambda: Histogram(LATENESS_BUCKETS))
+    tick_duration: Histogram = field(default_factory=lambda: Histogram(TICK_BUCKETS))
 
 
 class MediaEngine:
@@ -298,6 +305,7 @@ class MediaEngine:
                 await asyncio.sleep(0)  # behind schedule: still let I/O run between ticks
             now = loop.time()
             late = now - target
+            stats.lateness.observe(late)
             if late > stats.max_lateness:
                 stats.max_lateness = late
             if late > _MAX_LATE:
@@ -378,6 +386,7 @@ class MediaEngine:
 
         elapsed = time.perf_counter() - t0
         stats.last_tick_duration = elapsed
+        stats.tick_duration.observe(elapsed)
         if elapsed > stats.max_tick_duration:
             stats.max_tick_duration = elapsed
 

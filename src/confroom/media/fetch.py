@@ -3,7 +3,10 @@
 Owns `fetch_audio()`: streams a URL into the cache directory under sha256(url), checks that the
 result is a WAV `load_wav` can read, and returns its path. Cached files are reused without
 revalidation; files appear atomically (temp file + `os.replace`); identical concurrent requests
-share one download.
+share one download. The body is read with the cap of `confroom.httpbody` (the read stops as soon
+as it passes `max_bytes`). A failure's traceback frames are cleared before it leaves
+(`confroom.memory.forget_traceback`): the shared download task holds the error, and its frames
+would otherwise keep it, the task and the request's objects in a reference cycle.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from typing import BinaryIO, Final
 
 import aiohttp
 
+from confroom.httpbody import BodyTooLarge, iter_body
 from confroom.media.filecache import cached_file
 from confroom.media.sources import AudioFileError, load_wav
+from confroom.memory import forget_traceback
 
 __all__ = ["MAX_AUDIO_BYTES", "FetchError", "cache_path", "fetch_audio"]
 
 MAX_AUDIO_BYTES: Final = 64 * 1024 * 1024
-
 
 
 class FetchError(Exception):
@@ -57,7 +61,11 @@ async def fetch_audio(
     path = cache_path(url, cache_dir)
     if path.exists():
         return path
-    return await cached_file(path, lambda: _download(url, path, session, timeout, max_bytes))
+    try:
+        return await cached_file(path, lambda: _download(url, path, session, timeout, max_bytes))
+    except (FetchError, AudioFileError, OSError) as exc:
+        forget_traceback(exc)
+        raise
 
 
 async def _download(
@@ -89,7 +97,6 @@ async def _stream_to(
     max_bytes: int,
 ) -> None:
     write = f.write
-    size = 0
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             if resp.status >= 400:
@@ -98,11 +105,12 @@ async def _stream_to(
                     url,
                     resp.status,
                 )
-            async for chunk in resp.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise FetchError(f"GET {url}: body larger than {max_bytes} bytes", url)
-                write(chunk)
+            try:
+                async for chunk in iter_body(resp, max_bytes):
+                    write(chunk)
+            except BodyTooLarge as exc:
+                resp.close()  # drop the connection: the rest is never read
+                raise FetchError(f"GET {url}: {exc}", url) from None
     except TimeoutError:
         raise FetchError(f"GET {url} timed out after {timeout:g} s", url) from None
     except aiohttp.ClientError as exc:

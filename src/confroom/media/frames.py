@@ -39,6 +39,7 @@ class FrameTable:
         self.alaw = np.zeros(0, dtype=bool)  # the row's codec is PCMA (else PCMU)
         self._free: list[int] = []
         self.version = 0  # changes whenever a row is given out or taken back
+        self.concealed = 0  # missing frames replaced by concealment, all rows, ever
         self._grow(max(1, capacity))
 
     def _grow(self, capacity: int) -> None:
@@ -117,3 +118,4 @@ class FrameTable:
                 self.inbound[last] = (self.inbound[last] * _PLC_FADE_OUT).astype(np.int16)
             self.plc_left[conceal] -= 1
             self.has_inbound[conceal] = True
+            self.concealed += len(conceal)

@@ -133,6 +133,7 @@ class JitterBank:
         self.nframes = max_depth + 1
         self.capacity = 0
         self._free: list[int] = []
+        self._retired = np.zeros(8, dtype=np.int64)  # counts of streams since reopened
         self._allocate(max(1, capacity))
 
     ring: npt.NDArray[np.uint8]  # (streams, nframes, 160): the payload bytes
@@ -182,6 +183,7 @@ class JitterBank:
             self._allocate(self.capacity * 2)
         i = self._free.pop()
         self.fill[i] = fill
+        self._retired += self.counts[i]  # a closed stream's counts, kept for totals()
         self.counts[i] = 0
         self.pt[i] = -1
         self.reset(i)
@@ -207,6 +209,10 @@ class JitterBank:
 
     def stats(self, i: int) -> JitterStats:
         return JitterStats(*(int(v) for v in self.counts[i]))
+
+    def totals(self) -> JitterStats:
+        """The counters summed over every stream this bank has had, closed ones included."""
+        return JitterStats(*(int(v) for v in self._retired + self.counts.sum(axis=0)))
 
     def buffered_frames(self, i: int) -> int:
         """Frames between the read cursor and the end of the furthest packet (rounded up)."""

@@ -87,6 +87,11 @@ class SipTransports:
         self._pending: dict[Peer, list[bytes]] = {}
         self.port = 0
 
+    @property
+    def tcp_connections(self) -> int:
+        """TCP connections open now (accepted and dialled)."""
+        return len(self._tcp)
+
     async def start(self, host: str, port: int, transports: tuple[str, ...]) -> None:
         loop = asyncio.get_running_loop()
         if "udp" in transports:
