@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import wave
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from confroom.media.fetch import FetchError, fetch_audio
 from confroom.media.sources import AudioFileError, load_wav
+from gccheck import confroom_garbage, no_automatic_gc
 
 
 def wav_bytes() -> bytes:
@@ -42,6 +44,13 @@ class Server:
             return web.Response(text="<html>not audio</html>")
         if name == "slow.wav":
             await asyncio.sleep(1)
+        if name == "big.wav":  # 1 MB, chunked (no Content-Length to refuse it early)
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                for _ in range(16):
+                    await resp.write(b"\0" * 65536)
+            return resp
         raise web.HTTPNotFound()
 
 
@@ -95,3 +104,25 @@ async def test_timeout_and_bad_scheme(server: Server, tmp_path: Path) -> None:
             await fetch_audio(f"{server.base}/slow.wav", tmp_path, session, timeout=0.2)
         with pytest.raises(FetchError, match="http"):
             await fetch_audio("file:///etc/passwd", tmp_path, session)
+
+
+async def test_oversized_body_is_refused(server: Server, tmp_path: Path) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(FetchError, match="response larger than 100000 bytes"):
+            await fetch_audio(f"{server.base}/big.wav", tmp_path, session, max_bytes=100_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_failed_downloads_leave_no_reference_cycles(server: Server, tmp_path: Path) -> None:
+    """The shared download task keeps its error; the error's traceback frames must not keep
+    the task (and the request's objects) in a cycle."""
+    async with aiohttp.ClientSession() as session:
+        await fetch_audio(f"{server.base}/ok.wav", tmp_path, session)  # warm up
+        with no_automatic_gc():
+            for name in ("missing.wav", "text.wav", "slow.wav", "big.wav"):
+                with contextlib.suppress(FetchError, AudioFileError):
+                    await fetch_audio(f"{server.base}/{name}", tmp_path, session, timeout=0.2,
+                                      max_bytes=100_000)
+            with contextlib.suppress(FetchError):
+                await fetch_audio("http://127.0.0.1:9/refused.wav", tmp_path, session)
+            assert confroom_garbage() == []

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from confroom.app.hooks import HookResult, WebhookClient, parse_response, sign, verify
 from confroom.config import Hook
+from gccheck import confroom_garbage, no_automatic_gc
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -267,3 +268,109 @@ async def test_session_reused(server: HookServer, client: WebhookClient) -> None
     assert client._session is first
     await client.close()
     assert client._session is None
+
+
+# ---- body cap, failure kinds, latency, no reference cycles ----------------------------------
+
+
+def streamed(total: int, *, announce: bool = False) -> tuple[Handler, list[int]]:
+    """A route answering `total` bytes of a JSON-looking body in 64 KiB writes (chunked, or with
+    Content-Length when `announce`); the list gets how many bytes were written before the
+    client went away."""
+    written: list[int] = []
+
+    async def h(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if announce:
+            resp.content_length = total
+        await resp.prepare(request)
+        chunk = b" " * 65536
+        sent = 0
+        try:
+            while sent < total:
+                await resp.write(chunk[: total - sent])
+                sent += min(len(chunk), total - sent)
+        except (ConnectionError, RuntimeError):
+            pass
+        written.append(sent)
+        return resp
+
+    return h, written
+
+
+@pytest.mark.parametrize("announce", [False, True], ids=["chunked", "content-length"])
+async def test_an_answer_over_max_body_fails_without_being_read(
+    server: HookServer, announce: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    total = 50 * 1024 * 1024
+    server.routes["/big"], written = streamed(total, announce=announce)
+    c = WebhookClient(timeout=10.0, max_body=100_000)
+    try:
+        t0 = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="confroom.app.hooks"):
+            res = await c.call(Hook(url=server.base + "/big"), {}, base_url=None, secret=None)
+        took = time.monotonic() - t0
+    finally:
+        await c.close()
+    assert not res.ok and res.kind == "too_large" and res.status == 200
+    assert res.error == "response larger than 100000 bytes"
+    assert f"hook {server.base}/big failed: response larger than 100000 bytes" in caplog.text
+    assert took < 5.0
+    for _ in range(100):  # the server notices the closed connection a little later
+        if written:
+            break
+        await asyncio.sleep(0.05)
+    assert written and written[0] < total // 4, f"{written} bytes were sent: the read went on"
+    assert c.stats.failures == {"too_large": 1}
+
+
+async def test_an_answer_at_max_body_is_read(server: HookServer) -> None:
+    verbs = json.dumps([{"verb": "say", "text": "x" * 1000}]).encode()
+    server.routes["/fit"] = text_route(verbs.decode())
+    c = WebhookClient(timeout=2.0, max_body=len(verbs))
+    try:
+        res = await c.call(Hook(url=server.base + "/fit"), {}, base_url=None, secret=None)
+    finally:
+        await c.close()
+    assert res.ok and res.verbs == [{"verb": "say", "text": "x" * 1000}]
+
+
+async def test_failures_are_counted_by_kind_and_every_call_timed(server: HookServer) -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(1.0)
+        return web.json_response([])
+
+    server.routes["/slow"] = slow
+    server.routes["/500"] = text_route("boom", 500)
+    server.routes["/bad"] = text_route("[{no")
+    server.routes["/big"], _ = streamed(300_000)
+    c = WebhookClient(timeout=0.3, max_body=200_000)
+    urls = {"timeout": server.base + "/slow", "http_status": server.base + "/500",
+            "bad_response": server.base + "/bad", "too_large": server.base + "/big",
+            "connection": "http://127.0.0.1:9/x", "bad_url": "relative/path", "ok": server.base}
+    try:
+        kinds = {want: (await c.call(Hook(url=url), {}, base_url=None, secret=None)).kind
+                 for want, url in urls.items()}
+    finally:
+        await c.close()
+    assert kinds == {**{k: k for k in urls}, "ok": None}
+    assert c.stats.failures == dict.fromkeys(set(urls) - {"ok"}, 1)
+    assert c.stats.latency.count == len(urls) - 1  # a URL that cannot be called is not timed
+    assert 0.3 <= c.stats.latency.total < 3.0
+
+
+async def test_failed_hooks_leave_no_reference_cycles(server: HookServer) -> None:
+    server.routes["/500"] = text_route("boom", 500)
+    server.routes["/bad"] = text_route("[{no")
+    server.routes["/big"], _ = streamed(300_000)
+    c = WebhookClient(timeout=0.3, max_body=200_000)
+    try:
+        await c.call(Hook(url=server.base), {}, base_url=None, secret=None)  # warm up
+        with no_automatic_gc():
+            for url in ("http://127.0.0.1:9/x", server.base + "/500", server.base + "/bad",
+                        server.base + "/big"):
+                res = await c.call(Hook(url=url), {"call_sid": "x"}, base_url=None, secret=None)
+                assert not res.ok
+            assert confroom_garbage() == []
+    finally:
+        await c.close()
