@@ -378,13 +378,16 @@ class HookRequest:
 
 @dataclass
 class Reply:
-    """What a HookApp route answers: JSON (verbs) or a raw body, a status and a delay."""
+    """What a HookApp route answers: JSON (verbs) or a raw body, a status and a delay; with
+    `stream` > 0, that many bytes of blanks written 64 KiB at a time without a Content-Length
+    (HookApp.streamed gets how many were written before the client went away)."""
 
     verbs: Any = None
     status: int = 200
     delay: float = 0.0
     body: bytes | str | None = None
     content_type: str = "application/json"
+    stream: int = 0
 
 
 RouteSpec = (
@@ -426,6 +429,7 @@ class HookApp:
         self.port = 0
         self.routes: dict[str, RouteSpec] = {}
         self.requests: list[HookRequest] = []
+        self.streamed: list[int] = []  # bytes written by each `Reply(stream=...)` answer
         self._cond = threading.Condition()
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -495,6 +499,8 @@ class HookApp:
         )
         if reply.delay:
             await asyncio.sleep(reply.delay)
+        if reply.stream:
+            return await self._stream(request, reply)
         if reply.body is not None:
             body = reply.body.encode() if isinstance(reply.body, str) else reply.body
             return web.Response(status=reply.status, body=body, content_type=reply.content_type)
@@ -503,6 +509,25 @@ class HookApp:
         return web.Response(
             status=reply.status, text=json.dumps(reply.verbs), content_type="application/json"
         )
+
+    async def _stream(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        resp = web.StreamResponse(status=reply.status,
+                                  headers={"Content-Type": reply.content_type})
+        await resp.prepare(request)
+        chunk = b" " * 65536
+        sent = 0
+        try:
+            while sent < reply.stream:
+                n = min(len(chunk), reply.stream - sent)
+                await resp.write(chunk[:n])
+                sent += n
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):  # the client closed the connection
+            pass
+        with self._cond:
+            self.streamed.append(sent)
+            self._cond.notify_all()
+        return resp
 
     def received(self, path: str | None = None) -> list[HookRequest]:
         with self._cond:

@@ -206,6 +206,14 @@ def test_hook_app_delay(app: HookApp) -> None:
     assert len(app.wait_requests("/slow", 1, timeout=1)) == 1
 
 
+def test_hook_app_stream(app: HookApp) -> None:
+    app.route("/big", Reply(stream=300_000))
+    status, body = _post(app.url("/big"), {})
+    assert status == 200 and body == b" " * 300_000
+    with app._cond:
+        assert app._cond.wait_for(lambda: app.streamed == [300_000], timeout=5), app.streamed
+
+
 def test_signature_roundtrip() -> None:
     raw = b'{"call_sid":"x"}'
     header = sign(raw, "s3cret")
