@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Any
 
 from confroom import cli
+from confroom.histogram import Histogram
 from confroom.media import engine as eng
 
 _engines: list[eng.MediaEngine] = []
@@ -57,6 +58,13 @@ def _gc_cb(phase: str, info: dict[str, int]) -> None:
         _gc.append((_gc_start[0], info["generation"], time.perf_counter() - _gc_start[0]))
 
 
+def _plain(value: Any) -> Any:
+    """A stats field as JSON can hold it (a histogram as its cumulative buckets and sum)."""
+    if isinstance(value, Histogram):
+        return {"buckets": value.cumulative(), "sum": value.total}
+    return value
+
+
 def _dump() -> None:
     path = os.environ.get("BENCH_PROBE_OUT")
     if not path:
@@ -70,7 +78,8 @@ def _dump() -> None:
     gc.set_debug(0)
     out: dict[str, Any] = {
         "engine_stats": [
-            {k: getattr(e.stats, k) for k in e.stats.__dataclass_fields__} for e in _engines
+            {k: _plain(getattr(e.stats, k)) for k in e.stats.__dataclass_fields__}
+            for e in _engines
         ],
         "ticks": _ticks[-200_000:],
         "gc": _gc[-200_000:],
