@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from confroom.media.session import MediaSession
-from confroom.memory import GcPolicy, garbage_report
+from confroom.memory import GcPolicy, forget_traceback, garbage_report
 
 
 class Node:
@@ -64,3 +64,34 @@ def test_garbage_report_counts_confroom_objects_left_in_cycles() -> None:
     ours = int(report.split("confroom_garbage=")[1].split()[0])
     assert ours >= 1 and "MediaSession:1" in report
     gc.unfreeze()
+
+
+def test_forget_traceback_breaks_the_cycle_through_a_frame_holding_its_exception() -> None:
+    def fail() -> None:
+        kept: list[BaseException] = []
+        try:
+            raise KeyError("inner")
+        except KeyError as inner:
+            kept.append(inner)  # the frame's local holds the exception: a cycle
+            raise ValueError("outer") from inner
+
+    def leftover(forget: bool) -> int:
+        gc.collect()
+        gc.disable()
+        try:
+            try:
+                fail()
+            except ValueError as e:
+                if forget:
+                    forget_traceback(e)
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            n = sum(isinstance(o, KeyError) for o in gc.garbage)
+            gc.garbage.clear()
+            return n
+        finally:
+            gc.set_debug(0)
+            gc.enable()
+
+    assert leftover(forget=False) == 1  # the test can fail
+    assert leftover(forget=True) == 0

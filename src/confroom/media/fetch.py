@@ -4,9 +4,9 @@ Owns `fetch_audio()`: streams a URL into the cache directory under sha256(url), 
 result is a WAV `load_wav` can read, and returns its path. Cached files are reused without
 revalidation; files appear atomically (temp file + `os.replace`); identical concurrent requests
 share one download. The body is read with the cap of `confroom.httpbody` (the read stops as soon
-as it passes `max_bytes`). A failure's traceback frames are cleared before it leaves
-(`confroom.memory.forget_traceback`): the shared download task holds the error, and its frames
-would otherwise keep it, the task and the request's objects in a reference cycle.
+as it passes `max_bytes`). A failure's traceback is dropped before it leaves
+(`confroom.memory.forget_traceback`): the shared download task holds the error, and the
+traceback's frames would otherwise keep it, the task and the request's objects in a cycle.
 """
 
 from __future__ import annotations
