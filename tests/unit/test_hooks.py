@@ -9,12 +9,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from confroom.app.hooks import HookResult, WebhookClient, parse_response, sign, verify
-from confroom.config import Hook
+from confroom.cli import build_parser
+from confroom.config import ConfigError, Hook, load
 from gccheck import confroom_garbage, no_automatic_gc
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -374,3 +376,20 @@ async def test_failed_hooks_leave_no_reference_cycles(server: HookServer) -> Non
             assert confroom_garbage() == []
     finally:
         await c.close()
+
+
+def test_max_body_setting(tmp_path: Path) -> None:
+    assert load(None, env={}).webhook_max_body == 1024 * 1024
+    toml = tmp_path / "c.toml"
+    toml.write_text("[webhooks]\nmax_body = 5000\n")
+    assert load(toml, env={}).webhook_max_body == 5000
+    assert load(toml, env={"CONFROOM_WEBHOOK_MAX_BODY": "6000"}).webhook_max_body == 6000
+    args = build_parser().parse_args(["serve", "--webhook-max-body", "7000"])
+    assert load(toml, env={}, overrides={"webhook_max_body": args.webhook_max_body}
+                ).webhook_max_body == 7000
+    for bad_env in ({"CONFROOM_WEBHOOK_MAX_BODY": "0"}, {"CONFROOM_WEBHOOK_MAX_BODY": "1MB"}):
+        with pytest.raises(ConfigError, match="WEBHOOK_MAX_BODY"):
+            load(None, env=bad_env)
+    toml.write_text('[webhooks]\nmax_body = "big"\n')
+    with pytest.raises(ConfigError, match=r"webhooks\.max_body"):
+        load(toml, env={})
