@@ -393,3 +393,19 @@ def test_max_body_setting(tmp_path: Path) -> None:
     toml.write_text('[webhooks]\nmax_body = "big"\n')
     with pytest.raises(ConfigError, match=r"webhooks\.max_body"):
         load(toml, env={})
+
+
+async def test_an_answer_stalling_mid_body_is_a_timeout_not_a_bad_body(
+    server: HookServer, client: WebhookClient
+) -> None:
+    async def stall(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'[{"verb": ')
+        await asyncio.sleep(1.0)
+        return resp
+
+    server.routes["/stall"] = stall
+    res = await client.call(Hook(url=server.base + "/stall"), {}, base_url=None, secret=None)
+    # status None: the call hook's caller gets 480 (unreachable app), not 500 (app error)
+    assert not res.ok and res.kind == "timeout" and res.status is None

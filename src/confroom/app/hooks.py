@@ -241,14 +241,14 @@ class WebhookClient:
             return self._fail(url, status, str(e), "too_large")
         except TimeoutError as e:
             forget_traceback(e)
-            return self._fail(url, status, f"timed out after {self.timeout:g} s", "timeout")
+            return self._fail(url, None, f"timed out after {self.timeout:g} s", "timeout")
         except aiohttp.ClientError as e:
             forget_traceback(e)
-            return self._fail(url, status, f"connection error: {e or type(e).__name__}",
+            return self._fail(url, None, f"connection error: {e or type(e).__name__}",
                               "connection")
         except (OSError, ValueError) as e:
             forget_traceback(e)
-            return self._fail(url, status, f"request error: {e or type(e).__name__}",
+            return self._fail(url, None, f"request error: {e or type(e).__name__}",
                               "connection")
         verbs, error = parse_response(raw.decode("utf-8", errors="replace"))
         if verbs is None:
