@@ -11,6 +11,7 @@ SIP code is checked by an independent peer. `srtp_pair()` gives the SRTP functio
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import random
 import re
@@ -135,10 +136,8 @@ class TlsSipCall:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     def wait_response(self, method: str, cseq: int, timeout: float = 10.0) -> SipMessage:
         """The final response to our request `cseq` `method`."""
