@@ -133,6 +133,9 @@ class Server:
             self.api = ApiServer(self, cfg.http_host, cfg.http_port, cfg.api_token,
                                  ssl_context=tls if cfg.https else None)
             await self.api.start()
+            if cfg.tls_configured and not cfg.https:
+                log.warning("REST API over plain HTTP although [tls] is configured ([http] tls "
+                            "= false): its bearer token travels in clear")
         log.info(
             "confroom ready: sip %s on %s:%d%s, rtp %d-%d, apps: %s",
             "+".join(cfg.sip_transports), cfg.sip_host, self.transports.port,
@@ -306,7 +309,7 @@ class Server:
             caller_name=_display_of(req.headers.get("From")),
             originating_sip_ip=leg.peer.host,
             originating_sip_port=leg.peer.port,
-            local_sip_address=f"{self.core.local_host}:{self.core.local_port}",
+            local_sip_address=f"{self.core.local_host}:{self.core.port_for(leg.peer)}",
             account_sid=app.account_sid,
             application_sid=app.application_sid,
             sip=_invite_as_dict(req),

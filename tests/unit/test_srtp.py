@@ -249,3 +249,73 @@ async def test_received_packets_are_authenticated_before_the_jitter_buffer() -> 
     finally:
         client.close()
         await engine.stop()
+
+
+# ---- re-INVITEs of an SRTP call -------------------------------------------------------------
+
+
+class Sig:
+    """The signalling side of a `Call`, recording re-INVITE answers."""
+
+    def __init__(self) -> None:
+        self.reinvites: list[tuple[int, bytes | None]] = []
+
+    def sip_ring(self, leg: object) -> None: ...
+    def sip_answer(self, leg: object, sdp: bytes) -> bool:
+        return True
+    def sip_reject(self, leg: object, status: int, reason: str | None,
+                   headers: list[tuple[str, str]]) -> bool:
+        return True
+    def sip_bye(self, leg: object, headers: list[tuple[str, str]]) -> bool:
+        return True
+    def sip_respond_reinvite(self, leg: object, tx: object, status: int,
+                             sdp: bytes | None) -> None:
+        self.reinvites.append((status, sdp))
+    def call_finished(self, call: object) -> None: ...
+
+
+def _answer_key(sdp: bytes | None) -> bytes | None:
+    assert sdp is not None
+    (m,) = parse_sdp(sdp).media
+    lines = [v for n, v in m.attributes if n == "crypto"]
+    if not lines:
+        return None
+    c = parse_crypto(lines[0] or "")
+    assert c is not None
+    return c.key
+
+
+def test_reinvite_keeps_the_key_rekeys_on_a_new_offer_and_never_changes_security() -> None:
+    from confroom.app.control import CallInfo
+    from confroom.call import Call
+    from confroom.config import AppConfig
+
+    phone_key = os.urandom(30)
+    savp = offer(f"m=audio 4000 RTP/SAVP 0\r\na=crypto:1 {SUITE80} inline:{b64(phone_key)}\r\n")
+    neg = negotiate(parse_sdp(savp))
+    media = MediaSession(30000)
+    ours = new_key()
+    media.srtp = SrtpContext(SUITE80, ours, phone_key)
+    sig = Sig()
+    info = CallInfo("sid", "cid", "a", "b", "", "10.0.0.5", 5060, "10.0.0.1:5060", "acc", "app")
+    call = Call(info=info, app=AppConfig(), leg=None, media=media,  # type: ignore[arg-type]
+                negotiated=neg, signalling=sig, local_media_host="10.0.0.1", srtp_key=ours)
+    first = media.srtp
+    call.on_reinvite(None, savp)  # type: ignore[arg-type]
+    assert sig.reinvites[-1][0] == 200 and _answer_key(sig.reinvites[-1][1]) == ours
+    assert media.srtp is first
+    rekey = offer(f"m=audio 4000 RTP/SAVP 0\r\na=crypto:1 {SUITE80} inline:{b64(new_key())}\r\n")
+    call.on_reinvite(None, rekey)  # type: ignore[arg-type]
+    status, sdp = sig.reinvites[-1]
+    assert status == 200 and _answer_key(sdp) not in (None, ours) and media.srtp is not first
+    call.on_reinvite(None, offer("m=audio 4000 RTP/AVP 0\r\n"))  # type: ignore[arg-type]
+    assert sig.reinvites[-1] == (488, None)  # no downgrade to plain RTP
+    assert media.srtp is not None
+
+    plain_media = MediaSession(30002)
+    plain_call = Call(info=info, app=AppConfig(), leg=None,  # type: ignore[arg-type]
+                      media=plain_media, negotiated=negotiate(parse_sdp(offer(
+                          "m=audio 4000 RTP/AVP 0\r\n"))), signalling=sig,
+                      local_media_host="10.0.0.1")
+    plain_call.on_reinvite(None, savp)  # type: ignore[arg-type]
+    assert sig.reinvites[-1] == (488, None) and plain_media.srtp is None
