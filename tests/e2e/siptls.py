@@ -1,11 +1,11 @@
 """A small SIP-over-TLS user agent for the e2e tests (Debian's SIPp is built without TLS).
 
 `TlsSipCall` opens one TLS connection (Python `ssl`, the server's certificate checked against
-the test CA), sends an INVITE with an SDP offer (plain or RTP/SAVP with an SDES a=crypto
-line), ACKs the final response, can send BYE, and answers the server's BYE with 200. Messages
-are written by hand here and read with a Content-Length framer of its own, so the server's
-SIP code is checked by an independent peer. `srtp_pair()` gives the SRTP functions an
-`RtpPeer` needs (libsrtp through pylibsrtp).
+the test CA; plain TCP when given no CA file), sends an INVITE with an SDP offer (plain or
+RTP/SAVP with an SDES a=crypto line), ACKs the final response, can send BYE, and answers the
+server's BYE with 200. Messages are written by hand here and read with a Content-Length
+framer of its own, so the server's SIP code is checked by an independent peer.
+`srtp_pair()` gives the SRTP functions an `RtpPeer` needs (libsrtp through pylibsrtp).
 """
 
 from __future__ import annotations
@@ -68,14 +68,18 @@ class TlsSipCall:
 
     host: str
     port: int
-    cafile: Path
+    cafile: Path | None  # None: plain TCP
     from_user: str = "tls-caller"
     messages: list[SipMessage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        ctx = ssl.create_default_context(cafile=str(self.cafile))
         raw = socket.create_connection((self.host, self.port), timeout=10)
-        self.sock = ctx.wrap_socket(raw, server_hostname=self.host)
+        self.transport = "TLS" if self.cafile is not None else "TCP"
+        if self.cafile is not None:
+            ctx = ssl.create_default_context(cafile=str(self.cafile))
+            self.sock: socket.socket = ctx.wrap_socket(raw, server_hostname=self.host)
+        else:
+            self.sock = raw
         self.sock.settimeout(0.2)
         self.local_port = int(self.sock.getsockname()[1])
         self.call_id = f"{random.getrandbits(64):x}@tls-e2e"
@@ -163,13 +167,14 @@ class TlsSipCall:
         branch = f"z9hG4bK{random.getrandbits(48):x}"
         to_tag = f";tag={self.to_tag}" if self.to_tag else ""
         return (
-            f"Via: SIP/2.0/TLS {self.host}:{self.local_port};branch={branch};rport\n"
+            f"Via: SIP/2.0/{self.transport} {self.host}:{self.local_port};branch={branch};rport\n"
             f"Max-Forwards: 70\n"
             f"From: <sip:{self.from_user}@{self.host}>;tag={self.from_tag}\n"
             f"To: <{uri_to}>{to_tag}\n"
             f"Call-ID: {self.call_id}\n"
             f"CSeq: {cseq} {method}\n"
-            f"Contact: <sip:{self.from_user}@{self.host}:{self.local_port};transport=tls>\n"
+            f"Contact: <sip:{self.from_user}@{self.host}:{self.local_port};"
+            f"transport={self.transport.lower()}>\n"
         )
 
     def invite(self, to_user: str, sdp: str, scheme: str = "sip") -> SipMessage:
@@ -177,7 +182,7 @@ class TlsSipCall:
         if scheme == "sips":
             self.uri = f"sips:{to_user}@{self.host}:{self.port}"
         else:
-            self.uri = f"sip:{to_user}@{self.host}:{self.port};transport=tls"
+            self.uri = f"sip:{to_user}@{self.host}:{self.port};transport={self.transport.lower()}"
         body = sdp.replace("\n", "\r\n").encode()
         self._write(f"INVITE {self.uri} SIP/2.0\n" + self._headers("INVITE", 1, self.uri)
                     + f"Content-Type: application/sdp\nContent-Length: {len(body)}\n\n", body)

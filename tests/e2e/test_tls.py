@@ -213,4 +213,19 @@ def test_policy_requires_tls_and_srtp(
         assert other.bye().status == 200
     finally:
         other.close()
-    assert srv.wait_logs(r"call end .*status=completed", 2, timeout=10)
+    # SDES over plain TCP: the 2000 app refuses it (403), the other answers SRTP and logs
+    # that the keys went in clear
+    over_tcp = TlsSipCall(HOST, srv.sip_port, None)
+    try:
+        assert over_tcp.invite("2000", sdp_offer(peer.port, new_key())).status == 403
+    finally:
+        over_tcp.close()
+    over_tcp = TlsSipCall(HOST, srv.sip_port, None)
+    try:
+        ok = over_tcp.invite("1000", sdp_offer(peer.port, new_key()))
+        assert ok.status == 200 and answer_key(ok.body)[0] == "RTP/SAVP"
+        srv.wait_log(r"srtp AES_CM_128_HMAC_SHA1_80, keys exchanged over tcp \(in clear")
+        assert over_tcp.bye().status == 200
+    finally:
+        over_tcp.close()
+    assert srv.wait_logs(r"call end .*status=completed", 3, timeout=10)
