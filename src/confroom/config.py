@@ -8,7 +8,7 @@ TOML layout::
     [sip]
     host = "0.0.0.0"            # listen address
     port = 5060                 # UDP and TCP
-    transports = ["udp", "tcp"]
+    transports = ["udp", "tcp"] # [] with tls_port set: SIP over TLS only
     tls_port = 0                # SIP over TLS on this port (needs [tls]); 0 = off
     advertised_host = ""        # address written into Contact / SDP (default: host, or
                                 #   127.0.0.1 when host is a wildcard)
@@ -280,8 +280,9 @@ def load(
         kw["sip_port"] = _num(sip, "port", "sip", int)
     if "transports" in sip:
         tr = tuple(str(x).lower() for x in sip["transports"])
-        if not tr or any(x not in ("udp", "tcp") for x in tr):
-            raise ConfigError("sip.transports: a non-empty list of 'udp' and/or 'tcp'")
+        if any(x not in ("udp", "tcp") for x in tr):
+            raise ConfigError("sip.transports: a list of 'udp' and/or 'tcp' (empty: SIP over "
+                              "TLS only)")
         kw["sip_transports"] = tr
     if "advertised_host" in sip:
         kw["advertised_host"] = str(sip["advertised_host"])
@@ -428,6 +429,8 @@ def _validate_tls(cfg: Config) -> None:
             raise ConfigError(f"[tls]: {e}") from None
     elif cfg.sip_tls_port:
         raise ConfigError("sip.tls_port is set but [tls] cert and key are not")
+    if not cfg.sip_transports and not cfg.sip_tls_port:
+        raise ConfigError("sip.transports is empty and SIP over TLS is off: nothing to listen on")
     elif cfg.http_tls:
         raise ConfigError("http.tls = true needs [tls] cert and key")
     if cfg.sip_tls_port == cfg.sip_port and cfg.sip_port and "tcp" in cfg.sip_transports:

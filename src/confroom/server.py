@@ -136,11 +136,13 @@ class Server:
             if cfg.tls_configured and not cfg.https:
                 log.warning("REST API over plain HTTP although [tls] is configured ([http] tls "
                             "= false): its bearer token travels in clear")
+        listening = [f"{'+'.join(cfg.sip_transports)} on {cfg.sip_host}:{self.transports.port}"
+                     ] if cfg.sip_transports else []
+        if self.transports.tls_port:
+            listening.append(f"tls on {cfg.sip_host}:{self.transports.tls_port}")
         log.info(
-            "confroom ready: sip %s on %s:%d%s, rtp %d-%d, apps: %s",
-            "+".join(cfg.sip_transports), cfg.sip_host, self.transports.port,
-            f", tls on {self.transports.tls_port}" if self.transports.tls_port else "",
-            cfg.rtp_port_min, cfg.rtp_port_max,
+            "confroom ready: sip %s, rtp %d-%d, apps: %s",
+            ", ".join(listening), cfg.rtp_port_min, cfg.rtp_port_max,
             ", ".join(a.name for a in cfg.apps),
         )
 

@@ -18,6 +18,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,9 @@ class TlsSipCall:
             self.sock: socket.socket = ctx.wrap_socket(raw, server_hostname=self.host)
         else:
             self.sock = raw
-        self.sock.settimeout(0.2)
+        # One SSL object is not safe to read and write from two threads at once: the reader
+        # thread and the writers share `_io`, and reads wait at most 50 ms for data.
+        self.sock.settimeout(0.05)
         self.local_port = int(self.sock.getsockname()[1])
         self.call_id = f"{random.getrandbits(64):x}@tls-e2e"
         self.from_tag = f"{random.getrandbits(32):x}"
@@ -89,7 +92,7 @@ class TlsSipCall:
         self.cseq = 1
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._wlock = threading.Lock()
+        self._io = threading.Lock()
         self.bye_received = threading.Event()
         self._thread = threading.Thread(target=self._read_loop, daemon=True, name="sip-tls")
         self._thread.start()
@@ -98,15 +101,17 @@ class TlsSipCall:
 
     def _write(self, text: str, body: bytes = b"") -> None:
         data = text.replace("\n", "\r\n").encode() + body
-        with self._wlock:
+        with self._io:
             self.sock.sendall(data)
 
     def _read_loop(self) -> None:
         buf = b""
         while not self._stop.is_set():
             try:
-                chunk = self.sock.recv(65536)
+                with self._io:
+                    chunk = self.sock.recv(65536)
             except (TimeoutError, ssl.SSLWantReadError):
+                time.sleep(0.005)  # let a writer take the lock
                 continue
             except OSError:
                 break

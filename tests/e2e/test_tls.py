@@ -76,7 +76,7 @@ def start(confroom: ConfroomFactory, hook_app: HookApp, tmp_path: Path
         extra_toml={"sip": {"tls_port": tls_port}, "tls": {"cert": str(cert), "key": str(key)},
                     "http": {"port": http_port, "token": TOKEN}},
     )
-    srv.wait_log(rf"tls on {tls_port}")
+    srv.wait_log(rf"tls on {re.escape(HOST)}:{tls_port}")
     srv.wait_log(rf"REST API on https://{re.escape(HOST)}:{http_port}")
     return srv, tls_port, http_port, ca
 
@@ -149,7 +149,8 @@ def test_tls_srtp_caller_and_plain_caller_hear_each_other_over_https_control(
         assert bob.rejected == 0 and len(bob.wire) > 100
         assert {len(w) for w in bob.wire} == {12 + 160 + 10}
         wire_pcm = np.concatenate([g711_decode(w[12:-10], 0) for w in bob.wire[-100:]])
-        assert tone_power(wire_pcm, 440) < 0.01, "the SRTP leg carries G.711 in clear"
+        # (noise spreads evenly: +-20 Hz of 4 kHz is 1 %; alice's tone in clear would be >15 %)
+        assert tone_power(wire_pcm, 440) < 0.05, "the SRTP leg carries G.711 in clear"
 
         # the REST API: HTTPS with the token; no token 401; plain HTTP gets no answer
         status, body = https(http_port, ca, "GET",

@@ -61,6 +61,10 @@ def test_tls_keys_from_toml_env_and_flags(pki: tuple[Path, Path, Path], tmp_path
     cfg = load(write(tmp_path, f'[http]\ntls = false\n[tls]\ncert = "{cert}"\nkey = "{key}"\n'),
                env={})
     assert not cfg.https and cfg.sip_tls_port == 0
+    # SIP over TLS only
+    cfg = load(write(tmp_path, f'[sip]\ntransports = []\ntls_port = 5061\n[tls]\ncert = "{cert}"\n'
+                                f'key = "{key}"\n'), env={})
+    assert cfg.sip_transports == () and cfg.sip_tls_port == 5061
 
 
 @pytest.mark.parametrize(("toml", "message"), [
@@ -71,6 +75,7 @@ def test_tls_keys_from_toml_env_and_flags(pki: tuple[Path, Path, Path], tmp_path
     ('[tls]\ncert = "{key}"\nkey = "{key}"\n', "cannot load cert"),
     ('[http]\ntls = true\n', "http.tls = true needs [tls]"),
     ('[security]\ntls = "required"\n', "SIP over TLS is off"),
+    ('[sip]\ntransports = []\n', "nothing to listen on"),
     ('[security]\nsrtp = "always"\n', 'security.srtp: expected "optional" or "required"'),
     ('[[apps]]\ncall_hook = "http://x/c"\nsrtp = 1\n', "apps[0].srtp"),
     ('[sip]\nport = 5060\ntls_port = 5060\n[tls]\ncert = "{cert}"\nkey = "{key}"\n',
