@@ -152,6 +152,11 @@ def test_tls_srtp_caller_and_plain_caller_hear_each_other_over_https_control(
         # (noise spreads evenly: +-20 Hz of 4 kHz is 1 %; alice's tone in clear would be >15 %)
         assert tone_power(wire_pcm, 440) < 0.05, "the SRTP leg carries G.711 in clear"
 
+        # an RFC 4733 digit over SRTP reaches the server too
+        mark = srv.mark()
+        bob.send_dtmf("5", bob_to)
+        srv.wait_log(r"dtmf call_sid=\S+ digit=5", since=mark)
+
         # the REST API: HTTPS with the token; no token 401; plain HTTP gets no answer
         status, body = https(http_port, ca, "GET",
                              f"/v1/Accounts/{ACCOUNT_SID}/Conferences/mixed")
