@@ -19,6 +19,7 @@ from confroom.app.control import CallInfo
 from confroom.config import AppConfig
 from confroom.media.session import MediaSession
 from confroom.media.sources import Source
+from confroom.media.srtp import SrtpContext, new_key
 from confroom.sip.core import Leg
 from confroom.sip.message import REASON_PHRASES
 from confroom.sip.sdp import (
@@ -70,6 +71,7 @@ class Call:
         signalling: Signalling,
         local_media_host: str,
         on_status: Callable[[Call], None] | None = None,
+        srtp_key: bytes | None = None,
     ) -> None:
         self.info = info
         self.app = app
@@ -84,6 +86,7 @@ class Call:
         self._play_future: asyncio.Future[bool] | None = None
         self._sdp_session_id = random.randint(1, 2**31)
         self._sdp_version = 1
+        self._srtp_key = srtp_key  # our SDES key (SRTP calls: media.srtp protects with it)
         self.started_at = time.time()
         self.answered_at: float | None = None
         self.session_kill: Callable[[], None] | None = None  # set by the runner
@@ -188,12 +191,21 @@ class Call:
             self._sig.sip_respond_reinvite(self.leg, tx, 481, None)
             return
         if body.strip():
+            old = self.negotiated.crypto
             try:
-                neg = negotiate(parse_sdp(body))
+                neg = negotiate(parse_sdp(body), require_srtp=old is not None)
+                if old is None and neg.crypto is not None:
+                    raise NoCommonCodec("a plain RTP call cannot switch to SRTP")
             except (SdpError, NoCommonCodec) as e:
                 log.warning("call_sid=%s: re-INVITE refused: %s", self.info.call_sid, e)
                 self._sig.sip_respond_reinvite(self.leg, tx, 488, None)
                 return
+            if neg.crypto is not None and neg.crypto != old:
+                # new remote key (or suite): a fresh context, and a fresh key of ours with it
+                self._srtp_key = new_key()
+                self.media.srtp = SrtpContext(neg.crypto.suite, self._srtp_key, neg.crypto.key,
+                                              label=f"call_sid={self.info.call_sid}")
+                log.info("call_sid=%s: srtp re-keyed by re-INVITE", self.info.call_sid)
             self.negotiated = neg
             self.media.update(neg.codec, neg.payload_type, neg.dtmf_payload_type,
                               neg.remote_host, neg.remote_port, neg.remote_direction)
@@ -220,7 +232,7 @@ class Call:
     def _answer_sdp(self) -> bytes:
         return build_answer(
             self.negotiated, local_host=self._media_host, local_port=self.media.local_port,
-            session_id=self._sdp_session_id, version=self._sdp_version,
+            session_id=self._sdp_session_id, version=self._sdp_version, srtp_key=self._srtp_key,
         )
 
     def _on_play_done(self, finished: bool) -> None:
@@ -255,5 +267,7 @@ class Call:
             sip_reason = REASON_PHRASES.get(sip_status, "")
         self._set_status(status, sip_status, sip_reason)
         duration = time.time() - self.answered_at if self.answered_at else 0.0
+        if self.media.srtp is not None:
+            log.info("srtp call_sid=%s %s", self.info.call_sid, self.media.srtp.summary())
         log_call_end(self.info.call_sid, status, reason, duration)
         self._sig.call_finished(self)

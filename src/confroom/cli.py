@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on for SIP (UDP and TCP); default 0.0.0.0")
     s.add_argument("--sip-port", type=int, metavar="N",
                    help="SIP port for UDP and TCP; default 5060 (0 picks a free port)")
+    s.add_argument("--sip-tls-port", type=int, metavar="N",
+                   help="port for SIP over TLS (needs --tls-cert and --tls-key or [tls]); "
+                   "default off")
+    s.add_argument("--tls-cert", type=Path, metavar="FILE",
+                   help="PEM certificate chain for SIP over TLS and HTTPS")
+    s.add_argument("--tls-key", type=Path, metavar="FILE",
+                   help="PEM private key of --tls-cert")
     s.add_argument("--rtp-ports", metavar="LO-HI",
                    help="UDP port range for RTP, one port per call; default 20000-30000")
     s.add_argument("--app", metavar="URL-or-FILE",
@@ -60,6 +67,9 @@ async def _serve(args: argparse.Namespace) -> int:
     overrides = {
         "sip_host": args.sip_host,
         "sip_port": args.sip_port,
+        "sip_tls_port": args.sip_tls_port,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
         "rtp_ports": args.rtp_ports,
         "app": args.app,
         "http_port": args.http_port,

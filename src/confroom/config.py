@@ -8,7 +8,8 @@ TOML layout::
     [sip]
     host = "0.0.0.0"            # listen address
     port = 5060                 # UDP and TCP
-    transports = ["udp", "tcp"]
+    transports = ["udp", "tcp"] # [] with tls_port set: SIP over TLS only
+    tls_port = 0                # SIP over TLS on this port (needs [tls]); 0 = off
     advertised_host = ""        # address written into Contact / SDP (default: host, or
                                 #   127.0.0.1 when host is a wildcard)
     [rtp]
@@ -18,6 +19,13 @@ TOML layout::
     host = "127.0.0.1"
     port = 0                    # REST API / metrics / health; 0 = off
     token = ""                  # bearer token the REST API requires (needed when port > 0)
+    tls = true                  # HTTPS with the [tls] certificate (default: on when [tls] is set)
+    [tls]
+    cert = "cert.pem"           # PEM certificate chain (SIP over TLS, HTTPS)
+    key = "key.pem"             # PEM private key of that certificate
+    [security]
+    tls = "optional"            # "required": calls must come over SIP over TLS (else 403)
+    srtp = "optional"           # "required": the offer must be RTP/SAVP with a=crypto (else 488)
     [media]
     dir = "media"               # local files `play` may read; nothing outside it
     cache_dir = ""              # TTS and downloaded audio (default: <dir>/.cache)
@@ -34,8 +42,11 @@ TOML layout::
     account_sid = "..."
     application_sid = "..."
     numbers = ["1000"]                         # dialled numbers (user part); "*" = default
+    tls = "required"                           # optional: overrides [security] tls for this app
+    srtp = "required"                          # optional: overrides [security] srtp
 
-Environment: CONFROOM_SIP_HOST, CONFROOM_SIP_PORT, CONFROOM_RTP_PORTS, CONFROOM_RTP_TIMEOUT,
+Environment: CONFROOM_SIP_HOST, CONFROOM_SIP_PORT, CONFROOM_SIP_TLS_PORT, CONFROOM_TLS_CERT,
+CONFROOM_TLS_KEY, CONFROOM_RTP_PORTS, CONFROOM_RTP_TIMEOUT,
 CONFROOM_HTTP_PORT, CONFROOM_API_TOKEN (the REST API's bearer token), CONFROOM_MEDIA_DIR,
 CONFROOM_APP (call hook of the default app), CONFROOM_WEBHOOK_SECRET (secret of the default app),
 CONFROOM_WEBHOOK_MAX_BODY.
@@ -106,6 +117,12 @@ class AppConfig:
     account_sid: str = DEFAULT_ACCOUNT_SID
     application_sid: str = DEFAULT_APPLICATION_SID
     numbers: tuple[str, ...] = ("*",)
+    # media/transport security policy of this app; None: the [security] default
+    tls: str | None = None
+    srtp: str | None = None
+
+
+POLICIES = ("optional", "required")
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,12 @@ class Config:
     sip_port: int = 5060
     sip_transports: tuple[str, ...] = ("udp", "tcp")
     advertised_host: str = ""
+    sip_tls_port: int = 0  # SIP over TLS; 0 = off
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    http_tls: bool | None = None  # None: HTTPS exactly when [tls] is configured
+    security_tls: str = "optional"
+    security_srtp: str = "optional"
     rtp_port_min: int = 20000
     rtp_port_max: int = 30000
     rtp_timeout: float = 30.0
@@ -135,6 +158,21 @@ class Config:
         if self.sip_host in ("0.0.0.0", "::", ""):
             return "127.0.0.1"
         return self.sip_host
+
+    @property
+    def tls_configured(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def https(self) -> bool:
+        """Whether the REST API is served over TLS."""
+        return self.tls_configured if self.http_tls is None else self.http_tls
+
+    def tls_policy(self, app: AppConfig) -> str:
+        return app.tls or self.security_tls
+
+    def srtp_policy(self, app: AppConfig) -> str:
+        return app.srtp or self.security_srtp
 
     @property
     def media_cache_dir(self) -> Path:
@@ -203,7 +241,16 @@ def _app_from_table(t: Mapping[str, Any], index: int) -> AppConfig:
     if not isinstance(numbers, list) or not all(isinstance(n, str) for n in numbers):
         raise ConfigError(f"{where}.numbers: expected a list of strings")
     kw["numbers"] = tuple(numbers)
+    for key in ("tls", "srtp"):
+        if key in t:
+            kw[key] = _policy(t[key], f"{where}.{key}")
     return AppConfig(**kw)
+
+
+def _policy(value: object, where: str) -> str:
+    if value not in POLICIES:
+        raise ConfigError(f"{where}: expected \"optional\" or \"required\", got {value!r}")
+    return str(value)
 
 
 def _num(t: Mapping[str, Any], key: str, where: str, kind: type = float) -> Any:
@@ -237,11 +284,24 @@ def load(
         kw["sip_port"] = _num(sip, "port", "sip", int)
     if "transports" in sip:
         tr = tuple(str(x).lower() for x in sip["transports"])
-        if not tr or any(x not in ("udp", "tcp") for x in tr):
-            raise ConfigError("sip.transports: a non-empty list of 'udp' and/or 'tcp'")
+        if any(x not in ("udp", "tcp") for x in tr):
+            raise ConfigError("sip.transports: a list of 'udp' and/or 'tcp' (empty: SIP over "
+                              "TLS only)")
         kw["sip_transports"] = tr
     if "advertised_host" in sip:
         kw["advertised_host"] = str(sip["advertised_host"])
+    if "tls_port" in sip:
+        kw["sip_tls_port"] = _num(sip, "tls_port", "sip", int)
+    tls = data.get("tls", {})
+    for key in ("cert", "key"):
+        if key in tls:
+            if not isinstance(tls[key], str) or not tls[key]:
+                raise ConfigError(f"tls.{key}: expected the path of a PEM file")
+            kw[f"tls_{key}"] = Path(tls[key])
+    security = data.get("security", {})
+    for key in ("tls", "srtp"):
+        if key in security:
+            kw[f"security_{key}"] = _policy(security[key], f"security.{key}")
     rtp = data.get("rtp", {})
     if "ports" in rtp:
         kw["rtp_port_min"], kw["rtp_port_max"] = parse_port_range(str(rtp["ports"]), "rtp.ports")
@@ -256,6 +316,10 @@ def load(
         if not isinstance(http["token"], str):
             raise ConfigError("http.token: expected a string")
         kw["api_token"] = http["token"]
+    if "tls" in http:
+        if not isinstance(http["tls"], bool):
+            raise ConfigError("http.tls: expected true or false")
+        kw["http_tls"] = http["tls"]
     media = data.get("media", {})
     if "dir" in media:
         kw["media_dir"] = Path(media["dir"])
@@ -286,6 +350,12 @@ def load(
         kw["sip_host"] = env["CONFROOM_SIP_HOST"]
     if (p := env_int("CONFROOM_SIP_PORT")) is not None:
         kw["sip_port"] = p
+    if (p := env_int("CONFROOM_SIP_TLS_PORT")) is not None:
+        kw["sip_tls_port"] = p
+    if env.get("CONFROOM_TLS_CERT"):
+        kw["tls_cert"] = Path(env["CONFROOM_TLS_CERT"])
+    if env.get("CONFROOM_TLS_KEY"):
+        kw["tls_key"] = Path(env["CONFROOM_TLS_KEY"])
     if env.get("CONFROOM_RTP_PORTS"):
         kw["rtp_port_min"], kw["rtp_port_max"] = parse_port_range(
             env["CONFROOM_RTP_PORTS"], "CONFROOM_RTP_PORTS"
@@ -334,6 +404,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"sip.port {cfg.sip_port} is out of range")
     if not (0 <= cfg.http_port <= 65535):
         raise ConfigError(f"http.port {cfg.http_port} is out of range")
+    _validate_tls(cfg)
     if cfg.http_port > 0 and not cfg.api_token.strip():
         raise ConfigError(
             "the REST API is enabled (http.port / --http-port) but has no bearer token: set "
@@ -352,3 +423,33 @@ def validate(cfg: Config) -> None:
     for app in cfg.apps:
         if (app.call_hook is None) == (app.verbs_file is None):
             raise ConfigError(f"app {app.name!r}: needs exactly one of a call hook or a verb file")
+
+
+def _validate_tls(cfg: Config) -> None:
+    """[tls] files usable (loaded once here), TLS needed by what is asked of it."""
+    if cfg.sip_tls_port and not (0 < cfg.sip_tls_port <= 65535):
+        raise ConfigError(f"sip.tls_port {cfg.sip_tls_port} is out of range")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError("[tls] needs both 'cert' and 'key' (or CONFROOM_TLS_CERT and "
+                          "CONFROOM_TLS_KEY)")
+    if cfg.tls_configured:
+        from confroom.tls import TlsError, server_context
+
+        assert cfg.tls_cert is not None and cfg.tls_key is not None
+        try:
+            server_context(cfg.tls_cert, cfg.tls_key)
+        except TlsError as e:
+            raise ConfigError(f"[tls]: {e}") from None
+    elif cfg.sip_tls_port:
+        raise ConfigError("sip.tls_port is set but [tls] cert and key are not")
+    if not cfg.sip_transports and not cfg.sip_tls_port:
+        raise ConfigError("sip.transports is empty and SIP over TLS is off: nothing to listen on")
+    elif cfg.http_tls:
+        raise ConfigError("http.tls = true needs [tls] cert and key")
+    if cfg.sip_tls_port == cfg.sip_port and cfg.sip_port and "tcp" in cfg.sip_transports:
+        raise ConfigError(f"sip.tls_port {cfg.sip_tls_port} is the TCP port too")
+    for name, policy in [("[security] tls", cfg.security_tls),
+                         *((f"app {a.name!r} tls", a.tls) for a in cfg.apps)]:
+        if policy == "required" and not cfg.sip_tls_port:
+            raise ConfigError(f"{name} is \"required\" but SIP over TLS is off "
+                              "(set sip.tls_port and [tls])")

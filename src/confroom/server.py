@@ -25,7 +25,9 @@ from confroom.conference.service import ConferenceService
 from confroom.conference.verb import verb_table
 from confroom.config import Config
 from confroom.media.engine import MediaEngine, MediaError
+from confroom.media.srtp import SrtpContext, new_key
 from confroom.ordered import KeyedSerial
+from confroom.security import SRTP_REQUIRED_WARNING, check_transport, insecure_keys
 from confroom.sip.core import (
     ByeDone,
     CallAckTimeout,
@@ -40,9 +42,10 @@ from confroom.sip.core import (
 )
 from confroom.sip.message import Request, SipParseError, parse_name_addr
 from confroom.sip.peer import Peer
-from confroom.sip.sdp import NoCommonCodec, SdpError, negotiate, parse_sdp
+from confroom.sip.sdp import NoCommonCodec, SdpError, SrtpRequired, negotiate, parse_sdp
 from confroom.sip.transaction import ServerTransaction
 from confroom.sip.transport import SipTransports
+from confroom.tls import server_context
 
 log = logging.getLogger("confroom.server")
 
@@ -123,16 +126,28 @@ class Server:
         cfg.media_dir.mkdir(parents=True, exist_ok=True)
         cfg.media_cache_dir.mkdir(parents=True, exist_ok=True)
         await self.engine.start()
-        await self.transports.start(cfg.sip_host, cfg.sip_port, cfg.sip_transports)
-        self.core = SipCore(cfg.contact_host, self.transports.port)
+        tls = None
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            tls = server_context(cfg.tls_cert, cfg.tls_key)
+        await self.transports.start(cfg.sip_host, cfg.sip_port, cfg.sip_transports,
+                                    cfg.sip_tls_port, tls)
+        self.core = SipCore(cfg.contact_host, self.transports.port,
+                            tls_port=self.transports.tls_port)
         if cfg.http_port > 0:
             self.api = ApiServer(self, cfg.http_host, cfg.http_port, cfg.api_token,
-                                 metrics=metrics_registry(self))
+                                 metrics=metrics_registry(self),
+                                 ssl_context=tls if cfg.https else None)
             await self.api.start()
+            if cfg.tls_configured and not cfg.https:
+                log.warning("REST API over plain HTTP although [tls] is configured ([http] tls "
+                            "= false): its bearer token travels in clear")
+        listening = [f"{'+'.join(cfg.sip_transports)} on {cfg.sip_host}:{self.transports.port}"
+                     ] if cfg.sip_transports else []
+        if self.transports.tls_port:
+            listening.append(f"tls on {cfg.sip_host}:{self.transports.tls_port}")
         log.info(
-            "confroom ready: sip %s on %s:%d, rtp %d-%d, apps: %s",
-            "+".join(cfg.sip_transports), cfg.sip_host, self.transports.port,
-            cfg.rtp_port_min, cfg.rtp_port_max,
+            "confroom ready: sip %s, rtp %d-%d, apps: %s",
+            ", ".join(listening), cfg.rtp_port_min, cfg.rtp_port_max,
             ", ".join(a.name for a in cfg.apps),
         )
 
@@ -301,7 +316,7 @@ class Server:
             caller_name=_display_of(req.headers.get("From")),
             originating_sip_ip=leg.peer.host,
             originating_sip_port=leg.peer.port,
-            local_sip_address=f"{self.core.local_host}:{self.core.local_port}",
+            local_sip_address=f"{self.core.local_host}:{self.core.port_for(leg.peer)}",
             account_sid=app.account_sid,
             application_sid=app.application_sid,
             sip=_invite_as_dict(req),
@@ -319,13 +334,24 @@ class Server:
         if self._stopping:
             refuse(503, "Service Unavailable", "server shutting down")
             return
+        denied = check_transport(leg.peer.transport, req.uri, self.config.tls_policy(app))
+        if denied is not None:
+            log.warning("call_sid=%s: refused (%s) from %s over %s", info.call_sid, denied.why,
+                        leg.peer.host, leg.peer.transport)
+            refuse(denied.status, denied.reason, denied.why, [("Warning", denied.warning)])
+            return
         if not req.body.strip():
             log.warning("call_sid=%s: INVITE without an SDP offer (late offer is not "
                         "supported)", info.call_sid)
             refuse(488, "SDP Offer Required", "no SDP offer")
             return
         try:
-            negotiated = negotiate(parse_sdp(req.body))
+            negotiated = negotiate(parse_sdp(req.body),
+                                   require_srtp=self.config.srtp_policy(app) == "required")
+        except SrtpRequired as e:
+            log.warning("call_sid=%s: refused: %s", info.call_sid, e)
+            refuse(488, None, "srtp required", [("Warning", SRTP_REQUIRED_WARNING)])
+            return
         except NoCommonCodec as e:
             log.warning("call_sid=%s: no common codec (%s)", info.call_sid, e)
             refuse(488, None, "no common codec",
@@ -345,9 +371,20 @@ class Server:
             self.engine.close_session(media)
             log_call_end(info.call_sid, "no-answer", "cancelled", 0.0)
             return
+        srtp_key = None
+        if negotiated.crypto is not None:
+            srtp_key = new_key()
+            self.engine.set_srtp(media, SrtpContext(
+                negotiated.crypto.suite, srtp_key, negotiated.crypto.key,
+                label=f"call_sid={info.call_sid}"))
+            clear = insecure_keys(leg.peer.transport)
+            log.info("call_sid=%s: srtp %s, keys exchanged over %s%s", info.call_sid,
+                     negotiated.crypto.suite, leg.peer.transport,
+                     " (in clear: visible to whoever sees the signalling)" if clear else "")
         call = Call(
             info=info, app=app, leg=leg, media=media, negotiated=negotiated, signalling=self,
             local_media_host=self.config.contact_host, on_status=self._status_changed,
+            srtp_key=srtp_key,
         )
         self.calls[info.call_sid] = call
         self._by_leg[id(leg)] = call

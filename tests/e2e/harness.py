@@ -770,9 +770,17 @@ DTMF_EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B":
 
 class RtpPeer:
     """A UDP RTP endpoint on 127.0.0.1:<ephemeral> that records what it receives and can send
-    G.711 tones and RFC 4733 digits, paced at 20 ms with monotonic deadlines."""
+    G.711 tones and RFC 4733 digits, paced at 20 ms with monotonic deadlines.
+
+    SRTP: set `protect` (applied to every packet sent) and `unprotect` (every datagram
+    received; None = not authentic, counted in `rejected`); `wire` keeps what arrived as it
+    arrived."""
 
     def __init__(self, host: str = HOST) -> None:
+        self.protect: Callable[[bytes], bytes] | None = None
+        self.unprotect: Callable[[bytes], bytes | None] | None = None
+        self.wire: list[bytes] = []
+        self.rejected = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, 0))
         self.sock.settimeout(0.05)
@@ -800,6 +808,13 @@ class RtpPeer:
                 continue
             except OSError:
                 break
+            if self.unprotect is not None:
+                self.wire.append(data)
+                plain = self.unprotect(data)
+                if plain is None:
+                    self.rejected += 1
+                    continue
+                data = plain
             pkt = RtpPacket.parse(data, (src[0], src[1]), time.monotonic())
             if pkt is None:
                 continue
@@ -905,7 +920,7 @@ class RtpPeer:
                     break
                 pkt = build_rtp(pt, self._seq, self._ts, self._ssrc, g711_encode(chunk, pt),
                                 marker=(i == 0))
-                self.sock.sendto(pkt, to)
+                self.sock.sendto(pkt if self.protect is None else self.protect(pkt), to)
                 self._seq = (self._seq + 1) & 0xFFFF
                 self._ts = (self._ts + step) & 0xFFFFFFFF
                 sent += 1
@@ -944,7 +959,7 @@ class RtpPeer:
                 if delay > 0:
                     self._stop.wait(delay)
                 pkt = build_rtp(payload_type, self._seq, ts, self._ssrc, payload, marker=(i == 0))
-                self.sock.sendto(pkt, to)
+                self.sock.sendto(pkt if self.protect is None else self.protect(pkt), to)
                 self._seq = (self._seq + 1) & 0xFFFF
                 sent += 1
             self._ts = (ts + 160 * steps) & 0xFFFFFFFF

@@ -31,6 +31,7 @@ from confroom.app.hooks import parse_response
 from confroom.app.verbs import VerbError, parse_verb_list
 from confroom.media.rtp import DtmfReceiver, parse_rtp
 from confroom.media.session import MediaSession
+from confroom.media.srtp import SrtpContext
 from confroom.sip.core import SipCore
 from confroom.sip.message import Request, Response, SipParseError, StreamFramer, parse_message
 from confroom.sip.peer import Peer
@@ -200,10 +201,17 @@ def test_sdp(data: bytes) -> None:
         neg = negotiate(offer)
     except (SdpError, NoCommonCodec):
         return
-    answer = build_answer(neg, local_host="127.0.0.1", local_port=20000, session_id=1, version=1)
+    key = bytes(range(30)) if neg.crypto is not None else None
+    answer = build_answer(neg, local_host="127.0.0.1", local_port=20000, session_id=1, version=1,
+                          srtp_key=key)
     back = negotiate(parse_sdp(answer))
     assert (back.codec, back.payload_type) == (neg.codec, neg.payload_type)
     assert back.dtmf_payload_type == neg.dtmf_payload_type
+    if neg.crypto is None:
+        assert back.crypto is None
+    else:  # an SRTP answer: the offer's tag and suite, our key
+        assert back.crypto is not None and back.crypto.key == key
+        assert (back.crypto.tag, back.crypto.suite) == (neg.crypto.tag, neg.crypto.suite)
 
 
 # ------------------------------------------------------------------------------ RTP/RTCP
@@ -237,6 +245,13 @@ def test_rtp_session_receive(datagrams: list[bytes]) -> None:
         frame = s.jitter.pop()
         assert frame is None or len(frame) == 160
     assert all(d in "0123456789*#ABCD" for d in s.dtmf_digits)
+    # the same datagrams to an SRTP session: none is authentic, none reaches the buffer
+    srtp = MediaSession(20002)
+    srtp.update("PCMU", 0, 101, "192.0.2.10", 40000)
+    srtp.srtp = SrtpContext("AES_CM_128_HMAC_SHA1_80", bytes(30), bytes(range(30)))
+    for k, d in enumerate(datagrams):
+        assert not srtp.on_datagram(d, ("192.0.2.10", 40000), 0.02 * k)
+    assert srtp.jitter.stats.received == 0 and not srtp.dtmf_digits
     rx = DtmfReceiver()
     for d in datagrams:
         pkt = parse_rtp(d)

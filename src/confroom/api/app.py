@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
@@ -208,20 +209,23 @@ def build_app(
 
 
 class ApiServer:
-    """Serves `build_app(server, token, metrics)` on host:port (port 0: any free port)."""
+    """Serves `build_app(server, token, metrics)` on host:port (port 0: any free port), over
+    HTTPS when given an `ssl_context` (then plain HTTP to that port gets no answer)."""
 
     def __init__(self, server: ServerLike, host: str, port: int, token: str,
-                 metrics: CollectorRegistry | None = None) -> None:
+                 metrics: CollectorRegistry | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._app = build_app(server, token, metrics)
         self._host = host
         self._want_port = port
+        self._ssl = ssl_context
         self.port = port
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._want_port)
+        site = web.TCPSite(runner, self._host, self._want_port, ssl_context=self._ssl)
         try:
             await site.start()
         except OSError:
@@ -231,8 +235,8 @@ class ApiServer:
         addrs = runner.addresses
         if addrs:
             self.port = int(addrs[0][1])
-        log.info("REST API on http://%s:%d (bearer token required on /v1)",
-                 self._host, self.port)
+        log.info("REST API on %s://%s:%d (bearer token required on /v1)",
+                 "https" if self._ssl is not None else "http", self._host, self.port)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None

@@ -10,7 +10,8 @@ once:
    drops anybody else's packets and reads need no source address: they land straight in one
    receive buffer, and a round's plain 20 ms audio packets go into the `JitterBank` in one
    batch; anything else (DTMF, comfort noise, odd sizes) goes through the session's
-   `on_datagram()`, as does every packet on a socket that is not latched yet. A latched
+   `on_datagram()`, as does every packet on a socket that is not latched yet, and every
+   packet of an SRTP session (unprotected there: nothing unauthenticated is decoded). A latched
    socket that hears nothing for `_RELATCH_AFTER` is released, so a peer whose address
    changed (NAT re-binding) is latched again by its next packet; so is one whose SDP moved
    the media elsewhere;
@@ -18,8 +19,8 @@ once:
    engine's `FrameTable` (with loss concealment);
 3. run the mixers (they read and write `FrameTable` rows);
 4. build every outgoing packet of the tick in one array (headers from `RtpSenders`, payloads
-   encoded with one lookup per codec), then send each; sources (prompts) and DTMF are
-   handled per session first.
+   encoded with one lookup per codec), then send each (an SRTP session's packets protected
+   on the way out); sources (prompts) and DTMF are handled per session first.
 
 It can be driven by hand from tests (`add_session()` with a fake transport, then `tick(now)`).
 """
@@ -55,6 +56,7 @@ from confroom.media.jitter import JitterBank, JitterBuffer
 from confroom.media.rtp import RtpSenders
 from confroom.media.session import MediaSession
 from confroom.media.sources import FRAME_SAMPLES, Frame
+from confroom.media.srtp import SrtpContext
 
 __all__ = ["DatagramSender", "EngineStats", "MediaEngine", "MediaError", "Mixer"]
 
@@ -92,8 +94,10 @@ class DatagramSender(Protocol):
     def sendto(self, data: bytes, addr: tuple[str, int], /) -> object: ...
 
 
-# (its transport, where to, the latched socket's send() or None: then sendto)
-_Outgoing = tuple[DatagramSender, tuple[str, int], Callable[[bytes], int] | None]
+# (its transport, where to, the latched socket's send() or None: then sendto, SRTP or None)
+_Outgoing = tuple[
+    DatagramSender, tuple[str, int], Callable[[bytes], int] | None, SrtpContext | None
+]
 
 
 class _Port:
@@ -178,6 +182,10 @@ class MediaEngine:
         # every session's outgoing RTP stream (SSRC, sequence, time): all headers in one go
         self.senders = RtpSenders(capacity=64)
         self._rx_at = np.zeros(self.jitter.capacity)  # last batched packet per stream
+        # jitter streams of SRTP sessions: never batched (see set_srtp); checked only when
+        # there is at least one
+        self._srtp_streams = np.zeros(self.jitter.capacity, dtype=bool)
+        self._srtp_count = 0
         self._cursor = first
         self._task: asyncio.Task[None] | None = None
 
@@ -252,12 +260,17 @@ class MediaEngine:
         bank.pt[stream] = session.payload_type
         if bank.capacity > len(self._rx_at):
             self._rx_at = np.resize(self._rx_at, bank.capacity)
+        if bank.capacity > len(self._srtp_streams):
+            self._srtp_streams = np.resize(self._srtp_streams, bank.capacity)
         self._rx_at[stream] = 0.0
+        self._srtp_streams[stream] = False
         session.jitter = JitterBuffer.of(bank, stream)
         session.adopt_frames(self.frames)
         session.sender.move_to(self.senders)
         self.sessions[port] = session
         self._transports[port] = transport
+        if session.srtp is not None:
+            self.set_srtp(session, session.srtp)
         self._set_entries([*self._entries, (session, transport)])
 
     def _set_entries(self, entries: list[tuple[MediaSession, DatagramSender]]) -> None:
@@ -272,6 +285,9 @@ class MediaEngine:
         if self.sessions.get(port) is not s:
             s.close()
             return
+        if self._srtp_streams[s.jitter.index]:
+            self._srtp_streams[s.jitter.index] = False
+            self._srtp_count -= 1
         del self.sessions[port]
         transport = self._transports.pop(port)
         self._set_entries([e for e in self._entries if e[0] is not s])
@@ -287,6 +303,16 @@ class MediaEngine:
         close = getattr(transport, "close", None)
         if close is not None:
             close()
+
+    def set_srtp(self, s: MediaSession, srtp: SrtpContext | None) -> None:
+        """Make `s` an SRTP session (or a plain one again with None). Its packets then skip
+        the batched receive path (they go through `on_datagram()`, which unprotects them)."""
+        if self.sessions.get(s.local_port) is s:
+            stream = s.jitter.index
+            was = bool(self._srtp_streams[stream])
+            self._srtp_streams[stream] = srtp is not None
+            self._srtp_count += int(srtp is not None) - int(was)
+        s.srtp = srtp
 
     # --- the clock --------------------------------------------------------------------------
 
@@ -372,7 +398,7 @@ class MediaEngine:
             if s.marker_pending:
                 s.marker_pending = False
                 marked.append(len(out))
-            out.append((transport, remote, send))
+            out.append((transport, remote, send, s.srtp))
             out_entries.append(k)
         if out:
             sent += self._encode_and_send(out, np.array(out_entries, dtype=np.intp), marked)
@@ -438,6 +464,8 @@ class MediaEngine:
         streams = np.array(stream_list, dtype=np.intp)
         pts = self.jitter.pt[streams]
         fast = (size == _FAST_LEN) & (buf[:, 0] == 0x80) & ((buf[:, 1] & 0x7F) == pts)
+        if self._srtp_count:  # SRTP packets are authenticated one by one in on_datagram()
+            fast &= ~self._srtp_streams[streams]
         single = np.flatnonzero(~fast).tolist()
         if len(single) < n:
             rows = buf[fast]
@@ -544,7 +572,14 @@ def _send_dtmf(
     if not packets:
         return None
     sent = 0
+    srtp = s.srtp
     for pkt in packets:
+        if srtp is not None:
+            protected = srtp.protect(pkt)
+            if protected is None:
+                stats.send_errors += 1
+                continue
+            pkt = protected
         try:
             transport.sendto(pkt, remote)
             sent += 1
@@ -558,9 +593,15 @@ def _send_all(out: list[_Outgoing], data: bytes, stats: EngineStats) -> int:
     """Send packet k of `data` (all `_FAST_LEN` bytes long) as `out[k]` says."""
     sent = 0
     pos = 0
-    for transport, remote, send in out:
+    for transport, remote, send, srtp in out:
         packet = data[pos : pos + _FAST_LEN]
         pos += _FAST_LEN
+        if srtp is not None:
+            protected = srtp.protect(packet)
+            if protected is None:
+                stats.send_errors += 1
+                continue
+            packet = protected
         try:
             if send is None:
                 transport.sendto(packet, remote)

@@ -4,8 +4,10 @@ Owns what the engine needs per call: the negotiated codec and payload types, whe
 (symmetric RTP latching), the send/receive permissions derived from the remote SDP direction,
 the inbound jitter buffer and DTMF receiver, the outbound RTP sender state and DTMF send queue,
 the current audio source and the per-tick frame slots (`inbound`, `mix_out`: a row of a
-`FrameTable`, the engine's once the session is added to one). No sockets and no asyncio here:
-the engine feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
+`FrameTable`, the engine's once the session is added to one), and its SRTP context when the
+call negotiated SRTP (`srtp`: every datagram is unprotected in `on_datagram()` before anything
+reads it; the engine protects what it sends). No sockets and no asyncio here: the engine
+feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from confroom.media.frames import FrameTable
 from confroom.media.jitter import JitterBuffer
 from confroom.media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse_rtp
 from confroom.media.sources import Frame, Source
+from confroom.media.srtp import SrtpContext
 
 __all__ = ["DIRECTIONS", "MediaSession"]
 
@@ -52,6 +55,7 @@ class MediaSession:
         "send_enabled",
         "sender",
         "source",
+        "srtp",
     )
 
     def __init__(self, local_port: int, now: float = 0.0, jitter_depth: int = 2) -> None:
@@ -79,6 +83,8 @@ class MediaSession:
         # Digits to send as RFC 4733 events; None when idle (the tick only looks at this).
         self.dtmf_tx: DtmfSender | None = None
         self.on_timeout: Callable[[], None] | None = None
+        # SRTP: set before the first packet (`MediaEngine.set_srtp`); None = plain RTP
+        self.srtp: SrtpContext | None = None
         self.closed = False
         # Engine-private state (the inactivity timer).
         self._rx_rearm = False
@@ -141,6 +147,11 @@ class MediaSession:
         True when it was RTP of this session (then `addr` is where we send from now on)."""
         if self.closed:
             return False
+        if self.srtp is not None:
+            plain = self.srtp.unprotect(data)
+            if plain is None:
+                return False  # not authentic (or RTCP): dropped, counted, never decoded
+            data = plain
         pkt = parse_rtp(data)
         if pkt is None:
             return False

@@ -9,6 +9,10 @@ it never touches a socket or a clock: the adapter drains `datagrams_to_send()`, 
 
 In-dialog requests we send (BYE) go to the address the dialog's INVITE came from (the first
 Record-Route hop when that is an IP literal), which keeps calls from phones behind NAT working.
+
+SIP over TLS: a dialog whose INVITE came over TLS gets our TLS port in Contact and Via
+(`;transport=tls`, or a `sips:` Contact when the INVITE's Request-URI was `sips:`, RFC 3261
+12.1.1), and its BYE goes back over the same connection.
 """
 
 from __future__ import annotations
@@ -205,9 +209,11 @@ class SipCore:
         t1: float = 0.5,
         t2: float = 4.0,
         t4: float = 5.0,
+        tls_port: int = 0,
     ) -> None:
         self.local_host = local_host
         self.local_port = local_port
+        self.tls_port = tls_port  # our SIP over TLS port (0: none)
         self.tx = TransactionLayer(t1=t1, t2=t2, t4=t4)
         self._legs: dict[tuple[str, str, str], Leg] = {}
         self._by_invite_tx: dict[int, Leg] = {}  # id(invite server tx) -> leg
@@ -268,16 +274,28 @@ class SipCore:
 
     # ---- actions of the layer above -------------------------------------------------------
 
-    def contact(self, peer: Peer) -> str:
+    def port_for(self, peer: Peer) -> int:
+        """Our port for messages to `peer` (the TLS port for TLS peers)."""
+        return self.tls_port if peer.transport == "tls" and self.tls_port else self.local_port
+
+    def contact(self, peer: Peer, sips: bool = False) -> str:
         host = self.local_host if ":" not in self.local_host else f"[{self.local_host}]"
+        port = self.port_for(peer)
+        if peer.transport == "tls":
+            if sips:
+                return f"<sips:confroom@{host}:{port}>"
+            return f"<sip:confroom@{host}:{port};transport=tls>"
         suffix = ";transport=tcp" if peer.transport == "tcp" else ""
-        return f"<sip:confroom@{host}:{self.local_port}{suffix}>"
+        return f"<sip:confroom@{host}:{port}{suffix}>"
+
+    def _leg_contact(self, leg: Leg) -> str:
+        return self.contact(leg.peer, sips=leg.invite.uri[:5].lower() == "sips:")
 
     def ring(self, leg: Leg, now: float, status: int = 180) -> None:
         if leg.state != "early" or leg.invite_tx is None:
             return
         resp = make_response(leg.invite, status, to_tag=leg.local_tag,
-                             headers=[("Contact", self.contact(leg.peer))])
+                             headers=[("Contact", self._leg_contact(leg))])
         self.tx.respond(leg.invite_tx, resp, now)
         self._pump(now)
 
@@ -287,7 +305,7 @@ class SipCore:
             return False
         resp = make_response(
             leg.invite, 200, to_tag=leg.local_tag,
-            headers=self._common_headers(leg.peer), body=sdp, content_type="application/sdp",
+            headers=self._common_headers(leg), body=sdp, content_type="application/sdp",
         )
         leg.state = "answered"
         leg.final_status = 200
@@ -336,7 +354,7 @@ class SipCore:
     def respond_reinvite(
         self, leg: Leg, tx: ServerTransaction, status: int, now: float, sdp: bytes | None = None,
     ) -> None:
-        headers = self._common_headers(leg.peer) if status < 300 else []
+        headers = self._common_headers(leg) if status < 300 else []
         resp = make_response(tx.request, status, to_tag=None, headers=headers,
                              body=sdp or b"", content_type="application/sdp" if sdp else None)
         if leg.pending_reinvite is tx:
@@ -346,8 +364,9 @@ class SipCore:
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _common_headers(self, peer: Peer) -> list[tuple[str, str]]:
-        return [("Contact", self.contact(peer)), ("Allow", ALLOW), ("User-Agent", USER_AGENT)]
+    def _common_headers(self, leg: Leg) -> list[tuple[str, str]]:
+        return [("Contact", self._leg_contact(leg)), ("Allow", ALLOW),
+                ("User-Agent", USER_AGENT)]
 
     def _check_request(self, req: Request, peer: Peer, now: float) -> bool:
         """Checks made before the transaction layer sees a request; False when answered here."""
@@ -570,8 +589,11 @@ class SipCore:
             except SipParseError:
                 return leg.peer
             if _is_ip(uri.host):
-                transport = str(uri.params.get("transport") or leg.peer.transport).lower()
-                return Peer(transport, uri.host.strip("[]"), uri.port or 5060)
+                secure = uri.scheme == "sips"
+                transport = "tls" if secure else str(
+                    uri.params.get("transport") or leg.peer.transport).lower()
+                default_port = 5061 if transport == "tls" else 5060
+                return Peer(transport, uri.host.strip("[]"), uri.port or default_port)
         return leg.peer
 
     def _in_dialog_request(self, leg: Leg, method: str, extra: list[tuple[str, str]]) -> Request:
@@ -579,7 +601,7 @@ class SipCore:
         peer = self._dialog_peer(leg)
         host = self.local_host if ":" not in self.local_host else f"[{self.local_host}]"
         h = Headers()
-        h.add("Via", f"SIP/2.0/{peer.transport.upper()} {host}:{self.local_port}"
+        h.add("Via", f"SIP/2.0/{peer.transport.upper()} {host}:{self.port_for(peer)}"
                      f";branch={new_branch()};rport")
         h.add("Max-Forwards", "70")
         for route in leg.route_set:

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 
 class Peer(NamedTuple):
-    transport: str  # "udp" | "tcp"
+    transport: str  # "udp" | "tcp" | "tls"
     host: str
     port: int
 

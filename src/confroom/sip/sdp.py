@@ -1,29 +1,45 @@
 """SDP (RFC 4566) parsing/building and RFC 3264 offer/answer for G.711 audio.
 
 Owns `SessionDescription`/`MediaDescription`, `parse_sdp`, `negotiate` (pick codec,
-telephone-event, remote address/direction/ptime from an offer) and `build_answer`. Sans-IO.
+telephone-event, remote address/direction/ptime, and for an RTP/SAVP stream its SDES
+`a=crypto` line, RFC 4568, from an offer) and `build_answer`. Sans-IO.
+
+SDES: only `AES_CM_128_HMAC_SHA1_80` and `AES_CM_128_HMAC_SHA1_32` with one inline key, no
+MKI and no session parameters are usable; the first usable line of the offer is answered,
+with its tag and suite and our own key. `a=crypto` on a plain RTP/AVP stream is ignored (RFC
+4568 defines it for SAVP only).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
+    "SRTP_KEY_LEN",
+    "SRTP_SUITES",
+    "Crypto",
     "MediaDescription",
     "Negotiated",
     "NoCommonCodec",
     "SdpError",
     "SessionDescription",
+    "SrtpRequired",
     "answer_direction",
     "build_answer",
     "negotiate",
+    "parse_crypto",
     "parse_sdp",
 ]
 
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _STATIC_PT = {0: "PCMU", 8: "PCMA"}
 _AVP_PROTOS = frozenset({"RTP/AVP", "RTP/AVPF"})
+_SAVP_PROTOS = frozenset({"RTP/SAVP", "RTP/SAVPF"})
+SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
+SRTP_KEY_LEN = 30  # 128-bit master key + 112-bit master salt, both suites
 
 
 class SdpError(ValueError):
@@ -32,6 +48,45 @@ class SdpError(ValueError):
 
 class NoCommonCodec(Exception):
     """No usable audio stream / codec in the offer (answer 488)."""
+
+
+class SrtpRequired(NoCommonCodec):
+    """SRTP is required but the offer has no RTP/SAVP stream with a usable a=crypto."""
+
+
+@dataclass(frozen=True)
+class Crypto:
+    """One usable SDES `a=crypto` line: tag, suite, master key and salt (30 bytes)."""
+
+    tag: int
+    suite: str
+    key: bytes = field(repr=False)
+
+    def attribute(self) -> str:
+        """The value of the `a=crypto` line."""
+        return f"{self.tag} {self.suite} inline:{base64.b64encode(self.key).decode()}"
+
+
+def parse_crypto(value: str) -> Crypto | None:
+    """A usable `a=crypto` value (see the module docstring), else None."""
+    parts = value.split()
+    if len(parts) != 3:
+        return None  # session parameters (UNENCRYPTED_SRTP, KDR, ...) are not supported
+    tag_text, suite, key_params = parts
+    if not tag_text.isdigit() or len(tag_text) > 9 or suite.upper() not in SRTP_SUITES:
+        return None
+    if ";" in key_params or not key_params.lower().startswith("inline:"):
+        return None  # more than one key (MKI) or an unknown key method
+    key_text, *extra = key_params[7:].split("|")
+    if any(x.upper().startswith("MKI") or ":" in x for x in extra) or len(extra) > 1:
+        return None  # MKI is not supported; a lifetime alone is accepted (we never rekey)
+    try:
+        key = base64.b64decode(key_text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(key) != SRTP_KEY_LEN:
+        return None
+    return Crypto(int(tag_text), suite.upper(), key)
 
 
 def _direction_of(attributes: list[tuple[str, str | None]]) -> str | None:
@@ -218,23 +273,52 @@ class Negotiated:
     remote_port: int
     remote_direction: str
     ptime: int
+    crypto: Crypto | None = None  # the offer's a=crypto we answer (SRTP), None: plain RTP
 
 
-def negotiate(offer: SessionDescription, supported: Sequence[str] = ("PCMU", "PCMA")) -> Negotiated:
-    """Pick the first offered codec we support on the first usable RTP/AVP audio stream.
+def _stream_crypto(m: MediaDescription) -> Crypto | None:
+    for name, value in m.attributes:
+        if name == "crypto" and value:
+            crypto = parse_crypto(value)
+            if crypto is not None:
+                return crypto
+    return None
 
-    Raises NoCommonCodec when there is no such stream or codec, SdpError when the chosen
-    stream has no connection address."""
+
+def negotiate(
+    offer: SessionDescription,
+    supported: Sequence[str] = ("PCMU", "PCMA"),
+    require_srtp: bool = False,
+) -> Negotiated:
+    """Pick the first offered codec we support on the first usable audio stream: RTP/AVP, or
+    RTP/SAVP with a usable a=crypto line (only the latter when `require_srtp`).
+
+    Raises NoCommonCodec when there is no such stream or codec (SrtpRequired when SRTP is
+    required and missing), SdpError when the chosen stream has no connection address."""
     wanted = {s.upper() for s in supported}
-    audio = next(
-        (
-            m
-            for m in offer.media
-            if m.media.lower() == "audio" and m.port != 0 and m.proto.upper() in _AVP_PROTOS
-        ),
-        None,
-    )
+    audio: MediaDescription | None = None
+    crypto: Crypto | None = None
+    saw_savp = False
+    for m in offer.media:
+        if m.media.lower() != "audio" or m.port == 0:
+            continue
+        proto = m.proto.upper()
+        if proto in _SAVP_PROTOS:
+            saw_savp = True
+            crypto = _stream_crypto(m)
+            if crypto is not None:
+                audio = m
+                break
+        elif proto in _AVP_PROTOS and not require_srtp:
+            audio = m
+            break
     if audio is None:
+        if require_srtp:
+            raise SrtpRequired("SRTP is required: no RTP/SAVP audio stream with a usable "
+                               "a=crypto (AES_CM_128_HMAC_SHA1_80/_32) in offer")
+        if saw_savp:
+            raise NoCommonCodec("no usable a=crypto (AES_CM_128_HMAC_SHA1_80/_32, one "
+                                "inline key, no MKI) on the RTP/SAVP audio stream")
         raise NoCommonCodec("no usable RTP/AVP audio stream in offer")
     rtpmap = audio.rtpmap()
     codec: tuple[str, int] | None = None
@@ -267,7 +351,7 @@ def negotiate(offer: SessionDescription, supported: Sequence[str] = ("PCMU", "PC
     if host in ("0.0.0.0", "::"):  # RFC 2543 style hold: the remote will not receive
         direction = {"sendrecv": "sendonly", "recvonly": "inactive"}.get(direction, direction)
     ptime = audio.ptime or _parse_ptime(_attr_value(offer.attributes, "ptime")) or 20
-    return Negotiated(codec[0], codec[1], dtmf, host, audio.port, direction, ptime)
+    return Negotiated(codec[0], codec[1], dtmf, host, audio.port, direction, ptime, crypto)
 
 
 def answer_direction(remote_direction: str) -> str:
@@ -288,8 +372,10 @@ def build_answer(
     session_id: int,
     version: int,
     direction: str | None = None,
+    srtp_key: bytes | None = None,
 ) -> bytes:
-    """A complete SDP answer for `neg` (our media at local_host:local_port)."""
+    """A complete SDP answer for `neg` (our media at local_host:local_port); an SRTP answer
+    (RTP/SAVP, the offer's crypto tag and suite with `srtp_key`) when `neg.crypto` is set."""
     formats = [str(neg.payload_type)]
     attributes: list[tuple[str, str | None]] = [("rtpmap", f"{neg.payload_type} {neg.codec}/8000")]
     if neg.dtmf_payload_type is not None:
@@ -298,10 +384,17 @@ def build_answer(
         attributes.append(("fmtp", f"{neg.dtmf_payload_type} 0-16"))
     attributes.append(("ptime", "20"))
     attributes.append((direction or answer_direction(neg.remote_direction), None))
+    proto = "RTP/AVP"
+    if neg.crypto is not None:
+        if srtp_key is None or len(srtp_key) != SRTP_KEY_LEN:
+            raise ValueError("an SRTP answer needs our 30-byte key")
+        proto = "RTP/SAVP"
+        ours = Crypto(neg.crypto.tag, neg.crypto.suite, srtp_key)
+        attributes.append(("crypto", ours.attribute()))
     sdp = SessionDescription(
         origin=f"confroom {session_id} {version} IN {_addr_type(local_host)} {local_host}",
         session_name="confroom",
         connection=local_host,
-        media=[MediaDescription("audio", local_port, "RTP/AVP", formats, None, attributes)],
+        media=[MediaDescription("audio", local_port, proto, formats, None, attributes)],
     )
     return sdp.to_bytes()

@@ -1,14 +1,19 @@
-"""asyncio adapters for SIP over UDP and TCP: bytes in, bytes out, no SIP logic.
+"""asyncio adapters for SIP over UDP, TCP and TLS: bytes in, bytes out, no SIP logic.
 
 Every received message is handed to one callback as `(raw bytes, Peer)`. TCP streams are
 framed with `StreamFramer` (Content-Length); a stream that cannot be framed is closed.
 Responses and requests to a TCP peer reuse its connection, or open a new one to it.
+SIP over TLS (RFC 3261 section 26) is the same connection class on its own port with the
+`[tls]` server context (peers of transport "tls"); we never dial out over TLS (a phone has
+no certificate to check and cannot be reached behind NAT), so a message for a TLS peer whose
+connection has gone is dropped and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import cast
 
@@ -40,6 +45,8 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _TcpConnection(asyncio.Protocol):
+    kind = "tcp"  # the Peer transport of its messages
+
     def __init__(self, owner: SipTransports) -> None:
         self.owner = owner
         self.framer = StreamFramer()
@@ -49,7 +56,7 @@ class _TcpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
-        self.peer = Peer("tcp", str(host), int(port))
+        self.peer = Peer(self.kind, str(host), int(port))
         self.owner._tcp[self.peer] = self
 
     def data_received(self, data: bytes) -> None:
@@ -57,15 +64,16 @@ class _TcpConnection(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except SipParseError as e:
-            log.warning("closing TCP connection from %s:%s: %s",
-                        self.peer.host, self.peer.port, e.reason)
+            log.warning("closing %s connection from %s:%s: %s",
+                        self.kind.upper(), self.peer.host, self.peer.port, e.reason)
             self.transport.close()
             return
         for raw in messages:
             try:
                 self.owner.on_message(raw, self.peer)
             except Exception:
-                log.exception("error handling a TCP message from %s", self.peer)
+                log.exception("error handling a %s message from %s", self.kind.upper(),
+                              self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.owner._tcp.get(self.peer) is self:
@@ -76,8 +84,18 @@ class _TcpConnection(asyncio.Protocol):
             self.transport.write(data)
 
 
+class _TlsConnection(_TcpConnection):
+    """A SIP over TLS connection: TCP framing over the TLS transport asyncio gives us."""
+
+    kind = "tls"
+
+
+_TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
 class SipTransports:
-    """The listening sockets of one SIP endpoint (UDP and/or TCP on the same port)."""
+    """The listening sockets of one SIP endpoint (UDP and/or TCP on the same port, TLS on
+    its own port)."""
 
     def __init__(self, on_message: OnMessage) -> None:
         self.on_message = on_message
@@ -85,14 +103,20 @@ class SipTransports:
         self._tcp_server: asyncio.Server | None = None
         self._tcp: dict[Peer, _TcpConnection] = {}
         self._pending: dict[Peer, list[bytes]] = {}
+        self._tls_server: asyncio.Server | None = None
         self.port = 0
+        self.tls_port = 0  # 0 = no TLS listener
+        self._tls_drops = 0
 
     @property
     def tcp_connections(self) -> int:
-        """TCP connections open now (accepted and dialled)."""
+        """TCP (and TLS) connections open now (accepted and dialled)."""
         return len(self._tcp)
 
-    async def start(self, host: str, port: int, transports: tuple[str, ...]) -> None:
+    async def start(
+        self, host: str, port: int, transports: tuple[str, ...], tls_port: int = 0,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         if "udp" in transports:
             _, proto = await loop.create_datagram_endpoint(
@@ -107,6 +131,12 @@ class SipTransports:
             )
             port = port or int(self._tcp_server.sockets[0].getsockname()[1])
         self.port = port
+        if tls_port and tls_context is not None:
+            self._tls_server = await loop.create_server(
+                lambda: _TlsConnection(self), host=host, port=tls_port, reuse_address=True,
+                ssl=tls_context, ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT,
+            )
+            self.tls_port = int(self._tls_server.sockets[0].getsockname()[1])
 
     def send(self, peer: Peer, data: bytes) -> None:
         if peer.transport == "udp":
@@ -116,6 +146,12 @@ class SipTransports:
         conn = self._tcp.get(peer)
         if conn is not None:
             conn.write(data)
+            return
+        if peer.transport == "tls":
+            self._tls_drops += 1
+            if self._tls_drops & (self._tls_drops - 1) == 0:  # 1st, 2nd, 4th, 8th, ...
+                log.warning("no TLS connection to %s:%s: message dropped (%d so far; we do "
+                            "not dial out over TLS)", peer.host, peer.port, self._tls_drops)
             return
         queue = self._pending.get(peer)
         if queue is not None:
@@ -144,8 +180,12 @@ class SipTransports:
             self._udp.transport.close()
         if self._tcp_server is not None:
             self._tcp_server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
         for conn in list(self._tcp.values()):
             if conn.transport is not None:
                 conn.transport.close()
         if self._tcp_server is not None:
             await self._tcp_server.wait_closed()
+        if self._tls_server is not None:
+            await self._tls_server.wait_closed()
