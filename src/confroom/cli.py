@@ -56,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--webhook-max-body", type=int, metavar="BYTES",
                    help="largest webhook answer read; a longer one fails the hook "
                    "(default 1048576)")
+    s.add_argument("--user-agent", metavar="TEXT",
+                   help="User-Agent of SIP messages and Server header of HTTP responses; "
+                   "'' sends none; default confroom/0.1")
+    s.add_argument("--tcp-max-connections", type=int, metavar="N",
+                   help="SIP TCP connections in total; default: sized from the descriptor limit")
+    s.add_argument("--tcp-max-per-source", type=int, metavar="N",
+                   help="SIP TCP connections from one IP address; default: sized from the "
+                   "descriptor limit")
+    s.add_argument("--tcp-idle-timeout", type=float, metavar="SECONDS",
+                   help="close a SIP TCP connection without traffic that no call uses; "
+                   "default 300")
     s.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -74,6 +85,10 @@ async def _serve(args: argparse.Namespace) -> int:
         "app": args.app,
         "http_port": args.http_port,
         "webhook_max_body": args.webhook_max_body,
+        "user_agent": args.user_agent,
+        "sip_tcp_max_connections": args.tcp_max_connections,
+        "sip_tcp_max_per_source": args.tcp_max_per_source,
+        "sip_tcp_idle_timeout": args.tcp_idle_timeout,
     }
     try:
         config = load(args.config, overrides=overrides)

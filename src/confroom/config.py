@@ -12,6 +12,14 @@ TOML layout::
     tls_port = 0                # SIP over TLS on this port (needs [tls]); 0 = off
     advertised_host = ""        # address written into Contact / SDP (default: host, or
                                 #   127.0.0.1 when host is a wildcard)
+    user_agent = "confroom/0.1" # User-Agent of SIP messages and Server of HTTP responses
+                                #   ("" = send none)
+    tcp_max_connections = 0     # SIP TCP connections in total (0 = from the descriptor limit)
+    tcp_max_per_source = 0      # ... from one IP address (0 = from the descriptor limit)
+    tcp_message_timeout = 10.0  # a connection's first message, and every message once its
+                                #   first byte arrived, must be complete within this
+    tcp_idle_timeout = 300.0    # close a connection without traffic, unless a call uses it
+    max_message_bytes = 65536   # a TCP message's header block and its body may each be this big
     [rtp]
     ports = "20000-30000"       # inclusive range, one UDP port per call
     timeout = 30.0              # seconds without RTP before the call is ended (0 = never)
@@ -20,6 +28,11 @@ TOML layout::
     port = 0                    # REST API / metrics / health; 0 = off
     token = ""                  # bearer token the REST API requires (needed when port > 0)
     tls = true                  # HTTPS with the [tls] certificate (default: on when [tls] is set)
+    max_connections = 0         # concurrent connections (0 = from the descriptor limit)
+    max_per_source = 0          # ... from one IP address (0 = from the descriptor limit)
+    header_timeout = 10.0       # a request's headers must arrive within this
+    body_timeout = 10.0         # ... and its body within this
+    keepalive_timeout = 15.0    # an idle keep-alive connection is closed after this
     [tls]
     cert = "cert.pem"           # PEM certificate chain (SIP over TLS, HTTPS)
     key = "key.pem"             # PEM private key of that certificate
@@ -49,7 +62,11 @@ Environment: CONFROOM_SIP_HOST, CONFROOM_SIP_PORT, CONFROOM_SIP_TLS_PORT, CONFRO
 CONFROOM_TLS_KEY, CONFROOM_RTP_PORTS, CONFROOM_RTP_TIMEOUT,
 CONFROOM_HTTP_PORT, CONFROOM_API_TOKEN (the REST API's bearer token), CONFROOM_MEDIA_DIR,
 CONFROOM_APP (call hook of the default app), CONFROOM_WEBHOOK_SECRET (secret of the default app),
-CONFROOM_WEBHOOK_MAX_BODY.
+CONFROOM_WEBHOOK_MAX_BODY, and for the connection limits CONFROOM_SIP_USER_AGENT,
+CONFROOM_SIP_TCP_MAX_CONNECTIONS, CONFROOM_SIP_TCP_MAX_PER_SOURCE,
+CONFROOM_SIP_TCP_MESSAGE_TIMEOUT, CONFROOM_SIP_TCP_IDLE_TIMEOUT, CONFROOM_SIP_MAX_MESSAGE_BYTES,
+CONFROOM_HTTP_MAX_CONNECTIONS, CONFROOM_HTTP_MAX_PER_SOURCE, CONFROOM_HTTP_HEADER_TIMEOUT,
+CONFROOM_HTTP_BODY_TIMEOUT, CONFROOM_HTTP_KEEPALIVE_TIMEOUT (see `LIMIT_KEYS`).
 """
 
 from __future__ import annotations
@@ -62,6 +79,8 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from confroom.sip.core import USER_AGENT
 
 DEFAULT_ACCOUNT_SID = "00000000-0000-4000-8000-000000000001"
 DEFAULT_APPLICATION_SID = "00000000-0000-4000-8000-000000000002"
@@ -148,6 +167,18 @@ class Config:
     tts_voice: str = "en-us"
     webhook_timeout: float = 10.0
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
+    # connection limits and identity (LIMIT_KEYS); 0 caps are sized from the descriptor limit
+    user_agent: str = USER_AGENT
+    sip_tcp_max_connections: int = 0
+    sip_tcp_max_per_source: int = 0
+    sip_tcp_message_timeout: float = 10.0
+    sip_tcp_idle_timeout: float = 300.0
+    sip_max_message_bytes: int = 65536
+    http_max_connections: int = 0
+    http_max_per_source: int = 0
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 10.0
+    http_keepalive_timeout: float = 15.0
     apps: tuple[AppConfig, ...] = field(default_factory=lambda: (default_app(),))
 
     @property
@@ -253,6 +284,50 @@ def _policy(value: object, where: str) -> str:
     return str(value)
 
 
+# (TOML section, key, Config field, type, environment variable) of the connection limits
+LIMIT_KEYS: tuple[tuple[str, str, str, type, str], ...] = (
+    ("sip", "user_agent", "user_agent", str, "CONFROOM_SIP_USER_AGENT"),
+    ("sip", "tcp_max_connections", "sip_tcp_max_connections", int,
+     "CONFROOM_SIP_TCP_MAX_CONNECTIONS"),
+    ("sip", "tcp_max_per_source", "sip_tcp_max_per_source", int,
+     "CONFROOM_SIP_TCP_MAX_PER_SOURCE"),
+    ("sip", "tcp_message_timeout", "sip_tcp_message_timeout", float,
+     "CONFROOM_SIP_TCP_MESSAGE_TIMEOUT"),
+    ("sip", "tcp_idle_timeout", "sip_tcp_idle_timeout", float, "CONFROOM_SIP_TCP_IDLE_TIMEOUT"),
+    ("sip", "max_message_bytes", "sip_max_message_bytes", int, "CONFROOM_SIP_MAX_MESSAGE_BYTES"),
+    ("http", "max_connections", "http_max_connections", int, "CONFROOM_HTTP_MAX_CONNECTIONS"),
+    ("http", "max_per_source", "http_max_per_source", int, "CONFROOM_HTTP_MAX_PER_SOURCE"),
+    ("http", "header_timeout", "http_header_timeout", float, "CONFROOM_HTTP_HEADER_TIMEOUT"),
+    ("http", "body_timeout", "http_body_timeout", float, "CONFROOM_HTTP_BODY_TIMEOUT"),
+    ("http", "keepalive_timeout", "http_keepalive_timeout", float,
+     "CONFROOM_HTTP_KEEPALIVE_TIMEOUT"),
+)
+
+
+def _limit_keys(data: Mapping[str, Any], env: Mapping[str, str], kw: dict[str, Any]) -> None:
+    """The LIMIT_KEYS from the TOML tables, then from the environment (which wins)."""
+    for section, key, attr, kind, env_name in LIMIT_KEYS:
+        table = data.get(section, {})
+        if key in table:
+            if kind is str:
+                if not isinstance(table[key], str):
+                    raise ConfigError(f"{section}.{key}: expected a string")
+                kw[attr] = table[key]
+            else:
+                kw[attr] = _num(table, key, section, kind)
+        v = env.get(env_name)
+        if v is None or (v == "" and kind is not str):
+            continue
+        if kind is str:
+            kw[attr] = v
+            continue
+        try:
+            kw[attr] = kind(v)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise ConfigError(f"{env_name}: expected {what}, got {v!r}") from None
+
+
 def _num(t: Mapping[str, Any], key: str, where: str, kind: type = float) -> Any:
     v = t[key]
     if isinstance(v, bool) or not isinstance(v, int | float):
@@ -331,6 +406,7 @@ def load(
         kw["webhook_timeout"] = _num(data["webhooks"], "timeout", "webhooks")
     if "max_body" in data.get("webhooks", {}):
         kw["webhook_max_body"] = _num(data["webhooks"], "max_body", "webhooks", int)
+    _limit_keys(data, env, kw)
     if "apps" in data:
         if not isinstance(data["apps"], list) or not data["apps"]:
             raise ConfigError("apps: expected one or more [[apps]] tables")
@@ -420,6 +496,7 @@ def validate(cfg: Config) -> None:
             f"webhooks.max_body (CONFROOM_WEBHOOK_MAX_BODY, --webhook-max-body) must be a "
             f"positive number of bytes, not {cfg.webhook_max_body}"
         )
+    _validate_limits(cfg)
     for app in cfg.apps:
         if (app.call_hook is None) == (app.verbs_file is None):
             raise ConfigError(f"app {app.name!r}: needs exactly one of a call hook or a verb file")
@@ -453,3 +530,21 @@ def _validate_tls(cfg: Config) -> None:
         if policy == "required" and not cfg.sip_tls_port:
             raise ConfigError(f"{name} is \"required\" but SIP over TLS is off "
                               "(set sip.tls_port and [tls])")
+
+
+def _validate_limits(cfg: Config) -> None:
+    for section, key, attr, kind, _ in LIMIT_KEYS:
+        value = getattr(cfg, attr)
+        if kind is str:
+            if any(not ch.isprintable() for ch in value) or len(value) > 200:
+                raise ConfigError(f"{section}.{key}: printable text of at most 200 characters")
+        elif value < 0:
+            raise ConfigError(f"{section}.{key} must be >= 0, got {value}")
+    if cfg.sip_max_message_bytes < 4096:
+        raise ConfigError("sip.max_message_bytes must be at least 4096 (an INVITE with SDP "
+                          "needs 1-3 kB)")
+    for section, key in (("sip", "tcp_message_timeout"), ("http", "header_timeout"),
+                         ("http", "body_timeout"), ("http", "keepalive_timeout")):
+        if getattr(cfg, f"{section}_{key}") == 0:
+            raise ConfigError(f"{section}.{key} must be > 0 (a slow client would hold its "
+                              "connection forever)")

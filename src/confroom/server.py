@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import uuid
 from collections import Counter
 from typing import Any
 
 from confroom.api import ApiServer
-from confroom.api.metrics import metrics_registry
+from confroom.api.metrics import metrics_registry, open_fds
 from confroom.app.control import CallInfo
 from confroom.app.hooks import WebhookClient
 from confroom.app.session import CallSession, notify_call_status
@@ -24,6 +25,8 @@ from confroom.call import Call, log_call_end
 from confroom.conference.service import ConferenceService
 from confroom.conference.verb import verb_table
 from confroom.config import Config
+from confroom.connlimits import Limits, default_caps
+from confroom.fdlimit import fd_limit, is_resource_error, raise_fd_limit
 from confroom.media.engine import MediaEngine, MediaError
 from confroom.media.srtp import SrtpContext, new_key
 from confroom.ordered import KeyedSerial
@@ -48,6 +51,8 @@ from confroom.sip.transport import SipTransports
 from confroom.tls import server_context
 
 log = logging.getLogger("confroom.server")
+
+RETRY_AFTER = 5  # seconds, in the 503s sent when descriptors or memory run out
 
 
 def _user_of(header_value: str | None) -> str:
@@ -117,6 +122,8 @@ class Server:
         self.rejected: Counter[str] = Counter()
         # calls that reached each call_status (ringing = set up; the metrics read this)
         self.call_statuses: Counter[str] = Counter()
+        self._fd_refusals = 0  # calls answered 503 for lack of descriptors since the warning
+        self._fd_warned_at = float("-inf")
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -125,18 +132,22 @@ class Server:
         cfg = self.config
         cfg.media_dir.mkdir(parents=True, exist_ok=True)
         cfg.media_cache_dir.mkdir(parents=True, exist_ok=True)
+        sip_limits, http_limits = self._connection_limits()
         await self.engine.start()
         tls = None
         if cfg.tls_cert is not None and cfg.tls_key is not None:
             tls = server_context(cfg.tls_cert, cfg.tls_key)
+        self.transports.configure(sip_limits, cfg.sip_max_message_bytes)
         await self.transports.start(cfg.sip_host, cfg.sip_port, cfg.sip_transports,
                                     cfg.sip_tls_port, tls)
         self.core = SipCore(cfg.contact_host, self.transports.port,
-                            tls_port=self.transports.tls_port)
+                            tls_port=self.transports.tls_port, user_agent=cfg.user_agent)
         if cfg.http_port > 0:
             self.api = ApiServer(self, cfg.http_host, cfg.http_port, cfg.api_token,
                                  metrics=metrics_registry(self),
-                                 ssl_context=tls if cfg.https else None)
+                                 ssl_context=tls if cfg.https else None,
+                                 limits=http_limits, body_timeout=cfg.http_body_timeout,
+                                 server_header=cfg.user_agent)
             await self.api.start()
             if cfg.tls_configured and not cfg.https:
                 log.warning("REST API over plain HTTP although [tls] is configured ([http] tls "
@@ -150,6 +161,29 @@ class Server:
             ", ".join(listening), cfg.rtp_port_min, cfg.rtp_port_max,
             ", ".join(a.name for a in cfg.apps),
         )
+
+    def _connection_limits(self) -> tuple[Limits, Limits]:
+        """Raise the descriptor limit and size the connection caps left at 0 from it."""
+        cfg = self.config
+        soft, hard = raise_fd_limit()
+        sip_total, sip_per_source, http_total, http_per_source = default_caps(fd_limit())
+        sip = Limits(
+            max_total=cfg.sip_tcp_max_connections or sip_total,
+            max_per_source=cfg.sip_tcp_max_per_source or sip_per_source,
+            message_timeout=cfg.sip_tcp_message_timeout,
+            idle_timeout=cfg.sip_tcp_idle_timeout,
+        )
+        http = Limits(
+            max_total=cfg.http_max_connections or http_total,
+            max_per_source=cfg.http_max_per_source or http_per_source,
+            message_timeout=cfg.http_header_timeout,
+            idle_timeout=cfg.http_keepalive_timeout,
+        )
+        log.info("file descriptors: limit %d (hard %s); sip tcp connections: %d in total, %d "
+                 "per source; http connections: %d in total, %d per source", soft,
+                 "unlimited" if hard == resource.RLIM_INFINITY else hard, sip.max_total,
+                 sip.max_per_source, http.max_total, http.max_per_source)
+        return sip, http
 
     async def stop(self, grace: float = 3.0) -> None:
         """End every call (BYE / 503), wait for the BYEs to complete, close everything."""
@@ -229,7 +263,7 @@ class Server:
 
     def _dispatch(self, ev: object) -> None:
         if isinstance(ev, IncomingCall):
-            self._spawn(self._start_call(ev.leg, ev.request))
+            self._spawn(self._answer_start(ev.leg, ev.request))
             return
         if isinstance(ev, ByeDone):
             fut = self._bye_waiters.pop(id(ev.leg), None)
@@ -291,7 +325,8 @@ class Server:
     def call_finished(self, call: Call) -> None:
         call.session_kill = None  # the verb runner points back at the call: no cycle left
         self.calls.pop(call.info.call_sid, None)
-        self._by_leg.pop(id(call.leg), None)
+        if self._by_leg.pop(id(call.leg), None) is not None:
+            self.transports.release(call.leg.peer)
         self.engine.close_session(call.media)
         if self.core is not None:
             self.core.release(call.leg)
@@ -367,6 +402,13 @@ class Server:
             log.error("call_sid=%s: no RTP port available: %s", info.call_sid, e)
             refuse(503, "Service Unavailable", "no RTP port")
             return
+        except OSError as e:
+            if not is_resource_error(e):
+                raise
+            self._out_of_descriptors(info.call_sid, e)
+            refuse(503, "Service Unavailable", "out of descriptors",
+                   [("Retry-After", str(RETRY_AFTER))])
+            return
         if leg.state == "terminated":  # cancelled while we were allocating
             self.engine.close_session(media)
             log_call_end(info.call_sid, "no-answer", "cancelled", 0.0)
@@ -388,6 +430,7 @@ class Server:
         )
         self.calls[info.call_sid] = call
         self._by_leg[id(leg)] = call
+        self.transports.hold(leg.peer)  # a TCP connection stays open while the call uses it
         call.ring()
         session = CallSession(call, self.hooks, self.config, verbs=self.verbs)
         call.session_kill = session.kill
@@ -397,6 +440,53 @@ class Server:
             log.exception("call_sid=%s: verb runner failed", info.call_sid)
             if not call.ended:
                 await call.hangup()
+
+    async def _answer_start(self, leg: Leg, req: Request) -> None:
+        """`_start_call`, but whatever goes wrong, the INVITE still gets a final answer (503
+        with Retry-After when the process ran out of descriptors or memory, else 500)."""
+        try:
+            await self._start_call(leg, req)
+        except Exception as e:
+            resource_error = is_resource_error(e)
+            status = 503 if resource_error else 500
+            call = self._by_leg.get(id(leg))
+            call_sid = call.info.call_sid if call is not None else "-"
+            if resource_error:
+                self._out_of_descriptors(call_sid, e)
+            else:
+                log.exception("call_sid=%s call_id=%s: setting up the call failed; answering "
+                              "%d", call_sid, req.call_id, status)
+            headers = [("Retry-After", str(RETRY_AFTER))] if status == 503 else []
+            if self.core is not None:
+                self.sip_reject(leg, status, None, headers)
+            why = "out of descriptors" if resource_error else "internal error"
+            self.rejected[why] += 1
+            if call is not None:
+                if call.answered and not call.ended:
+                    await call.hangup()
+                call.finish("failed", why, sip_status=status)
+            else:
+                log_call_end(call_sid, "failed", why, 0.0)
+        except asyncio.CancelledError:
+            self._answer_on_cancel(leg)
+            raise
+
+    def _answer_on_cancel(self, leg: Leg) -> None:
+        # a call-start task cancelled on shutdown: the INVITE still gets its 503
+        if self.core is not None and leg.state == "early":
+            self.sip_reject(leg, 503, None, [("Retry-After", str(RETRY_AFTER))])
+
+    def _out_of_descriptors(self, call_sid: str, exc: BaseException) -> None:
+        """One warning per interval (not per call) while descriptors or memory run out."""
+        self._fd_refusals += 1
+        now = self._now()
+        if now - self._fd_warned_at >= 10.0:
+            n = open_fds()  # None when even listing them needs a descriptor we lack
+            log.warning("out of resources (%s; descriptors open: %s of %d): %d call(s) "
+                        "answered 503 since the last warning (last call_sid=%s)",
+                        exc, "all" if n is None else n, fd_limit(), self._fd_refusals, call_sid)
+            self._fd_warned_at = now
+            self._fd_refusals = 0
 
     def _status_changed(self, call: Call) -> None:
         """Send the call-status hook; one call's notifications go out strictly in order."""

@@ -116,7 +116,8 @@ def confroom(
     Keyword arguments: call_hook, verbs (written to a JSON verb file), webhook_secret,
     call_status_hook, apps (full list of [[apps]] tables, overrides the former), rtp_timeout,
     webhook_timeout, extra_toml, ready_timeout, prepare (callable run on the server object
-    before it starts, e.g. to put files into its media dir), cli_app (--app flag).
+    before it starts, e.g. to put files into its media dir), cli_app (--app flag), fd_limit
+    (RLIMIT_NOFILE of the server process, soft = hard).
     """
     servers: list[ConfroomProcess] = request.node.stash.setdefault(_SERVERS, [])
 
@@ -133,6 +134,7 @@ def confroom(
         ready_timeout: float = 10.0,
         prepare: Callable[[ConfroomProcess], None] | None = None,
         cli_app: str | None = None,
+        fd_limit: int | None = None,
     ) -> ConfroomProcess:
         workdir = tmp_path / f"confroom{len(servers)}"
         workdir.mkdir()
@@ -154,6 +156,7 @@ def confroom(
             webhook_timeout=webhook_timeout,
             extra_toml=extra_toml,
             cli_app=cli_app,
+            fd_limit=fd_limit,
         )
         if prepare is not None:
             prepare(srv)

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -171,6 +172,7 @@ class ConfroomProcess:
         cli_app: str | None = None,
         rtp_port_count: int = 400,
         env: Mapping[str, str] | None = None,
+        fd_limit: int | None = None,
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -185,6 +187,8 @@ class ConfroomProcess:
         self.apps = [dict(a) for a in apps]
         self.cli_app = cli_app
         self.env = dict(env or {})
+        # RLIMIT_NOFILE (soft and hard) of the server process, so it cannot raise it
+        self.fd_limit = fd_limit
         config: dict[str, Any] = {
             "rtp": {} if rtp_timeout is None else {"timeout": float(rtp_timeout)},
             "media": {"dir": str(self.media_dir), "cache_dir": str(self.cache_dir)},
@@ -241,10 +245,19 @@ class ConfroomProcess:
             text=True,
             bufsize=1,
             errors="replace",
+            preexec_fn=self._limit_fds if self.fd_limit is not None else None,
         )
         self._reader = threading.Thread(target=self._read, name="confroom-log", daemon=True)
         self._reader.start()
         return self
+
+    def _limit_fds(self) -> None:  # runs in the child between fork and exec
+        assert self.fd_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.fd_limit, self.fd_limit))
+
+    def open_fds(self) -> int:
+        """Descriptors the server process has open now (from /proc)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

@@ -275,3 +275,22 @@ def test_bye_before_ack_goes_out_when_the_2xx_times_out() -> None:
     out = sent(core)
     assert [m.method for m in out if isinstance(m, Request)] == ["BYE"]
     assert not any(isinstance(e, CallAckTimeout) for e in events(core))
+
+
+def test_user_agent_is_configurable_and_can_be_omitted() -> None:
+    for ua, expected in ((None, "confroom/0.1"), ("acme-pbx/2", "acme-pbx/2"), ("", None)):
+        core = SipCore("127.0.0.1", 5060) if ua is None else SipCore("127.0.0.1", 5060,
+                                                                      user_agent=ua)
+        core.receive_datagram(req("OPTIONS"), PEER, 0.0)
+        (options_ok,) = sent(core)
+        ev = new_call(core)
+        core.ring(ev.leg, 0.1)
+        assert core.answer(ev.leg, b"v=0\r\n", 0.2)
+        ringing, ok = sent(core)
+        core.receive_datagram(req("ACK", branch="z9hG4bKack", to_tag=ev.leg.local_tag), PEER,
+                              0.3)
+        assert core.bye(ev.leg, 1.0, [])
+        (bye,) = sent(core)
+        assert ringing.headers.get("User-Agent") is None  # provisional: never had one
+        for msg in (options_ok, ok, bye):
+            assert msg.headers.get("User-Agent") == expected, (ua, msg)

@@ -18,6 +18,7 @@ Routes (documented in `openapi.json`):
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -32,6 +33,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from confroom.api.guard import GuardedListener, QuietHttpErrors, RateLimitedWarning
 from confroom.api.metrics import CONTENT_TYPE
 from confroom.app.control import CallInfo
 from confroom.conference.control import (
@@ -41,10 +43,17 @@ from confroom.conference.control import (
     parse_call_update,
 )
 from confroom.conference.service import ConferenceService
+from confroom.connlimits import Limits
 
 log = logging.getLogger("confroom.api")
+# the logger aiohttp's request handlers write to (QuietHttpErrors filters it while serving)
+http_log = logging.getLogger("confroom.api.http")
 
 MAX_BODY = 64 * 1024
+USER_AGENT = "confroom/0.1"  # the default Server header (the SIP User-Agent's default)
+# used when ApiServer is given no limits (the server passes limits sized from its fd limit)
+DEFAULT_LIMITS = Limits(max_total=256, max_per_source=32, message_timeout=10.0,
+                        idle_timeout=15.0)
 
 
 class CallLike(Protocol):
@@ -65,6 +74,10 @@ class ServerLike(Protocol):
 SERVER = web.AppKey("server", ServerLike)
 TOKEN = web.AppKey("token", str)
 METRICS = web.AppKey("metrics", CollectorRegistry)
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+SERVER_HEADER = web.AppKey("server_header", str)
+GUARD = web.AppKey("guard", GuardedListener)
+REFUSED_WARNING = web.AppKey("refused_warning", RateLimitedWarning)
 
 
 @cache
@@ -83,6 +96,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell the listener's connection table a request is being handled (no idle close)."""
+    guard = request.app.get(GUARD)
+    if guard is None:
+        return await handler(request)
+    guard.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_done(request.transport)
+
+
+@web.middleware
 async def _auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/v1/") or request.path in ("/v1", "/metrics"):
         given = request.headers.get("Authorization", "")
@@ -91,8 +117,10 @@ async def _auth_and_errors(request: web.Request, handler: Handler) -> web.Stream
         if scheme.lower() != "bearer" or not token or not hmac.compare_digest(
             token.strip().encode(), expected.encode()
         ):
-            log.warning("api: %s %s refused: %s bearer token", request.method, request.path,
-                        "wrong" if token else "missing")
+            request.app[REFUSED_WARNING](
+                time.monotonic(), "api: %s %s refused: %s bearer token (from %s)",
+                request.method, request.path[:100], "wrong" if token else "missing",
+                request.remote)
             return error(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                          **{"WWW-Authenticate": 'Bearer realm="confroom"'})
     try:
@@ -108,7 +136,12 @@ def _server(request: web.Request) -> ServerLike:
 
 
 async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+            raw = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="the request body did not arrive in time",
+                                     headers={"Connection": "close"}) from None
     if not raw.strip():
         raise ControlError("the request body is empty; expected a JSON object")
     try:
@@ -183,16 +216,31 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    value = request.app[SERVER_HEADER]
+    if value:
+        response.headers["Server"] = value
+    else:
+        response.headers.popall("Server", None)
+
+
 def build_app(
-    server: ServerLike, token: str, metrics_registry: CollectorRegistry | None = None
+    server: ServerLike, token: str, metrics_registry: CollectorRegistry | None = None, *,
+    body_timeout: float = 10.0, server_header: str = USER_AGENT,
 ) -> web.Application:
     """The API application for `server`, guarded by bearer `token` (must not be empty);
-    with `metrics_registry`, `GET /metrics` exposes it."""
+    with `metrics_registry`, `GET /metrics` exposes it. A request body must arrive within
+    `body_timeout` seconds (else 408); responses carry `Server: <server_header>` (none when
+    empty)."""
     if not token:
         raise ValueError("the REST API needs a bearer token")
-    app = web.Application(middlewares=[_auth_and_errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[_guarded, _auth_and_errors], client_max_size=MAX_BODY)
     app[SERVER] = server
     app[TOKEN] = token
+    app[BODY_TIMEOUT] = body_timeout
+    app[SERVER_HEADER] = server_header
+    app[REFUSED_WARNING] = RateLimitedWarning(log)
+    app.on_response_prepare.append(_server_header)
     call = "/v1/Accounts/{account_sid}/Calls/{call_sid}"
     confs = "/v1/Accounts/{account_sid}/Conferences"
     app.router.add_put(call, update_call)
@@ -210,35 +258,57 @@ def build_app(
 
 class ApiServer:
     """Serves `build_app(server, token, metrics)` on host:port (port 0: any free port), over
-    HTTPS when given an `ssl_context` (then plain HTTP to that port gets no answer)."""
+    HTTPS when given an `ssl_context` (then plain HTTP to that port gets no answer), within
+    `limits` (connection caps; header timeout = its message timeout, also the TLS handshake
+    timeout; keep-alive timeout = its idle timeout; see `confroom.api.guard`)."""
 
     def __init__(self, server: ServerLike, host: str, port: int, token: str,
                  metrics: CollectorRegistry | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        self._app = build_app(server, token, metrics)
+                 ssl_context: ssl.SSLContext | None = None, *, limits: Limits | None = None,
+                 body_timeout: float = 10.0, server_header: str = USER_AGENT) -> None:
+        self._app = build_app(server, token, metrics, body_timeout=body_timeout,
+                              server_header=server_header)
         self._host = host
         self._want_port = port
         self._ssl = ssl_context
         self.port = port
+        self.limits = limits or DEFAULT_LIMITS
         self._runner: web.AppRunner | None = None
+        self._listener: GuardedListener | None = None
+        self._quiet: QuietHttpErrors | None = None
 
     async def start(self) -> None:
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        loop = asyncio.get_running_loop()
+        self._quiet = QuietHttpErrors(loop.time)
+        http_log.addFilter(self._quiet)
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
+                               logger=http_log, keepalive_timeout=self.limits.idle_timeout)
+        listener = GuardedListener(runner, self.limits)
+        self._app[GUARD] = listener
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._want_port, ssl_context=self._ssl)
         try:
-            await site.start()
+            await listener.start(self._host, self._want_port, self._ssl)
         except OSError:
             await runner.cleanup()
+            http_log.removeFilter(self._quiet)
             raise
         self._runner = runner
-        addrs = runner.addresses
-        if addrs:
-            self.port = int(addrs[0][1])
+        self._listener = listener
+        self.port = listener.port
         log.info("REST API on %s://%s:%d (bearer token required on /v1)",
                  "https" if self._ssl is not None else "http", self._host, self.port)
 
+    @property
+    def connection_count(self) -> int:
+        return len(self._listener.table) if self._listener is not None else 0
+
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
         if runner is not None:
             await runner.cleanup()
+        if self._quiet is not None:
+            http_log.removeFilter(self._quiet)
+            self._quiet = None

@@ -210,8 +210,11 @@ class SipCore:
         t2: float = 4.0,
         t4: float = 5.0,
         tls_port: int = 0,
+        user_agent: str = USER_AGENT,
     ) -> None:
         self.local_host = local_host
+        # the User-Agent header we send ("" = none)
+        self._ua: list[tuple[str, str]] = [("User-Agent", user_agent)] if user_agent else []
         self.local_port = local_port
         self.tls_port = tls_port  # our SIP over TLS port (0: none)
         self.tx = TransactionLayer(t1=t1, t2=t2, t4=t4)
@@ -365,8 +368,7 @@ class SipCore:
     # ---- internals ------------------------------------------------------------------------
 
     def _common_headers(self, leg: Leg) -> list[tuple[str, str]]:
-        return [("Contact", self._leg_contact(leg)), ("Allow", ALLOW),
-                ("User-Agent", USER_AGENT)]
+        return [("Contact", self._leg_contact(leg)), ("Allow", ALLOW), *self._ua]
 
     def _check_request(self, req: Request, peer: Peer, now: float) -> bool:
         """Checks made before the transaction layer sees a request; False when answered here."""
@@ -434,8 +436,7 @@ class SipCore:
                 self._terminate(leg)
                 self._events.append(CallEnded(leg, req))
         elif method == "OPTIONS":
-            headers = [("Allow", ALLOW), ("Accept", "application/sdp"),
-                       ("User-Agent", USER_AGENT)]
+            headers = [("Allow", ALLOW), ("Accept", "application/sdp"), *self._ua]
             self._respond(tx, 200, now, headers=headers, to_tag=new_tag())
         elif method == "INFO":
             leg = self._find_leg(req)
@@ -610,7 +611,8 @@ class SipCore:
         h.add("To", f"{leg.remote_uri};tag={leg.remote_tag}")
         h.add("Call-ID", leg.call_id)
         h.add("CSeq", f"{leg.local_cseq} {method}")
-        h.add("User-Agent", USER_AGENT)
+        for name, value in self._ua:
+            h.add(name, value)
         for name, value in extra:
             h.add(name, value)
         return Request(method, leg.remote_target, h)

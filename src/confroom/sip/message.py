@@ -960,6 +960,11 @@ class StreamFramer:
         self._scan = 0  # where to resume looking for the end of the header block
         self._pending: tuple[int, int] | None = None  # (header block end, content length)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete message held (0 between messages)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return every complete message now available (keep-alive CRLFs
         between messages are dropped). Raises SipParseError on an unframeable stream."""

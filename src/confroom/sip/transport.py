@@ -7,6 +7,8 @@ SIP over TLS (RFC 3261 section 26) is the same connection class on its own port 
 `[tls]` server context (peers of transport "tls"); we never dial out over TLS (a phone has
 no certificate to check and cannot be reached behind NAT), so a message for a TLS peer whose
 connection has gone is dropped and logged.
+TCP and TLS connections are kept within caps and deadlines by one
+`confroom.connlimits.ConnectionTable` (see `SipTransports`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,21 @@ import ssl
 from collections.abc import Callable
 from typing import cast
 
+from confroom.connlimits import ConnectionTable, Limits
 from confroom.sip.message import SipParseError, StreamFramer
 from confroom.sip.peer import Peer
 
 log = logging.getLogger("confroom.sip.transport")
 
 OnMessage = Callable[[bytes, Peer], None]
+
+DEFAULT_MAX_MESSAGE_BYTES = 65536
+# what SipTransports uses unless the server passes limits sized from the descriptor limit
+DEFAULT_LIMITS = Limits(max_total=1000, max_per_source=100, message_timeout=10.0,
+                        idle_timeout=300.0)
+# pending connections the kernel queues for accept (asyncio's default of 100 makes a burst of
+# connects wait for SYN retransmissions, seconds, even when most are refused at once)
+LISTEN_BACKLOG = 1024
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -45,43 +56,81 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _TcpConnection(asyncio.Protocol):
+    """One SIP stream connection, accepted (`dialled` None) or opened by us to `dialled`.
+
+    Its `key` in `SipTransports` and in the limits table is the peer's address for an
+    accepted connection and the address we dialled otherwise."""
+
     kind = "tcp"  # the Peer transport of its messages
 
-    def __init__(self, owner: SipTransports) -> None:
+    def __init__(self, owner: SipTransports, dialled: Peer | None = None) -> None:
         self.owner = owner
         self.framer = StreamFramer()
+        self.framer.max_header_bytes = owner.max_message_bytes
+        self.framer.max_body_bytes = owner.max_message_bytes
         self.transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
+        self.key: Peer | None = dialled
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
-        self.peer = Peer(self.kind, str(host), int(port))
-        self.owner._tcp[self.peer] = self
+        peer = Peer(self.kind, str(host), int(port))
+        inbound = self.key is None
+        key = peer if self.key is None else self.key
+        refused = self.owner.limits.opened(key, peer.host, self.owner.now(), inbound=inbound)
+        if refused is not None:  # counted for the summary line, not logged one by one
+            self.transport.abort()
+            return
+        for victim in self.owner.limits.take_evicted():  # made room at the total cap
+            conn = self.owner._tcp.pop(victim, None)
+            if conn is not None and conn.transport is not None:
+                conn.transport.abort()
+        self.peer = peer
+        self.key = key
+        if inbound:
+            self.owner._tcp[key] = self
 
     def data_received(self, data: bytes) -> None:
-        assert self.peer is not None and self.transport is not None
+        if self.peer is None or self.key is None or self.transport is None:
+            return
         try:
             messages = self.framer.feed(data)
         except SipParseError as e:
-            log.warning("closing %s connection from %s:%s: %s",
-                        self.kind.upper(), self.peer.host, self.peer.port, e.reason)
-            self.transport.close()
+            log.warning("closing %s connection from %s:%s: %s", self.kind.upper(),
+                        self.peer.host, self.peer.port, e.reason)
+            self.transport.abort()
             return
+        self.owner.limits.received(self.key, self.owner.now(), completed=len(messages),
+                                   partial=self.framer.buffered > 0)
         for raw in messages:
             try:
                 self.owner.on_message(raw, self.peer)
             except Exception:
-                log.exception("error handling a %s message from %s", self.kind.upper(),
-                              self.peer)
+                log.exception("error handling a %s message from %s", self.kind.upper(), self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.owner._tcp.get(self.peer) is self:
-            del self.owner._tcp[self.peer]
+        key = self.key
+        if self.peer is None or key is None:
+            return  # refused at once: never counted
+        current = self.owner._tcp.get(key)
+        if current is self:
+            del self.owner._tcp[key]
+        if current is self or current is None:
+            self.owner.limits.closed(key)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.key is None:
+            return
+        transport.write(data)
+        self.owner.limits.sent(self.key, self.owner.now())
+        queued = transport.get_write_buffer_size()
+        if queued > self.owner.max_message_bytes * 4:
+            log.warning("closing %s connection to %s:%s: it does not read what we send "
+                        "(%d bytes queued)", self.kind.upper(), self.key.host, self.key.port,
+                        queued)
+            transport.abort()
 
 
 class _TlsConnection(_TcpConnection):
@@ -95,9 +144,16 @@ _TLS_HANDSHAKE_TIMEOUT = 10.0
 
 class SipTransports:
     """The listening sockets of one SIP endpoint (UDP and/or TCP on the same port, TLS on
-    its own port)."""
+    its own port).
 
-    def __init__(self, on_message: OnMessage) -> None:
+    Stream connections (TCP and TLS together) are kept within `limits` (a `ConnectionTable`:
+    caps in total and per source address, message and idle deadlines) by one periodic sweep on
+    the loop; a stream message may be at most `max_message_bytes` of headers plus as much body,
+    and a connection that lets more than four times that pile up unread on our side is closed.
+    `hold(peer)` / `release(peer)` mark a stream connection as used by a call (no idle close)."""
+
+    def __init__(self, on_message: OnMessage, *, limits: Limits | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.on_message = on_message
         self._udp: _Udp | None = None
         self._tcp_server: asyncio.Server | None = None
@@ -107,6 +163,29 @@ class SipTransports:
         self.port = 0
         self.tls_port = 0  # 0 = no TLS listener
         self._tls_drops = 0
+        self.limits: ConnectionTable[Peer] = ConnectionTable(
+            limits or DEFAULT_LIMITS, "sip tcp")
+        self.max_message_bytes = max_message_bytes
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def configure(self, limits: Limits, max_message_bytes: int) -> None:
+        """Set the stream limits (before `start`)."""
+        self.limits = ConnectionTable(limits, "sip tcp")
+        self.max_message_bytes = max_message_bytes
+
+    def now(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0
+
+    def hold(self, peer: Peer) -> None:
+        """A call uses the stream connection `peer` (its in-dialog requests and our BYE travel
+        on it): it is not closed for idleness until every `hold` is `release`d."""
+        if peer.reliable:
+            self.limits.hold(peer)
+
+    def release(self, peer: Peer) -> None:
+        if peer.reliable:
+            self.limits.release(peer)
 
     @property
     def tcp_connections(self) -> int:
@@ -117,7 +196,7 @@ class SipTransports:
         self, host: str, port: int, transports: tuple[str, ...], tls_port: int = 0,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if "udp" in transports:
             _, proto = await loop.create_datagram_endpoint(
                 lambda: _Udp(self.on_message), local_addr=(host, port)
@@ -127,7 +206,8 @@ class SipTransports:
             port = port or int(proto.transport.get_extra_info("sockname")[1])
         if "tcp" in transports:
             self._tcp_server = await loop.create_server(
-                lambda: _TcpConnection(self), host=host, port=port, reuse_address=True
+                lambda: _TcpConnection(self), host=host, port=port, reuse_address=True,
+                backlog=LISTEN_BACKLOG,
             )
             port = port or int(self._tcp_server.sockets[0].getsockname()[1])
         self.port = port
@@ -135,8 +215,26 @@ class SipTransports:
             self._tls_server = await loop.create_server(
                 lambda: _TlsConnection(self), host=host, port=tls_port, reuse_address=True,
                 ssl=tls_context, ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT,
+                backlog=LISTEN_BACKLOG,
             )
             self.tls_port = int(self._tls_server.sockets[0].getsockname()[1])
+        if self._tcp_server is not None or self._tls_server is not None:
+            self._sweeper = loop.call_later(self.limits.limits.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the stream connections past a deadline; log the summary line when due."""
+        assert self._loop is not None
+        now = self._loop.time()
+        for key, why in self.limits.sweep(now):
+            conn = self._tcp.pop(key, None)
+            if conn is not None and conn.transport is not None:
+                log.debug("closing %s connection %s:%s (%s)", key.transport.upper(), key.host,
+                          key.port, why)
+                conn.transport.abort()
+        line = self.limits.summary(now)
+        if line is not None:
+            log.warning("%s", line)
+        self._sweeper = self._loop.call_later(self.limits.limits.sweep_interval, self._sweep)
 
     def send(self, peer: Peer, data: bytes) -> None:
         if peer.transport == "udp":
@@ -164,7 +262,8 @@ class SipTransports:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _TcpConnection(self), peer.host, peer.port), 5.0
+                loop.create_connection(lambda: _TcpConnection(self, peer), peer.host, peer.port),
+                5.0,
             )
         except (OSError, TimeoutError) as e:
             log.warning("cannot connect to %s:%s over TCP: %s", peer.host, peer.port, e)
@@ -176,6 +275,9 @@ class SipTransports:
             conn.write(data)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
         if self._tcp_server is not None:
