@@ -1,18 +1,24 @@
 """SipTransports' TCP listener against real loopback sockets: caps per source address and in
 total (the refused connection is closed at once, one summary line is logged), the first-message
 and slow-message deadlines, the idle timeout and a call's hold on its connection, the message
-size limit. Several source addresses come from 127.0.0.0/8 (all local on Linux)."""
+size limit, and the same for SIP over TLS. Several source addresses come from 127.0.0.0/8 (all
+local on Linux)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
+from pathlib import Path
 
 import pytest
+import trustme
 
 from confroom.connlimits import Limits
 from confroom.sip.peer import Peer
 from confroom.sip.transport import SipTransports
+from confroom.tls import server_context
 
 OPTIONS = (
     b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\n"
@@ -157,3 +163,31 @@ async def test_a_message_over_the_size_limit_closes_the_connection() -> None:
         conn2[1].write(big_body)
         assert await closed_by_server(conn2)
         assert srv.got == []
+
+
+async def test_the_same_limits_apply_to_sip_over_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        tls_port = s.getsockname()[1]
+    lim = Limits(max_total=5, max_per_source=1, message_timeout=0.6, idle_timeout=30.0)
+    srv = Listener(lim)
+    await srv.tr.start("127.0.0.1", 0, (), tls_port,
+                       server_context(tmp_path / "cert.pem", tmp_path / "key.pem"))
+    try:
+        first = await asyncio.open_connection("127.0.0.1", srv.tr.tls_port, ssl=client_ctx)
+        second = await asyncio.open_connection("127.0.0.1", srv.tr.tls_port, ssl=client_ctx)
+        assert await closed_by_server(second)  # over the per-source cap of 1
+        first[1].write(OPTIONS)
+        await srv.wait_received(1)
+        assert srv.got[0][1].transport == "tls"
+        first[1].write(OPTIONS[:30])  # a message that never completes
+        assert await closed_by_server(first)
+        assert srv.tr.tcp_connections == 0
+    finally:
+        await srv.__aexit__()
