@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tcp-idle-timeout", type=float, metavar="SECONDS",
                    help="close a SIP TCP connection without traffic that no call uses; "
                    "default 300")
+    s.add_argument("--drain-time", type=float, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, refuse new calls (503) and let calls finish for "
+                   "up to this long before ending them; a second signal ends them at once; "
+                   "default 30 (CONFROOM_DRAIN_TIME, [limits] drain_time)")
     s.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -89,6 +93,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "sip_tcp_max_connections": args.tcp_max_connections,
         "sip_tcp_max_per_source": args.tcp_max_per_source,
         "sip_tcp_idle_timeout": args.tcp_idle_timeout,
+        "drain_time": args.drain_time,
     }
     try:
         config = load(args.config, overrides=overrides)
@@ -102,16 +107,22 @@ async def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("confroom").error("cannot start: %s", e)
         await server.stop()
         return 1
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # the first SIGTERM/SIGINT: drain
+    abort = asyncio.Event()  # the second: end every call now
+
+    def on_signal() -> None:
+        (abort if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(
         signal.SIGUSR1, lambda: logging.getLogger("confroom").info("gc: %s", garbage_report())
     )
     gc_policy = GcPolicy()  # see confroom.memory
     gc_task = loop.create_task(_gc_ticks(gc_policy, server), name="gc-policy")
     await stop.wait()
+    await server.drain(config.drain_time, abort)
     gc_task.cancel()
     gc_policy.close()
     logging.getLogger("confroom").info("shutting down: ending %d call(s)", len(server.calls))

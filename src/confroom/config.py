@@ -20,6 +20,20 @@ TOML layout::
                                 #   first byte arrived, must be complete within this
     tcp_idle_timeout = 300.0    # close a connection without traffic, unless a call uses it
     max_message_bytes = 65536   # a TCP message's header block and its body may each be this big
+    udp_rcvbuf = 4194304        # bytes of kernel receive buffer for the SIP UDP socket
+    [limits]                    # admission control of new calls (503 + Retry-After beyond)
+    drain_time = 30.0           # s: on SIGTERM, calls may finish for this long (0 = end now)
+    max_calls_in_setup = 60     # INVITEs not yet answered or ended, whole node
+    max_call_rate = 100.0       # new calls per second, whole node (call_burst banked)
+    call_burst = 50.0
+    source_rate = 20.0          # new INVITEs per second from one IP address
+    source_burst = 40.0
+    source_max_in_setup = 30    # calls in setup from one IP address
+    max_clock_lateness = 0.03   # s: media clock this late = overload, new calls shed
+    max_cpu = 0.9               # process CPU (1.0 = one core) above this = overload
+    min_free_fds = 64           # descriptors kept free
+    retry_after = 5             # s, Retry-After of a shed INVITE
+    log_interval = 10.0         # s between shed summary lines
     [rtp]
     ports = "20000-30000"       # inclusive range, one UDP port per call
     timeout = 30.0              # seconds without RTP before the call is ended (0 = never)
@@ -66,7 +80,9 @@ CONFROOM_WEBHOOK_MAX_BODY, and for the connection limits CONFROOM_SIP_USER_AGENT
 CONFROOM_SIP_TCP_MAX_CONNECTIONS, CONFROOM_SIP_TCP_MAX_PER_SOURCE,
 CONFROOM_SIP_TCP_MESSAGE_TIMEOUT, CONFROOM_SIP_TCP_IDLE_TIMEOUT, CONFROOM_SIP_MAX_MESSAGE_BYTES,
 CONFROOM_HTTP_MAX_CONNECTIONS, CONFROOM_HTTP_MAX_PER_SOURCE, CONFROOM_HTTP_HEADER_TIMEOUT,
-CONFROOM_HTTP_BODY_TIMEOUT, CONFROOM_HTTP_KEEPALIVE_TIMEOUT (see `LIMIT_KEYS`).
+CONFROOM_HTTP_BODY_TIMEOUT, CONFROOM_HTTP_KEEPALIVE_TIMEOUT (see `LIMIT_KEYS`); for admission
+control and draining CONFROOM_SIP_UDP_RCVBUF, CONFROOM_DRAIN_TIME, and CONFROOM_LIMITS_<KEY>
+for every other [limits] key (e.g. CONFROOM_LIMITS_SOURCE_RATE).
 """
 
 from __future__ import annotations
@@ -80,6 +96,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from confroom.admission import AdmissionLimits
 from confroom.sip.core import USER_AGENT
 
 DEFAULT_ACCOUNT_SID = "00000000-0000-4000-8000-000000000001"
@@ -179,6 +196,10 @@ class Config:
     http_header_timeout: float = 10.0
     http_body_timeout: float = 10.0
     http_keepalive_timeout: float = 15.0
+    sip_udp_rcvbuf: int = 4 << 20
+    drain_time: float = 30.0
+    limits: AdmissionLimits = field(default_factory=AdmissionLimits)
+    shed_log_interval: float = 10.0
     apps: tuple[AppConfig, ...] = field(default_factory=lambda: (default_app(),))
 
     @property
@@ -335,6 +356,30 @@ def _num(t: Mapping[str, Any], key: str, where: str, kind: type = float) -> Any:
     return kind(v)
 
 
+# [limits] keys that are not AdmissionLimits fields
+_OTHER_LIMITS = {"drain_time": "drain_time", "log_interval": "shed_log_interval"}
+_INT_LIMITS = {"max_calls_in_setup", "source_max_in_setup", "min_free_ports", "min_free_fds",
+               "retry_after", "drain_retry_after", "max_sources"}
+
+
+def _limit(key: str, value: object, where: str, kw: dict[str, Any],
+           limits_kw: dict[str, Any]) -> None:
+    """One [limits] key (from the TOML or the environment), checked."""
+    known = set(AdmissionLimits.__dataclass_fields__) | set(_OTHER_LIMITS)
+    if key not in known:
+        raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{where}: expected a number >= 0, got {value!r}")
+    if key in _INT_LIMITS:
+        if value != int(value):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        value = int(value)
+    if key in _OTHER_LIMITS:
+        kw[_OTHER_LIMITS[key]] = float(value)
+    else:
+        limits_kw[key] = value if key in _INT_LIMITS else float(value)
+
+
 def load(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -377,6 +422,11 @@ def load(
     for key in ("tls", "srtp"):
         if key in security:
             kw[f"security_{key}"] = _policy(security[key], f"security.{key}")
+    if "udp_rcvbuf" in sip:
+        kw["sip_udp_rcvbuf"] = _num(sip, "udp_rcvbuf", "sip", int)
+    limits_kw: dict[str, Any] = {}
+    for key, value in data.get("limits", {}).items():
+        _limit(key, value, f"limits.{key}", kw, limits_kw)
     rtp = data.get("rtp", {})
     if "ports" in rtp:
         kw["rtp_port_min"], kw["rtp_port_max"] = parse_port_range(str(rtp["ports"]), "rtp.ports")
@@ -449,6 +499,22 @@ def load(
         kw["media_dir"] = Path(env["CONFROOM_MEDIA_DIR"])
     if (n := env_int("CONFROOM_WEBHOOK_MAX_BODY")) is not None:
         kw["webhook_max_body"] = n
+    if (p := env_int("CONFROOM_SIP_UDP_RCVBUF")) is not None:
+        kw["sip_udp_rcvbuf"] = p
+    for name, value in env.items():
+        limit_key = ("drain_time" if name == "CONFROOM_DRAIN_TIME"
+                     else name[len("CONFROOM_LIMITS_"):].lower()
+                     if name.startswith("CONFROOM_LIMITS_") else None)
+        if limit_key is None or value == "":
+            continue
+        try:
+            number: float = float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        _limit(limit_key, number, name, kw, limits_kw)
+    if (ov_drain := (overrides or {}).get("drain_time")) is not None:
+        kw["drain_time"] = float(ov_drain)
+    kw["limits"] = replace(AdmissionLimits(), **limits_kw)
 
     cfg = Config(**kw)
     app_over: dict[str, Any] = {}
@@ -467,6 +533,7 @@ def load(
             str(ov.pop("rtp_ports")), "--rtp-ports"
         )
     ov.pop("rtp_ports", None)
+    ov.pop("drain_time", None)  # applied above (0 is a value)
     cfg = replace(cfg, **{k: v for k, v in ov.items() if v is not None})
     if app_over:
         first = replace(cfg.apps[0], **app_over)
@@ -497,6 +564,12 @@ def validate(cfg: Config) -> None:
             f"positive number of bytes, not {cfg.webhook_max_body}"
         )
     _validate_limits(cfg)
+    if cfg.drain_time < 0:
+        raise ConfigError("limits.drain_time (--drain-time) must be >= 0")
+    if cfg.sip_udp_rcvbuf < 0:
+        raise ConfigError("sip.udp_rcvbuf must be >= 0 (0 = the system default)")
+    if cfg.shed_log_interval <= 0:
+        raise ConfigError("limits.log_interval must be > 0")
     for app in cfg.apps:
         if (app.call_hook is None) == (app.verbs_file is None):
             raise ConfigError(f"app {app.name!r}: needs exactly one of a call hook or a verb file")

@@ -5,17 +5,30 @@ sends what the core wants sent, keeps one timer armed at the core's next deadlin
 `Call` (with its media session and verb runner) for each new INVITE, serves the REST API
 (`confroom.api`) when an HTTP port is configured, and on shutdown ends every call cleanly (BYE
 to answered calls, 503 to the others).
+
+Admission: every new INVITE is put to the sans-IO `Admission` (confroom.admission) by the SIP
+core before any dialog state, webhook or RTP socket exists; a shed INVITE gets `503` +
+`Retry-After` and is counted in `rejected` and in the interval summary of `ShedLog`. The
+measurements it decides on (media clock lateness and tick duration, process CPU, free RTP
+ports, descriptors) are sampled here every `_SAMPLE_EVERY` seconds.
+
+Draining (`drain()`, SIGTERM): new calls are shed with 503 at once; calls may finish for
+`drain_time`; then conferences end (members continue with their actionHook) for at most
+`_END_GRACE`, and `stop()` BYEs what is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
+import time
 import uuid
 from collections import Counter
-from typing import Any
+from typing import Any, Final
 
+from confroom.admission import NO_PORTS, Admission, Admit, Headroom, ShedLog
 from confroom.api import ApiServer
 from confroom.api.metrics import metrics_registry, open_fds
 from confroom.app.control import CallInfo
@@ -53,6 +66,16 @@ from confroom.tls import server_context
 log = logging.getLogger("confroom.server")
 
 RETRY_AFTER = 5  # seconds, in the 503s sent when descriptors or memory run out
+_SAMPLE_EVERY: Final = 0.25  # s between headroom samples for admission
+_FD_SAMPLE_EVERY: Final = 1.0  # s between counts of open descriptors
+_END_GRACE: Final = 10.0  # s the calls of ended conferences get for their actionHooks
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 def _user_of(header_value: str | None) -> str:
@@ -95,7 +118,7 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.core: SipCore | None = None
-        self.transports = SipTransports(self._on_sip_bytes)
+        self.transports = SipTransports(self._on_sip_bytes, udp_rcvbuf=config.sip_udp_rcvbuf)
         # RTP listens where SIP listens (every interface for a wildcard); the SDP advertises
         # config.contact_host, which may be a NAT's public address and need not be local.
         self.engine = MediaEngine(
@@ -124,6 +147,12 @@ class Server:
         self.call_statuses: Counter[str] = Counter()
         self._fd_refusals = 0  # calls answered 503 for lack of descriptors since the warning
         self._fd_warned_at = float("-inf")
+        self.admission = Admission(config.limits, now=0.0, period=self.engine.period)
+        self.shed_log = ShedLog(config.shed_log_interval, now=0.0)
+        self._in_setup: dict[int, str] = {}  # id(leg) -> source address, admitted calls
+        self._sampler: asyncio.TimerHandle | None = None
+        self._cpu_at = (0.0, 0.0)  # (loop time, process CPU seconds) of the last sample
+        self._fds = (0.0, 0)  # (loop time, open descriptors) of the last count
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -142,6 +171,12 @@ class Server:
                                     cfg.sip_tls_port, tls)
         self.core = SipCore(cfg.contact_host, self.transports.port,
                             tls_port=self.transports.tls_port, user_agent=cfg.user_agent)
+        self.core.gate = self._gate
+        now = self._now()
+        self.admission = Admission(cfg.limits, now=now, period=self.engine.period)
+        self.shed_log = ShedLog(cfg.shed_log_interval, now=now)
+        self._cpu_at = (now, time.process_time())
+        self._sample()
         if cfg.http_port > 0:
             self.api = ApiServer(self, cfg.http_host, cfg.http_port, cfg.api_token,
                                  metrics=metrics_registry(self),
@@ -184,10 +219,36 @@ class Server:
                  "unlimited" if hard == resource.RLIM_INFINITY else hard, sip.max_total,
                  sip.max_per_source, http.max_total, http.max_per_source)
         return sip, http
+    async def drain(self, drain_time: float, abort: asyncio.Event | None = None) -> None:
+        """Stop taking calls (503 + Retry-After), let calls finish for up to `drain_time`
+        seconds, then end every conference and give its members' actionHooks up to
+        `_END_GRACE`; `abort` being set cuts either wait short. `stop()` does the rest."""
+        self.admission.draining = True
+        log.info("draining: new calls get 503; %d call(s) may finish for up to %gs",
+                 len(self.calls), drain_time)
+        if await self._wait_calls_gone(drain_time, abort):
+            return
+        if self.conferences.registry.all():
+            log.info("drain time over: ending conferences, %d call(s) left", len(self.calls))
+            self.conferences.end_all()
+            await self._wait_calls_gone(_END_GRACE, abort)
+
+    async def _wait_calls_gone(self, timeout: float, abort: asyncio.Event | None) -> bool:
+        """Wait until no call is left (True), `timeout` passes or `abort` is set."""
+        deadline = self._now() + timeout
+        while self.calls and self._now() < deadline:
+            if abort is not None and abort.is_set():
+                return False
+            await asyncio.sleep(min(0.1, max(0.0, deadline - self._now())))
+        return not self.calls
 
     async def stop(self, grace: float = 3.0) -> None:
         """End every call (BYE / 503), wait for the BYEs to complete, close everything."""
         self._stopping = True
+        self.admission.draining = True
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
         if self.api is not None:
             await self.api.stop()
             self.api = None
@@ -261,8 +322,52 @@ class Server:
                 assert self._loop is not None
                 self._timer = self._loop.call_at(deadline, self._on_timer)
 
+    def _gate(self, req: Request, peer: Peer, now: float) -> int | None:
+        """Admission of a new INVITE (asked by the core): None admits, else Retry-After."""
+        verdict = self.admission.decide(peer.host, now)
+        if isinstance(verdict, Admit):
+            return None
+        self.rejected[verdict.reason] += 1
+        self.shed_log.record(verdict.reason, peer.host)
+        return verdict.retry_after
+
+    def _setup_over(self, leg: Leg) -> None:
+        """An admitted call was answered or ended: it no longer counts as in setup."""
+        source = self._in_setup.pop(id(leg), None)
+        if source is not None:
+            self.admission.setup_done(source)
+
+    def _sample(self) -> None:
+        """Feed the admission its measurements; log the shed summary when one is due."""
+        assert self._loop is not None
+        now = self._now()
+        stats = self.engine.stats
+        cpu_now = time.process_time()
+        at, cpu_then = self._cpu_at
+        cpu = (cpu_now - cpu_then) / (now - at) if now > at else 0.0
+        self._cpu_at = (now, cpu_now)
+        if now - self._fds[0] >= _FD_SAMPLE_EVERY:
+            self._fds = (now, _open_fds())
+        ports = (self.engine.port_max - self.engine.port_min) // 2 + 1
+        self.admission.update(Headroom(
+            clock_lateness=stats.recent_lateness,
+            tick_duration=stats.recent_tick_duration,
+            cpu=cpu,
+            free_ports=ports - len(self.engine.sessions),
+            open_fds=self._fds[1],
+            fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        ), now)
+        stats.recent_lateness = 0.0
+        stats.recent_tick_duration = 0.0
+        line = self.shed_log.summary(now)
+        if line is not None:
+            log.warning("%s", line)
+        self._sampler = self._loop.call_later(_SAMPLE_EVERY, self._sample)
+
     def _dispatch(self, ev: object) -> None:
         if isinstance(ev, IncomingCall):
+            self._in_setup[id(ev.leg)] = ev.leg.peer.host
+            self.admission.setup_started(ev.leg.peer.host)
             self._spawn(self._answer_start(ev.leg, ev.request))
             return
         if isinstance(ev, ByeDone):
@@ -324,6 +429,7 @@ class Server:
 
     def call_finished(self, call: Call) -> None:
         call.session_kill = None  # the verb runner points back at the call: no cycle left
+        self._setup_over(call.leg)
         self.calls.pop(call.info.call_sid, None)
         if self._by_leg.pop(id(call.leg), None) is not None:
             self.transports.release(call.leg.peer)
@@ -362,6 +468,7 @@ class Server:
 
         def refuse(status: int, reason: str | None, why: str,
                    headers: list[tuple[str, str]] | None = None) -> None:
+            self._setup_over(leg)
             self.sip_reject(leg, status, reason, headers or [])
             self.rejected[why] += 1
             log_call_end(info.call_sid, "failed", why, 0.0)
@@ -398,9 +505,11 @@ class Server:
             return
         try:
             media = await self.engine.open_session()
-        except MediaError as e:
-            log.error("call_sid=%s: no RTP port available: %s", info.call_sid, e)
-            refuse(503, "Service Unavailable", "no RTP port")
+        except MediaError:
+            # counted in the shed summary line, not one log line per call
+            self.shed_log.record(NO_PORTS, leg.peer.host)
+            refuse(503, "Service Unavailable", NO_PORTS,
+                   [("Retry-After", str(self.config.limits.retry_after))])
             return
         except OSError as e:
             if not is_resource_error(e):
@@ -410,6 +519,7 @@ class Server:
                    [("Retry-After", str(RETRY_AFTER))])
             return
         if leg.state == "terminated":  # cancelled while we were allocating
+            self._setup_over(leg)
             self.engine.close_session(media)
             log_call_end(info.call_sid, "no-answer", "cancelled", 0.0)
             return
@@ -491,6 +601,8 @@ class Server:
     def _status_changed(self, call: Call) -> None:
         """Send the call-status hook; one call's notifications go out strictly in order."""
         self.call_statuses[call.info.call_status] += 1
+        if call.answered or call.ended:
+            self._setup_over(call.leg)
         if call.app.call_status_hook is None:
             return
         # the body is captured now, whenever it is sent

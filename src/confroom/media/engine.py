@@ -138,6 +138,9 @@ class EngineStats:
     max_tick_duration: float = 0.0  # seconds spent inside tick(), worst case
     last_tick_duration: float = 0.0
     max_lateness: float = 0.0  # seconds a tick started after its scheduled time, worst case
+    # worst lateness / tick duration since a reader last reset them (admission control)
+    recent_lateness: float = 0.0
+    recent_tick_duration: float = 0.0
     packets_sent: int = 0
     send_errors: int = 0
     # every tick's lateness and duration (seconds), for the metrics endpoint
@@ -334,6 +337,8 @@ class MediaEngine:
             stats.lateness.observe(late)
             if late > stats.max_lateness:
                 stats.max_lateness = late
+            if late > stats.recent_lateness:
+                stats.recent_lateness = late
             if late > _MAX_LATE:
                 skip = int(late // period)
                 k += skip
@@ -413,6 +418,8 @@ class MediaEngine:
         elapsed = time.perf_counter() - t0
         stats.last_tick_duration = elapsed
         stats.tick_duration.observe(elapsed)
+        if elapsed > stats.recent_tick_duration:
+            stats.recent_tick_duration = elapsed
         if elapsed > stats.max_tick_duration:
             stats.max_tick_duration = elapsed
 

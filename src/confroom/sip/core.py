@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -224,6 +225,10 @@ class SipCore:
         self._events: deque[CoreEvent] = deque()
         self._raw_out: list[tuple[Peer, bytes]] = []
         self.stats = {"parse_errors": 0, "requests": 0, "responses": 0}
+        # Admission of new INVITEs, asked before any dialog state exists: None admits, a
+        # number refuses with 503 and that Retry-After (the transaction still answers
+        # retransmissions and absorbs the ACK).
+        self.gate: Callable[[Request, Peer, float], int | None] | None = None
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -458,6 +463,12 @@ class SipCore:
         if not from_tag:
             self._respond(tx, 400, now, "Missing From tag", to_tag=new_tag())
             return
+        if self.gate is not None:
+            retry_after = self.gate(req, tx.peer, now)
+            if retry_after is not None:
+                self._respond(tx, 503, now, headers=[("Retry-After", str(retry_after))],
+                              to_tag=new_tag())
+                return
         # A second INVITE of the same call forked back to us (same Call-ID/From-tag/CSeq).
         for leg in self._legs.values():
             if (leg.call_id == req.call_id and leg.remote_tag == from_tag

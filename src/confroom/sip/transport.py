@@ -1,6 +1,8 @@
 """asyncio adapters for SIP over UDP, TCP and TLS: bytes in, bytes out, no SIP logic.
 
-Every received message is handed to one callback as `(raw bytes, Peer)`. TCP streams are
+Every received message is handed to one callback as `(raw bytes, Peer)`. The UDP socket is
+read in bounded batches (see `_Udp`) with a large receive buffer, so that a burst waits in the
+kernel instead of being dropped and never holds the event loop for long. TCP streams are
 framed with `StreamFramer` (Content-Length); a stream that cannot be framed is closed.
 Responses and requests to a TCP peer reuse its connection, or open a new one to it.
 SIP over TLS (RFC 3261 section 26) is the same connection class on its own port with the
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
+import time
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 from confroom.connlimits import ConnectionTable, Limits
 from confroom.sip.message import SipParseError, StreamFramer
@@ -35,24 +39,91 @@ DEFAULT_LIMITS = Limits(max_total=1000, max_per_source=100, message_timeout=10.0
 # connects wait for SYN retransmissions, seconds, even when most are refused at once)
 LISTEN_BACKLOG = 1024
 
+_MAX_DATAGRAM: Final = 65535
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, on_message: OnMessage) -> None:
+
+class _Udp:
+    """The SIP UDP socket, read by us in bounded batches rather than by the event loop's
+    per-datagram protocol callbacks: one readiness callback handles at most `batch`
+    datagrams and `budget` seconds of SIP work, then returns to the loop, so the media clock
+    (and everything else) gets its turn between batches however fast datagrams arrive; what
+    is not read yet waits in the kernel's receive buffer (sized by `rcvbuf`)."""
+
+    def __init__(self, on_message: OnMessage, sock: socket.socket, batch: int,
+                 budget: float) -> None:
         self.on_message = on_message
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.batch = batch
+        self.budget = budget
+        self.received = 0
+        self.send_drops = 0
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport is not a subclass of asyncio.DatagramTransport
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def _readable(self) -> None:
+        sock = self.sock
+        deadline = time.perf_counter() + self.budget
+        on_message = self.on_message
+        for i in range(self.batch):
+            try:
+                data, addr = sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("UDP receive error: %s", e)
+                continue
+            self.received += 1
+            try:
+                on_message(data, Peer("udp", str(addr[0]), int(addr[1])))
+            except Exception:  # the server must never stop serving because of one message
+                log.exception("error handling a UDP message from %s", addr)
+            if i & 7 == 7 and time.perf_counter() > deadline:
+                return
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            self.on_message(data, Peer("udp", str(addr[0]), int(addr[1])))
-        except Exception:  # the server must never stop serving because of one message
-            log.exception("error handling a UDP message from %s", addr)
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.send_drops += 1  # full send buffer: UDP retransmissions cover it
+        except OSError as e:
+            log.debug("UDP send to %s failed: %s", addr, e)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error: %s", exc)
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
+def _udp_socket(host: str, port: int, rcvbuf: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if rcvbuf > 0:
+            set_rcvbuf(sock, rcvbuf)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def set_rcvbuf(sock: socket.socket, size: int) -> int:
+    """Ask for a `size`-byte receive buffer: SO_RCVBUFFORCE first (allowed to root, it
+    ignores net.core.rmem_max), else SO_RCVBUF (capped by rmem_max). Returns the size the
+    kernel reports (twice what it grants for bookkeeping, as Linux does)."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    if granted < size:
+        log.warning("SIP UDP receive buffer: asked for %d bytes, the kernel gives %d "
+                    "(raise net.core.rmem_max or run with CAP_NET_ADMIN)", size, granted // 2)
+    return granted
 
 
 class _TcpConnection(asyncio.Protocol):
@@ -153,8 +224,13 @@ class SipTransports:
     `hold(peer)` / `release(peer)` mark a stream connection as used by a call (no idle close)."""
 
     def __init__(self, on_message: OnMessage, *, limits: Limits | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 udp_rcvbuf: int = 4 << 20, udp_batch: int = 64,
+                 udp_budget: float = 0.004) -> None:
         self.on_message = on_message
+        self.udp_rcvbuf = udp_rcvbuf
+        self.udp_batch = udp_batch
+        self.udp_budget = udp_budget
         self._udp: _Udp | None = None
         self._tcp_server: asyncio.Server | None = None
         self._tcp: dict[Peer, _TcpConnection] = {}
@@ -198,12 +274,9 @@ class SipTransports:
     ) -> None:
         loop = self._loop = asyncio.get_running_loop()
         if "udp" in transports:
-            _, proto = await loop.create_datagram_endpoint(
-                lambda: _Udp(self.on_message), local_addr=(host, port)
-            )
-            self._udp = proto
-            assert proto.transport is not None
-            port = port or int(proto.transport.get_extra_info("sockname")[1])
+            sock = _udp_socket(host, port, self.udp_rcvbuf)
+            self._udp = _Udp(self.on_message, sock, self.udp_batch, self.udp_budget)
+            port = port or int(sock.getsockname()[1])
         if "tcp" in transports:
             self._tcp_server = await loop.create_server(
                 lambda: _TcpConnection(self), host=host, port=port, reuse_address=True,
@@ -238,8 +311,8 @@ class SipTransports:
 
     def send(self, peer: Peer, data: bytes) -> None:
         if peer.transport == "udp":
-            if self._udp is not None and self._udp.transport is not None:
-                self._udp.transport.sendto(data, (peer.host, peer.port))
+            if self._udp is not None:
+                self._udp.sendto(data, (peer.host, peer.port))
             return
         conn = self._tcp.get(peer)
         if conn is not None:
@@ -278,8 +351,8 @@ class SipTransports:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if self._udp is not None and self._udp.transport is not None:
-            self._udp.transport.close()
+        if self._udp is not None:
+            self._udp.close()
         if self._tcp_server is not None:
             self._tcp_server.close()
         if self._tls_server is not None:
