@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 import uuid
 from typing import Any
@@ -439,16 +440,45 @@ def test_failing_call_hook(confroom: ConfroomFactory, hook_app: HookApp, sipp: S
 # ------------------------------------------------------------------------------- 13: SIGTERM
 
 
-def test_sigterm_hangs_up_calls_and_exits_0(confroom: ConfroomFactory, hook_app: HookApp,
-                                             sipp: SippRunner, rtp_peer: RtpPeer) -> None:
+def test_sigterm_drains_then_hangs_up_calls_and_exits_0(
+        confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner,
+        rtp_peer: RtpPeer) -> None:
+    """SIGTERM: new calls get 503 + Retry-After at once, calls up may go on for the drain
+    time (2 s here), then get BYE; exit 0."""
     hook_app.route("/call", [{"verb": "answer"}, {"verb": "pause", "length": 30}])
-    srv = confroom(hook_app.url("/call"))
+    srv = confroom(hook_app.url("/call"), extra_toml={"limits": {"drain_time": 2.0}})
     run = sipp.start("uac_wait_bye", srv.target, keys={"rtp_port": rtp_peer.port}, timeout=30)
     rtp_peer.wait_packets(5, timeout=15)  # answered: media flows
     (req,) = hook_app.wait_requests("/call", 1)
+    assert srv.proc is not None
     t0 = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    srv.wait_log(r"draining: new calls get 503", timeout=5)
+    refused = sipp.run("uac_flood", srv.target, service="1000", timeout=10)
+    assert refused.ok(), refused.describe()
+    assert refused.final_statuses == [503]
+    assert run.poll() is None, "the call was ended before the drain time"
     assert srv.stop(timeout=15) == 0
     res = run.wait()
     assert res.ok(), res.describe()  # SIPp got the server's BYE
-    assert time.monotonic() - t0 < 15
+    assert 1.9 < time.monotonic() - t0 < 15
     assert srv.find_logs(rf"call end .*call_sid={re.escape(req.json['call_sid'])}\b")
+    assert len(hook_app.received("/call")) == 1  # the refused INVITE cost no webhook
+
+
+def test_second_sigterm_ends_the_drain_at_once(
+        confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner,
+        rtp_peer: RtpPeer) -> None:
+    hook_app.route("/call", [{"verb": "answer"}, {"verb": "pause", "length": 30}])
+    srv = confroom(hook_app.url("/call"))  # the default drain time: 30 s
+    run = sipp.start("uac_wait_bye", srv.target, keys={"rtp_port": rtp_peer.port}, timeout=30)
+    rtp_peer.wait_packets(5, timeout=15)
+    assert srv.proc is not None
+    t0 = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    srv.wait_log(r"draining: new calls get 503; 1 call\(s\) may finish for up to 30s",
+                 timeout=5)
+    assert srv.stop(timeout=15) == 0  # the second SIGTERM
+    res = run.wait()
+    assert res.ok(), res.describe()
+    assert time.monotonic() - t0 < 10

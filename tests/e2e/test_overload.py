@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import app_table
-from harness import ConfroomFactory, HookApp, RtpPeer, SippRunner
+from harness import ConfroomFactory, HookApp, RtpPeer, SippRunner, tone_power, write_tone_wav
 from test_control import ToneRoom, hears, window
 
 pytestmark = pytest.mark.e2e
@@ -78,3 +79,33 @@ def test_invite_flood_keeps_the_conference_audio_and_answers_every_invite(
     assert not [ln for ln in flood_lines if " ERROR " in ln]
     shed_lines = [ln for ln in flood_lines if "shed " in ln]
     assert 1 <= len(shed_lines) <= 8
+
+
+def test_sigterm_ends_conferences_after_the_drain_and_runs_the_action_hooks(
+    confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner,
+    rtp_peer_factory: Callable[[], RtpPeer],
+) -> None:
+    """Drain on SIGTERM: after the drain time (1 s) the conference ends, each member leaves
+    with conference_result "ended" and its actionHook runs (here: a tone, then hangup, so
+    the member hears it before the BYE); the server exits 0."""
+    hook_app.route("/call", [{"verb": "conference", "name": "drain-room",
+                              "actionHook": "/after"}])
+    hook_app.route("/after", [{"verb": "play", "url": "bye.wav"}, {"verb": "hangup"}])
+    srv = confroom(hook_app.url("/call"), extra_toml={"limits": {"drain_time": 1.0}})
+    write_tone_wav(srv.media_dir / "bye.wav", 3000.0, 0.5, amplitude=0.4)
+    peers = {name: rtp_peer_factory() for name in ("alice", "bob")}
+    runs = [sipp.start("uac_wait_bye", srv.target, keys={"rtp_port": p.port, "from_user": n},
+                       timeout=30) for n, p in peers.items()]
+    srv.wait_log(r"conference join .*members=2", timeout=15)
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(timeout=20) == 0
+    for run in runs:
+        res = run.wait()
+        assert res.ok(), res.describe()  # each got the server's BYE (after its actionHook)
+    after = hook_app.wait_requests("/after", 2, timeout=5)
+    assert sorted(r.json["from"] for r in after) == ["alice", "bob"]
+    assert {r.json["conference_result"] for r in after} == {"ended"}
+    for name, peer in peers.items():
+        assert tone_power(peer.decoded_pcm(), 3000.0) > 0.01, f"{name} missed the goodbye"
+    assert srv.find_logs(r"drain time over: ending conferences, 2 call\(s\) left")
