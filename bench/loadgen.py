@@ -442,9 +442,28 @@ class Webhook:
             await self.runner.cleanup()
 
 
-def start_confroom(opts: Options, app: str, log_path: Path) -> subprocess.Popen[bytes]:
+# Capacity runs measure the media path: admission control must not refuse the set-up calls
+# (all from one address, while the node runs near its limit), so its limits are lifted.
+NO_ADMISSION_LIMITS = """[rtp]
+timeout = 0
+[limits]
+drain_time = 0.0
+max_calls_in_setup = 1000000
+max_call_rate = 1000000.0
+call_burst = 1000000.0
+source_rate = 1000000.0
+source_burst = 1000000.0
+source_max_in_setup = 1000000
+max_clock_lateness = 1000.0
+max_tick_share = 1000.0
+max_cpu = 1000.0
+"""
+
+
+def start_confroom(opts: Options, app: str, log_path: Path,
+                   config: str = NO_ADMISSION_LIMITS) -> subprocess.Popen[bytes]:
     cfg = log_path.with_suffix(".toml")
-    cfg.write_text("[rtp]\ntimeout = 0\n")
+    cfg.write_text(config)
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the child
     probe = Path(__file__).resolve().parent / "confroom_probe.py"
     env = {**os.environ, "BENCH_PROBE_OUT": str(log_path.with_suffix(".probe.json"))}
