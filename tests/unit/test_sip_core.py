@@ -294,3 +294,44 @@ def test_user_agent_is_configurable_and_can_be_omitted() -> None:
         assert ringing.headers.get("User-Agent") is None  # provisional: never had one
         for msg in (options_ok, ok, bye):
             assert msg.headers.get("User-Agent") == expected, (ua, msg)
+
+
+def test_gate_sheds_a_new_invite_with_503_retry_after_before_any_dialog() -> None:
+    """A refused INVITE: 100 then 503 + Retry-After (To-tag, Via, CSeq of the INVITE), no
+    event and no dialog; a retransmission gets the same 503, the ACK is absorbed, and a
+    re-INVITE-looking request in that 'dialog' is 481."""
+    core = SipCore("127.0.0.1", 5060)
+    asked: list[tuple[str, str]] = []
+
+    def gate(request: Request, peer: Peer, now: float) -> int | None:
+        asked.append((request.call_id, peer.host))
+        return 7
+
+    core.gate = gate
+    core.receive_datagram(req("INVITE", body=SDP), PEER, 0.0)
+    out = sent(core)
+    assert [m.status for m in out if isinstance(m, Response)] == [100, 503]
+    shed = out[-1]
+    assert isinstance(shed, Response)
+    assert shed.headers.get("Retry-After") == "7"
+    assert shed.to_tag and shed.cseq == (1, "INVITE") and shed.call_id == "c1@test"
+    assert shed.top_via.branch == "z9hG4bKa1"
+    assert events(core) == [] and core.legs == []
+    assert asked == [("c1@test", "127.0.0.1")]
+    # the INVITE again (a retransmission): the same answer, the gate is not asked again
+    core.receive_datagram(req("INVITE", body=SDP), PEER, 0.5)
+    (again,) = sent(core)
+    assert isinstance(again, Response) and again.status == 503 and again.to_tag == shed.to_tag
+    assert len(asked) == 1
+    # its ACK: absorbed (no event, nothing sent), and the 503 is not retransmitted any more
+    core.receive_datagram(req("ACK", to_tag=shed.to_tag), PEER, 0.6)
+    assert sent(core) == [] and events(core) == []
+    core.handle_timer(40.0)
+    assert sent(core) == []
+
+
+def test_gate_admits_with_none() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    core.gate = lambda request, peer, now: None
+    ev = new_call(core)
+    assert ev.leg in core.legs
