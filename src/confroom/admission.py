@@ -7,8 +7,8 @@ descriptors) with `update()`, the calls in setup with `setup_started()` / `setup
 the time with every call; `decide(source, now)` answers `Admit` or `Shed(reason,
 retry_after)`. It owns the per-source token buckets (new INVITEs per second from one IP
 address) and the per-source and total caps on calls in setup. Overload (clock late, CPU
-high) has hysteresis: once seen, new calls are shed until the node has been below the lower
-thresholds for `recover_after` seconds.
+high) has hysteresis: once seen in `overload_samples` consecutive samples, new calls are shed
+until the node has been below the lower thresholds for `recover_after` seconds.
 
 `ShedLog` counts what was shed (by reason and by source) and produces one summary line per
 interval, so that an attack writes a line every few seconds instead of one per call.
@@ -98,6 +98,7 @@ class AdmissionLimits:
     max_cpu: float = 0.9  # process CPU (1.0 = one core) above this means overload
     min_free_ports: int = 2  # RTP ports kept free
     min_free_fds: int = 64  # file descriptors kept free
+    overload_samples: int = 2  # consecutive hot samples before overload shedding starts
     recover_after: float = 2.0  # s below the thresholds before overload shedding stops
     retry_after: int = 5  # s, Retry-After of overload / resource sheds
     drain_retry_after: int = 30  # s, Retry-After while draining
@@ -144,6 +145,7 @@ class Admission:
         self._rate = TokenBucket(limits.max_call_rate, limits.call_burst, now)
         self._overload: str | None = None  # reason while in overload
         self._calm_since: float | None = None
+        self._hot = 0  # consecutive samples over a threshold
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -158,9 +160,14 @@ class Admission:
         elif headroom.cpu > lim.max_cpu:
             hot = CPU
         if hot is not None:
-            self._overload = hot
+            # one hot sample may be the machine, not us (a preempted process, a collection):
+            # shed only when it lasts
+            self._hot += 1
+            if self._hot >= lim.overload_samples or self._overload is not None:
+                self._overload = hot
             self._calm_since = None
             return
+        self._hot = 0
         if self._overload is None:
             return
         # below the upper thresholds: leave overload once clearly calm for a while
@@ -251,10 +258,10 @@ class ShedLog:
         self._reasons[reason] += 1
         self._sources[source] += 1
 
-    def summary(self, now: float) -> str | None:
-        """The summary line when an interval has passed and something was shed, else None
-        (the counts restart either way once the interval is over)."""
-        if now - self._since < self.interval:
+    def summary(self, now: float, force: bool = False) -> str | None:
+        """The summary line when an interval has passed (or `force`) and something was shed,
+        else None (the counts restart either way once the interval is over)."""
+        if now - self._since < self.interval and not force:
             return None
         seconds = now - self._since
         self._since = now

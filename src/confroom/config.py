@@ -359,7 +359,7 @@ def _num(t: Mapping[str, Any], key: str, where: str, kind: type = float) -> Any:
 # [limits] keys that are not AdmissionLimits fields
 _OTHER_LIMITS = {"drain_time": "drain_time", "log_interval": "shed_log_interval"}
 _INT_LIMITS = {"max_calls_in_setup", "source_max_in_setup", "min_free_ports", "min_free_fds",
-               "retry_after", "drain_retry_after", "max_sources"}
+               "retry_after", "drain_retry_after", "max_sources", "overload_samples"}
 
 
 def _limit(key: str, value: object, where: str, kw: dict[str, Any],

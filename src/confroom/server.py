@@ -25,7 +25,7 @@ import os
 import resource
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Final
 
 from confroom.admission import NO_PORTS, Admission, Admit, Headroom, ShedLog
@@ -67,6 +67,7 @@ log = logging.getLogger("confroom.server")
 
 RETRY_AFTER = 5  # seconds, in the 503s sent when descriptors or memory run out
 _SAMPLE_EVERY: Final = 0.25  # s between headroom samples for admission
+_CPU_OVER: Final = 1.0  # s over which process CPU is measured
 _FD_SAMPLE_EVERY: Final = 1.0  # s between counts of open descriptors
 _END_GRACE: Final = 10.0  # s the calls of ended conferences get for their actionHooks
 
@@ -151,7 +152,8 @@ class Server:
         self.shed_log = ShedLog(config.shed_log_interval, now=0.0)
         self._in_setup: dict[int, str] = {}  # id(leg) -> source address, admitted calls
         self._sampler: asyncio.TimerHandle | None = None
-        self._cpu_at = (0.0, 0.0)  # (loop time, process CPU seconds) of the last sample
+        # (loop time, process CPU seconds) of the samples of the last _CPU_OVER seconds
+        self._cpu_at: deque[tuple[float, float]] = deque()
         self._fds = (0.0, 0)  # (loop time, open descriptors) of the last count
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -175,7 +177,7 @@ class Server:
         now = self._now()
         self.admission = Admission(cfg.limits, now=now, period=self.engine.period)
         self.shed_log = ShedLog(cfg.shed_log_interval, now=now)
-        self._cpu_at = (now, time.process_time())
+        self._cpu_at.append((now, time.process_time()))
         self._sample()
         if cfg.http_port > 0:
             self.api = ApiServer(self, cfg.http_host, cfg.http_port, cfg.api_token,
@@ -249,6 +251,9 @@ class Server:
         if self._sampler is not None:
             self._sampler.cancel()
             self._sampler = None
+            line = self.shed_log.summary(self._now(), force=True)
+            if line is not None:
+                log.warning("%s", line)
         if self.api is not None:
             await self.api.stop()
             self.api = None
@@ -343,20 +348,33 @@ class Server:
         now = self._now()
         stats = self.engine.stats
         cpu_now = time.process_time()
-        at, cpu_then = self._cpu_at
-        cpu = (cpu_now - cpu_then) / (now - at) if now > at else 0.0
-        self._cpu_at = (now, cpu_now)
+        history = self._cpu_at
+        while len(history) > 1 and now - history[1][0] >= _CPU_OVER:
+            history.popleft()
+        at, cpu_then = history[0] if history else (now, cpu_now)
+        cpu = (cpu_now - cpu_then) / (now - at) if now - at >= _CPU_OVER / 2 else 0.0
+        history.append((now, cpu_now))
         if now - self._fds[0] >= _FD_SAMPLE_EVERY:
             self._fds = (now, _open_fds())
         ports = (self.engine.port_max - self.engine.port_min) // 2 + 1
-        self.admission.update(Headroom(
+        headroom = Headroom(
             clock_lateness=stats.recent_lateness,
             tick_duration=stats.recent_tick_duration,
             cpu=cpu,
             free_ports=ports - len(self.engine.sessions),
             open_fds=self._fds[1],
             fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        ), now)
+        )
+        was = self.admission.overloaded
+        self.admission.update(headroom, now)
+        if self.admission.overloaded != was:  # one line per change, not per call
+            if self.admission.overloaded is None:
+                log.warning("overload over: taking new calls again")
+            else:
+                log.warning("%s: new calls get 503 (media clock late %.0f ms, tick %.1f ms, "
+                            "cpu %.0f%%)", self.admission.overloaded,
+                            headroom.clock_lateness * 1e3, headroom.tick_duration * 1e3,
+                            headroom.cpu * 100)
         stats.recent_lateness = 0.0
         stats.recent_tick_duration = 0.0
         line = self.shed_log.summary(now)
@@ -368,7 +386,7 @@ class Server:
         if isinstance(ev, IncomingCall):
             self._in_setup[id(ev.leg)] = ev.leg.peer.host
             self.admission.setup_started(ev.leg.peer.host)
-            self._spawn(self._answer_start(ev.leg, ev.request))
+            self._spawn(self._call_task(ev.leg, ev.request))
             return
         if isinstance(ev, ByeDone):
             fut = self._bye_waiters.pop(id(ev.leg), None)
@@ -444,6 +462,13 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def _call_task(self, leg: Leg, req: Request) -> None:
+        """The whole life of one admitted call; whatever happens, its setup is over after."""
+        try:
+            await self._answer_start(leg, req)
+        finally:
+            self._setup_over(leg)
 
     async def _start_call(self, leg: Leg, req: Request) -> None:
         assert self.core is not None

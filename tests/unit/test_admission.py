@@ -93,12 +93,23 @@ def test_headroom_sheds(headroom: Headroom, reason: str) -> None:
     a = Admission(OPEN, now=0.0)
     assert isinstance(a.decide("x", 0.0), Admit)
     a.update(headroom, 0.0)
-    v = a.decide("x", 0.0)
+    if reason in (adm.CLOCK_LATE, adm.CPU):  # overload counts only when it lasts 2 samples
+        assert isinstance(a.decide("x", 0.0), Admit)
+        a.update(headroom, 0.25)
+    v = a.decide("x", 0.25)
     assert isinstance(v, Shed) and v.reason == reason and v.retry_after == OPEN.retry_after
+
+
+def test_one_hot_sample_is_not_overload() -> None:
+    a = Admission(OPEN, now=0.0)
+    for t in range(10):  # a late tick every other sample: the machine, not a lasting overload
+        a.update(Headroom(clock_lateness=0.2 if t % 2 else 0.0), t * 0.25)
+        assert a.overloaded is None
 
 
 def test_overload_has_hysteresis() -> None:
     a = Admission(OPEN, now=0.0)
+    a.update(Headroom(clock_lateness=0.08), -0.25)
     a.update(Headroom(clock_lateness=0.08), 0.0)
     assert a.overloaded == adm.CLOCK_LATE
     # below the upper threshold but not clearly calm (> half of it): still shedding
