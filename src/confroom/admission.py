@@ -93,7 +93,7 @@ class AdmissionLimits:
     source_rate: float = 20.0  # new INVITEs per second from one IP address
     source_burst: float = 40.0
     source_max_in_setup: int = 30  # calls in setup from one IP address
-    max_clock_lateness: float = 0.03  # s: a media tick this late means overload
+    max_clock_lateness: float = 0.05  # s: a media tick this late means overload
     max_tick_share: float = 0.6  # tick duration / 20 ms above this means overload
     max_cpu: float = 0.9  # process CPU (1.0 = one core) above this means overload
     min_free_ports: int = 2  # RTP ports kept free

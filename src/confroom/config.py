@@ -29,7 +29,7 @@ TOML layout::
     source_rate = 20.0          # new INVITEs per second from one IP address
     source_burst = 40.0
     source_max_in_setup = 30    # calls in setup from one IP address
-    max_clock_lateness = 0.03   # s: media clock this late = overload, new calls shed
+    max_clock_lateness = 0.05   # s: media clock this late = overload, new calls shed
     max_cpu = 0.9               # process CPU (1.0 = one core) above this = overload
     min_free_fds = 64           # descriptors kept free
     retry_after = 5             # s, Retry-After of a shed INVITE

@@ -83,7 +83,7 @@ def test_global_call_rate() -> None:
 
 
 @pytest.mark.parametrize(("headroom", "reason"), [
-    (Headroom(clock_lateness=0.05), adm.CLOCK_LATE),
+    (Headroom(clock_lateness=0.08), adm.CLOCK_LATE),
     (Headroom(tick_duration=0.015), adm.CLOCK_LATE),  # 75 % of the 20 ms period
     (Headroom(cpu=0.95), adm.CPU),
     (Headroom(free_ports=1), adm.NO_PORTS),
@@ -113,8 +113,8 @@ def test_overload_has_hysteresis() -> None:
     a.update(Headroom(clock_lateness=0.08), 0.0)
     assert a.overloaded == adm.CLOCK_LATE
     # below the upper threshold but not clearly calm (> half of it): still shedding
-    a.update(Headroom(clock_lateness=0.02), 1.0)
-    a.update(Headroom(clock_lateness=0.02), 5.0)
+    a.update(Headroom(clock_lateness=0.04), 1.0)
+    a.update(Headroom(clock_lateness=0.04), 5.0)
     assert shed_reason(a.decide("x", 5.0)) == adm.CLOCK_LATE
     # calm, but not for recover_after (2 s) yet
     a.update(Headroom(clock_lateness=0.001), 6.0)
