@@ -140,6 +140,7 @@ class Server:
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._flushing = False
         self._bye_waiters: dict[int, asyncio.Future[None]] = {}
         self._ordered = KeyedSerial(self._spawn)
         self.api: ApiServer | None = None  # the REST API, when http_port > 0
@@ -308,7 +309,20 @@ class Server:
             self._flush()
 
     def _flush(self) -> None:
-        """Send what the core queued, dispatch its events, re-arm the timer."""
+        """Send what the core queued, dispatch its events, re-arm the timer.
+
+        Not re-entrant: an event handler acting on the core (a BYE after an ACK timeout)
+        calls back here, and the outer loop picks its work up; recursing instead went one
+        level deeper per queued event (RecursionError after a mass of ACK timeouts)."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            self._flush_once()
+        finally:
+            self._flushing = False
+
+    def _flush_once(self) -> None:
         core = self.core
         assert core is not None
         while True:
