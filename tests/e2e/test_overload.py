@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 from conftest import app_table
-from harness import ConfroomFactory, HookApp, RtpPeer, SippRunner, tone_power, write_tone_wav
+from harness import (
+    ConfroomFactory,
+    ConfroomProcess,
+    HookApp,
+    RtpPeer,
+    SippRunner,
+    tone_power,
+    write_tone_wav,
+)
 from test_control import ToneRoom, hears, window
 
 pytestmark = pytest.mark.e2e
@@ -109,3 +117,36 @@ def test_sigterm_ends_conferences_after_the_drain_and_runs_the_action_hooks(
     for name, peer in peers.items():
         assert tone_power(peer.decoded_pcm(), 3000.0) > 0.01, f"{name} missed the goodbye"
     assert srv.find_logs(r"drain time over: ending conferences, 2 call\(s\) left")
+
+
+def test_out_of_rtp_ports_is_a_503_with_retry_after_in_the_summary(
+    hook_app: HookApp, sipp: SippRunner, rtp_peer_factory: Callable[[], RtpPeer],
+    tmp_path: Path,
+) -> None:
+    """Two RTP ports, two calls up: the third INVITE gets 503 + Retry-After from the port
+    allocation itself (admission's port reserve set to 0, so this path is the one taken);
+    the log has no ERROR line, the summary at stop counts it."""
+    hook_app.route("/call", [{"verb": "answer"}, {"verb": "pause", "length": 4},
+                             {"verb": "hangup"}])
+    srv = ConfroomProcess(tmp_path / "srv", apps=[app_table(hook_app.url("/call"))],
+                          rtp_port_count=4, extra_toml={"limits": {"min_free_ports": 0}})
+    srv.start()
+    try:
+        srv.wait_ready()
+        peers = [rtp_peer_factory() for _ in range(2)]
+        runs = [sipp.start("uac_wait_bye", srv.target, keys={"rtp_port": p.port}, timeout=30)
+                for p in peers]
+        for p in peers:
+            p.wait_packets(3, timeout=15)  # both answered: both ports taken
+        third = sipp.run("uac_flood", srv.target, service="1000", timeout=15)
+        assert third.ok(), third.describe()
+        assert third.final_statuses == [503]
+        for run in runs:
+            res = run.wait()
+            assert res.ok(), res.describe()
+        assert srv.stop(timeout=15) == 0
+    finally:
+        srv.kill()
+    assert not [ln for ln in srv.lines if " ERROR " in ln]
+    assert srv.find_logs(r"shed 1 new call\(s\) in the last \d+s with 503: no RTP port=1; "
+                         r"top sources: 127\.0\.0\.1=1")
