@@ -18,6 +18,7 @@ Nothing here reads a clock or a socket: the server samples and passes `now`.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -103,6 +104,24 @@ class AdmissionLimits:
     retry_after: int = 5  # s, Retry-After of overload / resource sheds
     drain_retry_after: int = 30  # s, Retry-After while draining
     max_sources: int = 10000  # per-source state kept (least recently seen dropped)
+    # Addresses or networks (CIDR) of trunks, SBCs or a SIP front door: every call of theirs
+    # comes from them, so the per-source limits do not apply (the node-wide ones still do).
+    trusted_sources: tuple[str, ...] = ()
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: tuple[str, ...]) -> tuple[Network, ...]:
+    """`trusted_sources` as networks (a plain address is a /32 or /128). ValueError names the
+    entry that is neither."""
+    nets: list[Network] = []
+    for v in values:
+        try:
+            nets.append(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address or network (CIDR)") from None
+    return tuple(nets)
 
 
 @dataclass(frozen=True)
@@ -146,6 +165,8 @@ class Admission:
         self._overload: str | None = None  # reason while in overload
         self._calm_since: float | None = None
         self._hot = 0  # consecutive samples over a threshold
+        self._trusted_nets = parse_networks(limits.trusted_sources)
+        self._trusted: dict[str, bool] = {}  # source -> in a trusted network (bounded cache)
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -208,11 +229,12 @@ class Admission:
         lim = self.limits
         if self.draining:
             return Shed(DRAINING, lim.drain_retry_after)
-        bucket = self._bucket(source, now)
-        if not bucket.take(now):  # one address beyond its rate: it alone waits
-            return Shed(SOURCE_RATE, max(1, math.ceil(bucket.wait_time(now))))
-        if self._source_setup.get(source, 0) >= lim.source_max_in_setup:
-            return Shed(SOURCE_SETUP, lim.retry_after)
+        if not self.trusted(source):
+            bucket = self._bucket(source, now)
+            if not bucket.take(now):  # one address beyond its rate: it alone waits
+                return Shed(SOURCE_RATE, max(1, math.ceil(bucket.wait_time(now))))
+            if self._source_setup.get(source, 0) >= lim.source_max_in_setup:
+                return Shed(SOURCE_SETUP, lim.retry_after)
         if self._overload is not None:
             return Shed(self._overload, lim.retry_after)
         h = self.headroom
@@ -225,6 +247,23 @@ class Admission:
         if not self._rate.take(now):
             return Shed(RATE, max(1, math.ceil(self._rate.wait_time(now))))
         return ADMIT
+
+    def trusted(self, source: str) -> bool:
+        """Is `source` in `trusted_sources` (exempt from the per-source limits)?"""
+        if not self._trusted_nets:
+            return False
+        known = self._trusted.get(source)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(source)
+            except ValueError:
+                known = False
+            else:
+                known = any(addr in net for net in self._trusted_nets)
+            if len(self._trusted) >= self.limits.max_sources:
+                self._trusted.clear()
+            self._trusted[source] = known
+        return known
 
     def _bucket(self, source: str, now: float) -> TokenBucket:
         buckets = self._buckets

@@ -96,7 +96,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from confroom.admission import AdmissionLimits
+from confroom.admission import AdmissionLimits, parse_networks
 from confroom.sip.core import USER_AGENT
 
 DEFAULT_ACCOUNT_SID = "00000000-0000-4000-8000-000000000001"
@@ -368,6 +368,17 @@ def _limit(key: str, value: object, where: str, kw: dict[str, Any],
     known = set(AdmissionLimits.__dataclass_fields__) | set(_OTHER_LIMITS)
     if key not in known:
         raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+    if key == "trusted_sources":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
+            raise ConfigError(f"{where}: expected a list of IP addresses or networks (CIDR)")
+        entries = tuple(x.strip() for x in items if x.strip())
+        try:
+            parse_networks(entries)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        limits_kw[key] = entries
+        return
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ConfigError(f"{where}: expected a number >= 0, got {value!r}")
     if key in _INT_LIMITS:
@@ -506,6 +517,9 @@ def load(
                      else name[len("CONFROOM_LIMITS_"):].lower()
                      if name.startswith("CONFROOM_LIMITS_") else None)
         if limit_key is None or value == "":
+            continue
+        if limit_key == "trusted_sources":
+            _limit(limit_key, value, name, kw, limits_kw)
             continue
         try:
             number: float = float(value)

@@ -199,3 +199,35 @@ def test_limits_config_errors(tmp_path: Path, toml: str, env: dict[str, str],
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message):
         load(path, env=env)
+
+
+def test_trusted_sources_skip_the_per_source_limits_only() -> None:
+    lim = AdmissionLimits(source_rate=1.0, source_burst=1.0, source_max_in_setup=1,
+                          max_calls_in_setup=9, max_call_rate=1e6, call_burst=1e6,
+                          trusted_sources=("192.0.2.10", "10.1.0.0/16", "2001:db8::/32"))
+    a = Admission(lim, now=0.0)
+    for source in ("192.0.2.10", "10.1.200.3", "2001:db8::7"):
+        for _ in range(3):  # beyond the source rate and the source setup cap
+            assert isinstance(a.decide(source, 0.0), Admit), source
+            a.setup_started(source)
+    # the node-wide cap still holds for them
+    assert shed_reason(a.decide("192.0.2.10", 0.0)) == adm.SETUP_FULL
+    # an address outside the networks keeps its per-source limits
+    b = Admission(lim, now=0.0)
+    assert isinstance(b.decide("192.0.2.11", 0.0), Admit)
+    assert shed_reason(b.decide("192.0.2.11", 0.0)) == adm.SOURCE_RATE
+    assert not b.trusted("not an address")
+
+
+def test_trusted_sources_config(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[limits]\ntrusted_sources = ["192.0.2.10", "10.1.0.0/16"]\n')
+    assert load(path, env={}).limits.trusted_sources == ("192.0.2.10", "10.1.0.0/16")
+    env = {"CONFROOM_LIMITS_TRUSTED_SOURCES": "198.51.100.0/24, 192.0.2.1"}
+    assert load(path, env=env).limits.trusted_sources == ("198.51.100.0/24", "192.0.2.1")
+    path.write_text('[limits]\ntrusted_sources = ["10.0.0.0/33"]\n')
+    with pytest.raises(ConfigError, match=r"trusted_sources.*10\.0\.0\.0/33"):
+        load(path, env={})
+    path.write_text('[limits]\ntrusted_sources = 5\n')
+    with pytest.raises(ConfigError, match="trusted_sources"):
+        load(path, env={})
