@@ -95,6 +95,7 @@ def test_metrics_scraped_during_a_conference(
     assert metric(m, "confroom_open_fds") > 0
     assert metric(m, "confroom_max_fds") >= metric(m, "confroom_open_fds")
     assert metric(m, "confroom_sip_tcp_connections") == 0
+    assert metric(m, "confroom_http_connections") >= 1  # this scrape's own connection
 
     for c in (a, b):
         c.hang_up()

@@ -123,6 +123,7 @@ async def test_exposition_carries_the_servers_state(server: Server) -> None:
     assert value(m, "confroom_webhook_failures_total", kind="connection") == 1
     assert value(m, "confroom_webhook_failures_total", kind="too_large") == 0
     assert value(m, "confroom_sip_tcp_connections") == 0
+    assert value(m, "confroom_http_connections") == 0  # no REST API on this server
     assert value(m, "confroom_open_fds") > 3
     assert value(m, "confroom_max_fds") >= value(m, "confroom_open_fds")
     assert value(m, "process_open_fds") > 3  # prometheus-client's process metrics

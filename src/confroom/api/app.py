@@ -295,7 +295,7 @@ class ApiServer:
         self._runner = runner
         self._listener = listener
         self.port = listener.port
-        log.info("REST API on %s://%s:%d (bearer token required on /v1)",
+        log.info("REST API on %s://%s:%d (bearer token required on /v1 and /metrics)",
                  "https" if self._ssl is not None else "http", self._host, self.port)
 
     @property

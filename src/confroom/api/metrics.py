@@ -63,6 +63,11 @@ class _Transports(Protocol):
     def tcp_connections(self) -> int: ...
 
 
+class _Api(Protocol):
+    @property
+    def connection_count(self) -> int: ...
+
+
 class MetricsSource(Protocol):
     """What the collector reads (`confroom.server.Server` fits)."""
 
@@ -83,6 +88,9 @@ class MetricsSource(Protocol):
 
     @property
     def rejected(self) -> Counter[str]: ...
+
+    @property
+    def api(self) -> _Api | None: ...
 
     @property
     def call_statuses(self) -> Counter[str]: ...
@@ -194,6 +202,10 @@ class ServerCollector(Collector):
     def _resources(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("confroom_sip_tcp_connections", "Open SIP TCP connections.",
                                 value=self.server.transports.tcp_connections)
+        api = self.server.api
+        yield GaugeMetricFamily("confroom_http_connections",
+                                "Open connections to the REST API (0 when it is off).",
+                                value=api.connection_count if api is not None else 0)
         fds = open_fds()
         if fds is not None:
             yield GaugeMetricFamily("confroom_open_fds", "Open file descriptors.", value=fds)
