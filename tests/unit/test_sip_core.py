@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from confroom.sip.core import (
     ByeDone,
     CallAckTimeout,
@@ -335,3 +339,24 @@ def test_gate_admits_with_none() -> None:
     core.gate = lambda request, peer, now: None
     ev = new_call(core)
     assert ev.leg in core.legs
+
+
+def test_malformed_flood_is_answered_but_logged_once_per_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every malformed request still gets its 400, but 1,000 of them in 2 s write 2 log lines
+    (the second one counting those left out), not 1,000."""
+    core = SipCore("127.0.0.1", 5060)
+    peer = Peer("udp", "192.0.2.66", 5060)
+    bad = (b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.66;branch=z9hG4bKf\r\n"
+           b"From: <sip:a@b>;tag=1\r\nTo: <sip:x>\r\nCall-ID: c\r\nCSeq: nope\r\n\r\n")
+    answered = 0
+    with caplog.at_level(logging.WARNING, logger="confroom.sip"):
+        for k in range(1000):
+            core.receive_datagram(bad, peer, now=k * 0.002)
+            answered += sum(1 for _, d in core.datagrams_to_send() if d.startswith(b"SIP/2.0 400"))
+    lines = [r.getMessage() for r in caplog.records if "malformed SIP" in r.getMessage()]
+    assert answered == 1000
+    assert len(lines) == 2, lines
+    assert "not logged" in lines[1]
+    assert core.stats["parse_errors"] == 1000

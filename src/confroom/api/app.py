@@ -33,7 +33,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from confroom.api.guard import GuardedListener, QuietHttpErrors, RateLimitedWarning
+from confroom.api.guard import GuardedListener, QuietHttpErrors
 from confroom.api.metrics import CONTENT_TYPE
 from confroom.app.control import CallInfo
 from confroom.conference.control import (
@@ -44,6 +44,7 @@ from confroom.conference.control import (
 )
 from confroom.conference.service import ConferenceService
 from confroom.connlimits import Limits
+from confroom.ratelog import RateLimitedWarning
 
 log = logging.getLogger("confroom.api")
 # the logger aiohttp's request handlers write to (QuietHttpErrors filters it while serving)

@@ -26,29 +26,10 @@ from typing import Any, cast
 from aiohttp import web
 
 from confroom.connlimits import ConnectionTable, Limits
+from confroom.ratelog import RateLimitedWarning
 from confroom.sip.transport import LISTEN_BACKLOG
 
 log = logging.getLogger("confroom.api")
-
-
-class RateLimitedWarning:
-    """Log a warning at most once per `interval` seconds, counting the ones left out."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._last: float | None = None
-        self._suppressed = 0
-
-    def __call__(self, now: float, msg: str, *args: object) -> None:
-        if self._last is not None and now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += f" ({self._suppressed} similar in the last {self.interval:g}s not logged)"
-        self._suppressed = 0
-        self._last = now
-        self.logger.warning(msg, *args)
 
 
 class QuietHttpErrors(logging.Filter):

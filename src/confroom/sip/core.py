@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from confroom.ratelog import RateLimitedWarning
 from confroom.sip.message import (
     Headers,
     Request,
@@ -225,6 +226,8 @@ class SipCore:
         self._events: deque[CoreEvent] = deque()
         self._raw_out: list[tuple[Peer, bytes]] = []
         self.stats = {"parse_errors": 0, "requests": 0, "responses": 0}
+        # anybody can send garbage: one line per second at most, with the count left out
+        self._malformed_warning = RateLimitedWarning(log, interval=1.0)
         # Admission of new INVITEs, asked before any dialog state exists: None admits, a
         # number refuses with 503 and that Retry-After (the transaction still answers
         # retransmissions and absorbs the ACK).
@@ -240,7 +243,8 @@ class SipCore:
             msg = parse_message(data)
         except SipParseError as e:
             self.stats["parse_errors"] += 1
-            log.warning("malformed SIP from %s:%s: %s", peer.host, peer.port, e.reason)
+            self._malformed_warning(now, "malformed SIP from %s:%s: %s", peer.host, peer.port,
+                                    e.reason)
             resp = _bad_request(data, e.reason)
             if resp is not None:
                 self._raw_out.append((peer, resp))
