@@ -438,6 +438,9 @@ async def test_sockets_are_read_in_rounds_with_audio_batched() -> None:
 
 
 async def test_latched_socket_ignores_others_and_is_released_after_silence() -> None:
+    """Latched: the kernel drops other sources. After 1 s of silence the socket hears them
+    again, but only a source continuing the stream (a NAT re-binding) or the SDP's new
+    address is accepted; a stranger's packets are dropped (see test_engine_guard.py)."""
     base = _free_even_port_range(1)
     engine = MediaEngine("127.0.0.1", base, base + 1, rtp_timeout=0)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -451,9 +454,9 @@ async def test_latched_socket_ignores_others_and_is_released_after_silence() -> 
         clock = Clock()
         seq = 0
 
-        def send(sock: socket.socket) -> None:
+        def send(sock: socket.socket, ssrc: int = 7) -> None:
             nonlocal seq
-            sock.sendto(build_rtp_header(0, False, seq, seq * 160, 7) + payload,
+            sock.sendto(build_rtp_header(0, False, seq, seq * 160, ssrc) + payload,
                         ("127.0.0.1", s.local_port))
             seq += 1
 
@@ -469,13 +472,19 @@ async def test_latched_socket_ignores_others_and_is_released_after_silence() -> 
         data, addr = peer.recvfrom(2048)
         assert addr == ("127.0.0.1", s.local_port) and len(data) == 172
         clock.run(engine, 100)  # 2 s of silence: the latch is released
-        send(other)  # e.g. the peer's NAT mapping changed
+        send(other, ssrc=8)  # a stranger: heard by the socket now, rejected by the guard
+        clock.run(engine, 1)
+        assert s.remote == peer.getsockname() and s.jitter.stats.received == 2
+        assert engine.stats.rtp_source_rejected == 1
+        send(other)  # the peer's stream from a new address (its NAT mapping changed)
         clock.run(engine, 1)
         assert s.remote == other.getsockname() and s.jitter.stats.received == 3
-        # An SDP moving the media elsewhere releases the latch as well.
-        s.update("PCMU", 0, None, "127.0.0.1", 9, "sendrecv")
+        assert engine.stats.rtp_source_changed == 2  # the first latch, and this one
+        # An SDP moving the media elsewhere releases the latch as well: the new address is
+        # accepted whatever its stream.
+        s.update("PCMU", 0, None, *peer.getsockname(), "sendrecv")
         clock.run(engine, 1)
-        send(peer)
+        send(peer, ssrc=1000)
         clock.run(engine, 1)
         assert s.remote == peer.getsockname() and s.jitter.stats.received == 4
     finally:

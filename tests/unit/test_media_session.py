@@ -87,7 +87,7 @@ def test_symmetric_rtp_latching() -> None:
     s.on_datagram(rtp(0, 1, 160, b"\xff" * 160), ("192.168.1.5", 5555), now=1.0)
     assert s.remote == ("192.168.1.5", 5555)  # NAT: answer where it really comes from
     s.on_datagram(rtp(0, 2, 320, b"\xff" * 160), ("192.168.1.5", 6666), now=1.02)
-    assert s.remote == ("192.168.1.5", 6666)  # re-latch on every address change
+    assert s.remote == ("192.168.1.5", 6666)  # the same stream from a new port: re-latched
     # Garbage and unknown payload types never move the remote.
     s.on_datagram(b"\x00" * 40, ("6.6.6.6", 1), now=1.03)
     s.on_datagram(rtp(96, 3, 480, b"x" * 10), ("6.6.6.6", 2), now=1.04)
@@ -97,6 +97,34 @@ def test_symmetric_rtp_latching() -> None:
     s.on_datagram(rtp(13, 4, 640, b"\x40"), ("192.168.1.5", 7777), now=1.1)
     assert s.remote == ("192.168.1.5", 7777) and s.last_rx == 1.1
     assert s.jitter.stats.received == 2
+
+
+def test_stranger_is_dropped_unread() -> None:
+    s = negotiated()
+    heard: list[str] = []
+    s.on_dtmf = heard.append
+    assert s.on_datagram(rtp(0, 1, 160, b"\x11" * 160), ("192.168.1.5", 5555), now=1.0)
+    stranger = ("6.6.6.6", 4000)
+    # Audio and DTMF from another address with another SSRC, after a long pause.
+    assert not s.on_datagram(rtp(0, 2, 320, b"\x22" * 160, ssrc=9), stranger, now=9.0)
+    for i in range(4):
+        event = struct.pack("!BBH", 5, 0x80 | 10, 160 * (i + 1))
+        assert not s.on_datagram(rtp(101, 3 + i, 480, event, ssrc=9), stranger, now=9.0)
+    assert s.remote == ("192.168.1.5", 5555) and s.last_rx == 1.0
+    assert s.jitter.stats.received == 1 and heard == [] and s.dtmf_digits == []
+    assert s.guard.counters.rtp_source_rejected == 5
+    assert [e.new for e in s.guard.events if not e.accepted] == [stranger]
+
+
+def test_sdp_address_change_reopens_the_latch_and_the_same_one_keeps_it() -> None:
+    s = negotiated()  # SDP: 10.0.0.1:4000
+    s.on_datagram(rtp(0, 1, 160, b"\xff" * 160), ("192.168.1.5", 5555), now=1.0)
+    s.update("PCMU", 0, 101, "10.0.0.1", 4000, "sendonly")  # hold, same SDP address
+    assert s.remote == ("192.168.1.5", 5555)  # still where its RTP comes from
+    s.update("PCMU", 0, 101, "10.0.0.2", 4002, "sendrecv")  # moved
+    assert s.remote == ("10.0.0.2", 4002) and s.marker_pending
+    assert s.on_datagram(rtp(0, 7, 9, b"\xff" * 160, ssrc=1234), ("10.0.0.2", 4002), now=2.0)
+    assert s.remote == ("10.0.0.2", 4002) and s.guard.latched == ("10.0.0.2", 4002)
 
 
 def test_dtmf_digits_and_callback() -> None:

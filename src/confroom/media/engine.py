@@ -11,10 +11,14 @@ once:
    receive buffer, and a round's plain 20 ms audio packets go into the `JitterBank` in one
    batch; anything else (DTMF, comfort noise, odd sizes) goes through the session's
    `on_datagram()`, as does every packet on a socket that is not latched yet, and every
-   packet of an SRTP session (unprotected there: nothing unauthenticated is decoded). A latched
-   socket that hears nothing for `_RELATCH_AFTER` is released, so a peer whose address
-   changed (NAT re-binding) is latched again by its next packet; so is one whose SDP moved
-   the media elsewhere;
+   packet of an SRTP session (unprotected there: nothing unauthenticated is decoded), where
+   the session's `SourceGuard` (media/latch.py) decides whether its source may be the call's.
+   Right after `connect()` the socket's queue is drained through that path (datagrams queued
+   before it may come from anyone). A latched socket that hears nothing for
+   `_RELATCH_AFTER` is released (checked every `_QUIET_CHECK_EVERY` ticks), so a peer whose
+   address changed (NAT re-binding) can be heard, and vetted, again; so is one whose SDP
+   moved the media elsewhere. The guard's changes and rejections are logged once each
+   (at most `_SOURCE_LOG_BURST` lines a second, the rest summarised);
 2. pop every jitter buffer in one pass and decode each codec with one table lookup, into the
    engine's `FrameTable` (with loss concealment);
 3. run the mixers (they read and write `FrameTable` rows);
@@ -53,6 +57,7 @@ from confroom.media.g711 import (
     ULAW_ENCODE,
 )
 from confroom.media.jitter import JitterBank, JitterBuffer
+from confroom.media.latch import SourceEvent
 from confroom.media.rtp import RtpSenders
 from confroom.media.session import MediaSession
 from confroom.media.sources import FRAME_SAMPLES, Frame
@@ -66,10 +71,13 @@ _MAX_LATE: Final = 0.1  # seconds behind schedule before the clock gives up catc
 _MAX_READS: Final = 16  # datagrams read per socket per tick (a sender at 10 ms sends 2)
 _EPOLL_BATCH: Final = 4096  # readable sockets taken per epoll round
 _RELATCH_AFTER: Final = 1.0  # seconds of silence after which a latched socket is released
+_QUIET_CHECK_EVERY: Final = 10  # ticks (200 ms) between checks for quiet latched sockets
+_MAX_DRAIN: Final = 256  # queued datagrams vetted per read of a just-connected socket
+_SOURCE_LOG_BURST: Final = 20  # source-guard log lines per second; the rest are summarised
 # The common datagram, taken in batches: RTP v2 without padding, extension or CSRCs (first
 # byte 0x80) carrying 20 ms of G.711.
 _FAST_LEN: Final = 12 + FRAME_SAMPLES
-_HOUSEKEEPING_EVERY: Final = 50  # ticks (1 s): inactivity timeouts, releasing quiet latches
+_HOUSEKEEPING_EVERY: Final = 50  # ticks (1 s): inactivity timeouts, log summaries
 _libc = ctypes.CDLL(None, use_errno=True)
 _AF_UNSPEC_ADDR: Final = bytes(16)  # a sockaddr with sa_family AF_UNSPEC
 _MAX_DATAGRAM: Final = 2048
@@ -103,13 +111,15 @@ _Outgoing = tuple[
 class _Port:
     """A session's socket as the tick uses it."""
 
-    __slots__ = ("peer", "send", "session", "sock", "stream")
+    __slots__ = ("fast", "peer", "send", "session", "sock", "stream")
 
     def __init__(self, sock: socket.socket, session: MediaSession) -> None:
         self.sock = sock
         self.session = session
         self.stream = session.jitter.index
         self.peer: tuple[str, int] | None = None  # the address the socket is connected to
+        # connected, and nothing queued from before connect() is left: reads need no address
+        self.fast = False
         self.send = sock.send
 
     def connect(self, peer: tuple[str, int]) -> None:
@@ -119,10 +129,12 @@ class _Port:
             log.warning("RTP port %d: cannot latch to %s: %s", self.session.local_port, peer, e)
             return
         self.peer = peer
+        self.fast = False
 
     def release(self) -> None:
         """Dissolve the connection (connect to AF_UNSPEC): any source is heard again."""
         self.peer = None
+        self.fast = False
         if _libc.connect(self.sock.fileno(), _AF_UNSPEC_ADDR, len(_AF_UNSPEC_ADDR)) != 0:
             err = ctypes.get_errno()
             if err != errno.EAFNOSUPPORT:  # some kernels report this after dissolving
@@ -146,6 +158,8 @@ class EngineStats:
     # every tick's lateness and duration (seconds), for the metrics endpoint
     lateness: Histogram = field(default_factory=lambda: Histogram(LATENESS_BUCKETS))
     tick_duration: Histogram = field(default_factory=lambda: Histogram(TICK_BUCKETS))
+    rtp_source_rejected: int = 0  # RTP packets dropped by the source guard (media/latch.py)
+    rtp_source_changed: int = 0  # changes of a call's RTP source address it accepted
 
 
 class MediaEngine:
@@ -184,7 +198,12 @@ class MediaEngine:
         self._rows = np.zeros(0, dtype=np.intp)  # the frame row of each entry
         # every session's outgoing RTP stream (SSRC, sequence, time): all headers in one go
         self.senders = RtpSenders(capacity=64)
-        self._rx_at = np.zeros(self.jitter.capacity)  # last batched packet per stream
+        self._rx_at = np.zeros(self.jitter.capacity)  # last accepted packet per stream
+        self._latched = np.zeros(self.jitter.capacity, dtype=np.bool_)  # socket connected
+        self._stream_ports: dict[int, _Port] = {}
+        self._source_events: list[SourceEvent] = []  # every session guard's, logged per tick
+        self._source_logged = 0  # lines logged this second
+        self._source_unlogged = 0  # events over the limit this second
         # jitter streams of SRTP sessions: never batched (see set_srtp); checked only when
         # there is at least one
         self._srtp_streams = np.zeros(self.jitter.capacity, dtype=bool)
@@ -246,6 +265,7 @@ class MediaEngine:
             p = _Port(sock, session)
             self._readers[sock.fileno()] = p
             self._ports[port] = p
+            self._stream_ports[p.stream] = p
             if len(self._readers) > len(self._rx_rows):
                 rows = max(64, 2 * len(self._readers))
                 self._rx_buf = np.zeros((rows, _MAX_DATAGRAM), dtype=np.uint8)
@@ -263,10 +283,14 @@ class MediaEngine:
         bank.pt[stream] = session.payload_type
         if bank.capacity > len(self._rx_at):
             self._rx_at = np.resize(self._rx_at, bank.capacity)
+            self._latched = np.resize(self._latched, bank.capacity)
         if bank.capacity > len(self._srtp_streams):
             self._srtp_streams = np.resize(self._srtp_streams, bank.capacity)
         self._rx_at[stream] = 0.0
         self._srtp_streams[stream] = False
+        self._latched[stream] = False
+        session.guard.events = self._source_events
+        session.guard.counters = self.stats
         session.jitter = JitterBuffer.of(bank, stream)
         session.adopt_frames(self.frames)
         session.sender.move_to(self.senders)
@@ -298,6 +322,8 @@ class MediaEngine:
         s.adopt_frames(FrameTable())  # the row goes back to the engine's table
         s.sender.move_to(RtpSenders())
         self._ports.pop(port, None)
+        self._stream_ports.pop(s.jitter.index, None)
+        self._latched[s.jitter.index] = False
         if isinstance(transport, socket.socket) and transport.fileno() in self._readers:
             del self._readers[transport.fileno()]
             with contextlib.suppress(OSError, ValueError):
@@ -360,6 +386,8 @@ class MediaEngine:
         # readable (bounded, so a flood on one port cannot stall the clock).
         if self._readers:
             self._receive(now)
+            if self._source_events:
+                self._log_sources()
 
         # (1) inbound: pop every jitter buffer in one pass, decode in one lookup per codec.
         if entries:
@@ -390,8 +418,8 @@ class MediaEngine:
             if p is not None and p.peer is not None:
                 if p.peer == remote:
                     send = p.send
-                else:  # the SDP moved the media: hear whoever sends first again
-                    p.release()
+                else:  # the SDP moved the media: hear other sources (vetted) again
+                    self._release(p)
             if not s.send_enabled or remote is None or s.closed:
                 s.sender.skip(FRAME_SAMPLES)  # keep RTP time running while we are silent
                 continue
@@ -410,8 +438,10 @@ class MediaEngine:
         frames.has_outbound[:] = False  # every frame of this tick is spent
         stats.packets_sent += sent
 
-        # (4) RTP inactivity, once per second.
+        # (4) quiet latched sockets, five times a second; RTP inactivity, once per second.
         stats.ticks += 1
+        if stats.ticks % _QUIET_CHECK_EVERY == 0:
+            self._release_quiet(now)
         if stats.ticks % _HOUSEKEEPING_EVERY == 0:
             self._housekeeping(now)
 
@@ -442,11 +472,14 @@ class MediaEngine:
                 if p is None:
                     continue
                 try:
-                    if p.peer is not None:  # latched: straight into the round's buffer
+                    if p.fast:  # latched: straight into the round's buffer
                         lens.append(p.sock.recv_into(rows[k], _MAX_DATAGRAM, trunc))
                         got.append(p)
                         streams.append(p.stream)
                         k += 1
+                        continue
+                    if p.peer is not None:  # connected, but older datagrams are queued
+                        self._drain(p, now)
                         continue
                     data, addr = p.sock.recvfrom(_MAX_DATAGRAM)
                 except BlockingIOError:
@@ -454,9 +487,8 @@ class MediaEngine:
                 except OSError as e:  # e.g. an ICMP error queued on the socket
                     log.debug("RTP socket error: %s", e)
                     continue
-                s = p.session
-                if s.on_datagram(data, addr, now) and not s.closed:
-                    p.connect((addr[0], addr[1]))  # latched (see the module docstring)
+                if self._take(p, data, addr, now):  # latched: vet what was queued before
+                    self._drain(p, now)
             if got:
                 self._push_round(got, lens, streams, now)
 
@@ -492,7 +524,76 @@ class MediaEngine:
                 log.debug("RTP port %d: %d-byte datagram dropped", p.session.local_port, lens[k])
                 continue
             assert p.peer is not None
-            p.session.on_datagram(buf[k, : lens[k]].tobytes(), p.peer, now)
+            if p.session.on_datagram(buf[k, : lens[k]].tobytes(), p.peer, now):
+                self._rx_at[p.stream] = now
+
+    def _take(self, p: _Port, data: bytes, addr: tuple[str, int], now: float) -> bool:
+        """One datagram read with its source address: to the session (whose guard vets the
+        source); an accepted source the socket is not connected to is latched (True)."""
+        s = p.session
+        if s.on_datagram(data, addr, now) and not s.closed:
+            self._rx_at[p.stream] = now
+            remote = s.remote
+            if remote is not None and remote != p.peer:
+                p.connect(remote)
+                self._latched[p.stream] = latched = p.peer is not None
+                return latched
+        return False
+
+    def _drain(self, p: _Port, now: float) -> None:
+        """Read a just-connected socket's queue with source addresses: datagrams queued
+        before `connect()` may come from anyone (the kernel does not filter those), so each
+        goes through `_take()`. Once the queue is empty, reads take the fast path."""
+        for _ in range(_MAX_DRAIN):
+            try:
+                data, addr = p.sock.recvfrom(_MAX_DATAGRAM)
+            except BlockingIOError:
+                p.fast = p.peer is not None
+                return
+            except OSError as e:
+                log.debug("RTP socket error: %s", e)
+                continue
+            self._take(p, data, addr, now)
+
+    def _release(self, p: _Port) -> None:
+        """Let the socket hear every source again (each vetted by the session's guard), after
+        telling the guard the latest packet the batch path took from the latched one."""
+        i = p.stream
+        ssrc, seq, end_ts = self.jitter.latest(i)
+        if ssrc >= 0:
+            p.session.guard.note(ssrc, seq, (end_ts - FRAME_SAMPLES) & 0xFFFFFFFF,
+                                 float(self._rx_at[i]))
+        p.release()
+        self._latched[i] = False
+
+    def _release_quiet(self, now: float) -> None:
+        """Release the latched sockets that heard nothing for `_RELATCH_AFTER`: a peer whose
+        NAT binding changed sends from elsewhere, which the kernel would drop unseen."""
+        quiet = np.flatnonzero(self._latched & (self._rx_at < now - _RELATCH_AFTER))
+        if len(quiet):
+            ports = self._stream_ports
+            for i in quiet.tolist():
+                p = ports.get(i)
+                if p is not None:
+                    self._release(p)
+                else:
+                    self._latched[i] = False
+
+    def _log_sources(self) -> None:
+        """Log the guards' events (see media/latch.py), at most `_SOURCE_LOG_BURST` a second;
+        `_housekeeping` summarises the rest."""
+        for e in self._source_events:
+            if self._source_logged >= _SOURCE_LOG_BURST:
+                self._source_unlogged += 1
+                continue
+            self._source_logged += 1
+            if e.accepted:
+                log.info("RTP port %d: source changed from %s to %s (%s)",
+                         e.port, _fmt(e.old), _fmt(e.new), e.reason)
+            else:
+                log.warning("RTP port %d: packets from %s rejected, source stays %s (%s)",
+                            e.port, _fmt(e.new), _fmt(e.old), e.reason)
+        self._source_events.clear()
 
     def _inbound(self) -> None:
         codes, ok = self.jitter.pop_all(self._streams)
@@ -526,22 +627,33 @@ class MediaEngine:
         return _send_all(out, packets.tobytes(), self.stats)
 
     def _housekeeping(self, now: float) -> None:
-        """Once a second: batched packets refresh the sessions' `last_rx`; quiet latched
-        sockets are released; sessions silent for longer than `rtp_timeout` time out."""
+        """Once a second: batched packets refresh the sessions' `last_rx`; sessions silent for
+        longer than `rtp_timeout` time out; the source-guard lines over the limit are
+        summarised."""
         timeout = self.rtp_timeout
         rx_at = self._rx_at.tolist()
-        ports = self._ports
+        if self._source_unlogged:
+            log.warning("RTP source guard: %d more source changes/rejections not logged "
+                        "one by one (totals: %d packets rejected, %d changes accepted)",
+                        self._source_unlogged, self.stats.rtp_source_rejected,
+                        self.stats.rtp_source_changed)
+            self._source_unlogged = 0
+        self._source_logged = 0
         for (s, _), stream in zip(self._entries, self._streams.tolist(), strict=True):
             if rx_at[stream] > s.last_rx:
                 s.received(rx_at[stream])
-            p = ports.get(s.local_port)
-            if p is not None and p.peer is not None and now - s.last_rx > _RELATCH_AFTER:
-                p.release()
             if timeout > 0 and s.check_timeout(now, timeout) and s.on_timeout is not None:
                 try:
                     s.on_timeout()
                 except Exception:
                     log.exception("on_timeout callback failed for %r", s)
+
+def _fmt(addr: tuple[str, int] | None) -> str:
+    if addr is None:
+        return "none"
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 
 def _read_source(s: MediaSession) -> Frame | None:
     """The current source's next frame; on its end, `on_play_done(True)` and, if that callback

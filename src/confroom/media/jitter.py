@@ -214,6 +214,14 @@ class JitterBank:
         """The counters summed over every stream this bank has had, closed ones included."""
         return JitterStats(*(int(v) for v in self._retired + self.counts.sum(axis=0)))
 
+    def latest(self, i: int) -> tuple[int, int, int]:
+        """Stream `i`'s SSRC (-1: none), highest sequence number, and the RTP timestamp at
+        which its furthest packet ends (the cursor plus what is buffered ahead of it)."""
+        return (
+            int(self.ssrc[i]), int(self.max_seq[i]),
+            (int(self.read_ts[i]) + int(self.end[i])) & _TS_MASK,
+        )
+
     def buffered_frames(self, i: int) -> int:
         """Frames between the read cursor and the end of the furthest packet (rounded up)."""
         return max(0, -(-int(self.end[i]) // FRAME_BYTES))

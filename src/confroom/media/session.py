@@ -1,13 +1,13 @@
 """`MediaSession`: the media state of one call leg, sans-IO.
 
 Owns what the engine needs per call: the negotiated codec and payload types, where to send
-(symmetric RTP latching), the send/receive permissions derived from the remote SDP direction,
-the inbound jitter buffer and DTMF receiver, the outbound RTP sender state and DTMF send queue,
-the current audio source and the per-tick frame slots (`inbound`, `mix_out`: a row of a
-`FrameTable`, the engine's once the session is added to one), and its SRTP context when the
-call negotiated SRTP (`srtp`: every datagram is unprotected in `on_datagram()` before anything
-reads it; the engine protects what it sends). No sockets and no asyncio here: the engine
-feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
+(symmetric RTP, vetted by the session's `SourceGuard`), the send/receive permissions derived
+from the remote SDP direction, the inbound jitter buffer and DTMF receiver, the outbound RTP
+sender state and DTMF send queue, the current audio source and the per-tick frame slots
+(`inbound`, `mix_out`: a row of a `FrameTable`, the engine's once the session is added to one),
+and its SRTP context when the call negotiated SRTP (`srtp`: every datagram is unprotected in
+`on_datagram()` before anything reads it; the engine protects what it sends). No sockets and
+no asyncio here: the engine feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Final
 from confroom.media import g711
 from confroom.media.frames import FrameTable
 from confroom.media.jitter import JitterBuffer
+from confroom.media.latch import SourceGuard, Verdict
 from confroom.media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse_rtp
 from confroom.media.sources import Frame, Source
 from confroom.media.srtp import SrtpContext
@@ -42,6 +43,7 @@ class MediaSession:
         "dtmf_tx",
         "frame_row",
         "frames",
+        "guard",
         "jitter",
         "last_rx",
         "local_port",
@@ -52,6 +54,7 @@ class MediaSession:
         "receive_expected",
         "remote",
         "remote_direction",
+        "sdp_remote",
         "send_enabled",
         "sender",
         "source",
@@ -61,7 +64,9 @@ class MediaSession:
     def __init__(self, local_port: int, now: float = 0.0, jitter_depth: int = 2) -> None:
         self.local_port = local_port
         self.dtmf_payload_type: int | None = None
-        self.remote: tuple[str, int] | None = None
+        self.remote: tuple[str, int] | None = None  # where our RTP goes
+        self.sdp_remote: tuple[str, int] | None = None  # the address the last SDP gave
+        self.guard = SourceGuard(local_port)  # who may be `remote` (see media/latch.py)
         self.remote_direction = "sendrecv"
         # Nothing is negotiated yet: do not send, do not time out.
         self.send_enabled = False
@@ -111,6 +116,9 @@ class MediaSession:
           recvonly -> we send; the remote sends nothing, so no inactivity timeout;
           inactive -> neither.
         A missing/0.0.0.0/:: host or port 0 also disables sending (old-style hold / rejected).
+        An address different from the previous SDP's becomes `remote` and re-opens the source
+        latch to it; the same address again keeps the latched source (a NATed phone's SDP
+        address is not where its RTP comes from).
         """
         if codec not in ("PCMU", "PCMA"):
             raise ValueError(f"unsupported codec {codec!r}")
@@ -127,9 +135,12 @@ class MediaSession:
         if reachable:
             assert remote_host is not None and remote_port is not None
             new_remote = (remote_host, remote_port)
-            if new_remote != self.remote:
-                self.remote = new_remote
-                self.marker_pending = True
+            if new_remote != self.sdp_remote:
+                self.sdp_remote = new_remote
+                self.guard.expect(new_remote)
+                if new_remote != self.remote:
+                    self.remote = new_remote
+                    self.marker_pending = True
         send = reachable and remote_direction in ("sendrecv", "recvonly")
         if send and not self.send_enabled:
             self.marker_pending = True
@@ -142,9 +153,12 @@ class MediaSession:
 
     # --- inbound (called per datagram: keep it lean, no numpy) ------------------------------
 
-    def on_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> bool:
+    def on_datagram(
+        self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int], now: float
+    ) -> bool:
         """Handle one received datagram: audio -> jitter buffer, telephone-event -> digits.
-        True when it was RTP of this session (then `addr` is where we send from now on)."""
+        True when it was RTP of this session from a source the guard accepts (then `addr`
+        is where we send from now on); a rejected source's packet is dropped unread."""
         if self.closed:
             return False
         if self.srtp is not None:
@@ -156,6 +170,12 @@ class MediaSession:
         if pkt is None:
             return False
         pt = pkt.payload_type
+        if pt != self.payload_type and pt != self.dtmf_payload_type and pt != _CN_PAYLOAD_TYPE:
+            return False  # unknown payload type (or RTCP on a muxed port): not ours
+        if len(addr) != 2:
+            addr = (addr[0], addr[1])  # IPv6 addresses come as 4-tuples
+        if self.guard.check(addr, pkt.ssrc, pkt.seq, pkt.timestamp, now) is Verdict.REJECTED:
+            return False
         if pt == self.payload_type:
             self.jitter.push(pkt.seq, pkt.timestamp, pkt.payload, pkt.ssrc)
         elif pt == self.dtmf_payload_type:
@@ -166,11 +186,8 @@ class MediaSession:
                     self.on_dtmf(digit)
                 if self.dtmf_tap is not None:
                     self.dtmf_tap(digit)
-        elif pt != _CN_PAYLOAD_TYPE:
-            return False  # unknown payload type (or RTCP on a muxed port): not ours
         if addr != self.remote:
-            # symmetric RTP: answer where it comes from (IPv6 addresses come as 4-tuples)
-            self.remote = (addr[0], addr[1])
+            self.remote = addr  # symmetric RTP: answer where it comes from
         self.received(now)
         return True
 
