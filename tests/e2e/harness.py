@@ -905,6 +905,12 @@ class RtpPeer:
     def sources(self) -> set[tuple[str, int]]:
         return {p.source for p in self.packets()}
 
+    def continue_stream_of(self, other: RtpPeer) -> None:
+        """Send `other`'s RTP stream on from this peer's port (same SSRC, next sequence number
+        and timestamp): what a phone's packets look like after its NAT binding changed."""
+        with other._send_lock, self._send_lock:
+            self._ssrc, self._seq, self._ts = other._ssrc, other._seq, other._ts
+
     # -- sending ---------------------------------------------------------------------
 
     def send_pcm(
