@@ -283,7 +283,9 @@ class MediaEngine:
         bank.pt[stream] = session.payload_type
         if bank.capacity > len(self._rx_at):
             self._rx_at = np.resize(self._rx_at, bank.capacity)
-            self._latched = np.resize(self._latched, bank.capacity)
+            grown = np.zeros(bank.capacity, dtype=np.bool_)
+            grown[: len(self._latched)] = self._latched
+            self._latched = grown
         if bank.capacity > len(self._srtp_streams):
             self._srtp_streams = np.resize(self._srtp_streams, bank.capacity)
         self._rx_at[stream] = 0.0
@@ -647,6 +649,7 @@ class MediaEngine:
                     s.on_timeout()
                 except Exception:
                     log.exception("on_timeout callback failed for %r", s)
+
 
 def _fmt(addr: tuple[str, int] | None) -> str:
     if addr is None:

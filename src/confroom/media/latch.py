@@ -16,9 +16,10 @@ rule:
   genuine NAT re-binding: the phone keeps its stream, only the address changes);
 - an SDP that moves the remote address (`expect()`) re-opens the latch to that address.
 
-Every accepted change of address and the first rejection of each stranger address are
-appended to `events` (an engine shares one list among its sessions and logs them); packets
-rejected and changes accepted are counted in `counters` (the engine's `EngineStats`).
+Every accepted change of address (not the first latch) and the first rejection of each
+stranger address are appended to `events` (an engine shares one list among its sessions and
+logs them); packets rejected and changes accepted are counted in `counters` (the engine's
+`EngineStats`).
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ class SourceGuard:
             reason = "continues its stream (same SSRC, sequence and timestamp)"
         self.latched = addr
         self._note(ssrc, seq, ts, now)
-        self.counters.rtp_source_changed += 1
-        self.events.append(SourceEvent(self.port, latched, addr, True, reason))
+        if latched is not None:  # the first latch of a call is no change (and not logged)
+            self.counters.rtp_source_changed += 1
+            self.events.append(SourceEvent(self.port, latched, addr, True, reason))
         return Verdict.CHANGED
 
     def note(self, ssrc: int, seq: int, ts: int, at: float) -> None:
