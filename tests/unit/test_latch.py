@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
 from confroom.media.latch import SourceGuard, Verdict
 
 PHONE = ("203.0.113.5", 40000)
@@ -140,3 +143,41 @@ def test_nothing_latched_yet_and_many_stranger_addresses() -> None:
     assert g.counters.rtp_source_rejected == 120
     assert len(g.events) == 17  # 16 addresses one by one, then one note that more are not
     assert "not reported" in g.events[-1].reason
+
+
+# Properties over many streams (Hypothesis): what a stranger without the SSRC sends is never
+# accepted; a stream that goes on from a new address is, after any pause.
+
+_u16 = st.integers(0, 0xFFFF)
+_u32 = st.integers(0, 0xFFFFFFFF)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ssrc=_u32, seq=_u16, ts=_u32, other=_u32, seq2=_u16, ts2=_u32,
+       pause=st.floats(0.0, 7200.0))
+def test_property_other_ssrc_is_never_accepted(
+    ssrc: int, seq: int, ts: int, other: int, seq2: int, ts2: int, pause: float
+) -> None:
+    assume(other != ssrc)
+    g = SourceGuard(30000)
+    g.expect(SDP)
+    g.check(PHONE, ssrc, seq, ts, 1.0)
+    assert g.check(STRANGER, other, seq2, ts2, 1.0 + pause) is Verdict.REJECTED
+    assert g.latched == PHONE
+
+
+@settings(max_examples=300, deadline=None)
+@given(ssrc=_u32, seq=_u16, ts=_u32, sent=st.integers(1, 200), pause=st.floats(0.0, 600.0),
+       clock_ran=st.booleans())
+def test_property_continuing_stream_is_accepted(
+    ssrc: int, seq: int, ts: int, sent: int, pause: float, clock_ran: bool
+) -> None:
+    """`sent` packets of 20 ms were lost to the old binding, then a pause of `pause` seconds
+    (the RTP clock running on through it, or standing still as some phones do on hold)."""
+    g = SourceGuard(30000)
+    g.check(PHONE, ssrc, seq, ts, 1.0)
+    elapsed = sent * 0.02 + pause
+    advance = int(elapsed * 8000) if clock_ran else sent * 160
+    verdict = g.check(REBOUND, ssrc, (seq + sent) & 0xFFFF, (ts + advance) & 0xFFFFFFFF,
+                      1.0 + elapsed)
+    assert verdict is Verdict.CHANGED
