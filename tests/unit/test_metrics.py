@@ -21,6 +21,7 @@ from confroom.conference.model import Member
 from confroom.config import Hook, load
 from confroom.histogram import Histogram
 from confroom.media.jitter import JitterBuffer
+from confroom.media.rtp import build_rtp_header
 from confroom.media.session import MediaSession
 from confroom.server import Server
 
@@ -93,6 +94,18 @@ async def test_exposition_carries_the_servers_state(server: Server) -> None:
     rows = np.array([row], dtype=np.intp)
     frames.take_inbound(rows, np.ones((1, 160), dtype=np.int16), np.array([True]))
     frames.take_inbound(rows, np.ones((1, 160), dtype=np.int16), np.array([False]))
+    # a stranger refused by a session's source guard, after its phone latched it
+    guarded = MediaSession(40000)
+
+    class _NoSend:
+        def sendto(self, data: bytes, addr: tuple[str, int], /) -> None: ...
+
+    srv.engine.add_session(guarded, _NoSend())
+    guarded.update("PCMU", 0, None, "192.0.2.10", 4000)
+    assert guarded.on_datagram(build_rtp_header(0, False, 1, 160, 7) + b"\xff" * 160,
+                               ("192.0.2.10", 4000), 1.0)
+    assert not guarded.on_datagram(build_rtp_header(0, False, 2, 320, 8) + b"\xff" * 160,
+                                   ("198.51.100.9", 5000), 3.0)
     # a webhook that cannot connect
     try:
         res = await srv.hooks.call(Hook("http://127.0.0.1:9/x"), {}, base_url=None, secret=None)
@@ -115,7 +128,7 @@ async def test_exposition_carries_the_servers_state(server: Server) -> None:
     assert value(m, "confroom_media_clock_lateness_seconds_bucket", le="+Inf") == ticks
     assert value(m, "confroom_media_tick_duration_seconds_count") == ticks
     assert value(m, "confroom_media_late_ticks_total") >= 0
-    assert value(m, "confroom_rtp_packets_received_total") == 5
+    assert value(m, "confroom_rtp_packets_received_total") == 6  # 5 pushed + 1 of the guarded
     assert value(m, "confroom_frames_concealed_total") == 1
     assert value(m, "confroom_frames_lost_total") == 0
     assert value(m, "confroom_frames_late_total") == 0
@@ -124,6 +137,8 @@ async def test_exposition_carries_the_servers_state(server: Server) -> None:
     assert value(m, "confroom_webhook_failures_total", kind="too_large") == 0
     assert value(m, "confroom_sip_tcp_connections") == 0
     assert value(m, "confroom_http_connections") == 0  # no REST API on this server
+    assert value(m, "confroom_rtp_source_rejected_total") == 1
+    assert value(m, "confroom_rtp_source_changed_total") == 0  # the first latch is no change
     assert value(m, "confroom_open_fds") > 3
     assert value(m, "confroom_max_fds") >= value(m, "confroom_open_fds")
     assert value(m, "process_open_fds") > 3  # prometheus-client's process metrics

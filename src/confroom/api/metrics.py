@@ -170,6 +170,15 @@ class ServerCollector(Collector):
                                   value=st.packets_sent)
         yield CounterMetricFamily("confroom_rtp_send_errors", "RTP packets that failed to send.",
                                   value=st.send_errors)
+        yield CounterMetricFamily(
+            "confroom_rtp_source_rejected",
+            "RTP packets dropped because their source may not speak for the call "
+            "(a stranger, or a stream that does not continue the latched one).",
+            value=st.rtp_source_rejected)
+        yield CounterMetricFamily(
+            "confroom_rtp_source_changed",
+            "Changes of a call's RTP source accepted (NAT re-binding, SDP move).",
+            value=st.rtp_source_changed)
         jt = engine.jitter.totals()
         yield CounterMetricFamily("confroom_rtp_packets_received",
                                   "RTP audio packets received into the jitter buffers.",
