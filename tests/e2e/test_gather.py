@@ -1,0 +1,93 @@
+"""End-to-end gather: a PIN conference over real SIPp calls with RFC 4733 digits from an
+RtpPeer (barge-in checked on the wire), a wrong PIN asked again, and a timeout."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import numpy as np
+from harness import HookApp, HookRequest, RtpPeer, SippRunner, g711_decode
+from toolcheck import require_tool
+
+PROMPT = "Welcome to the conference line. Please enter your conference PIN, then press pound. "
+
+
+def _pin_gather(text: str) -> dict[str, Any]:
+    return {"verb": "gather", "input": ["digits"], "finishOnKey": "#", "maxDigits": 8,
+            "timeout": 10, "actionHook": "/pin", "say": {"text": text}}
+
+
+def _loud_arrivals(peer: RtpPeer, since: float) -> list[float]:
+    """Arrival times of received PCMU packets whose audio is loud (a prompt)."""
+    out = []
+    for p in peer.packets(payload_types=[0]):
+        if p.arrival >= since:
+            pcm = g711_decode(p.payload, 0).astype(np.float64)
+            if np.sqrt(np.mean(pcm**2)) > 300:
+                out.append(p.arrival)
+    return out
+
+
+def test_pin_conference_with_rfc4733_digits_and_bargein(
+    confroom: Any, hook_app: HookApp, sipp: SippRunner, rtp_peer: RtpPeer
+) -> None:
+    require_tool("espeak-ng")
+
+    def pin(req: HookRequest) -> list[Any]:
+        if req.json.get("digits") == "1234":
+            return [{"verb": "conference", "name": "pinroom"}]
+        return [_pin_gather("That PIN is not valid. " + PROMPT)]
+
+    hook_app.route("/call", [_pin_gather(PROMPT * 3)])
+    hook_app.route("/pin", pin)
+    srv = confroom(hook_app.url("/call"))
+    run = sipp.start("uac_basic", srv.target, pause_ms=14000,
+                     keys={"rtp_port": rtp_peer.port}, timeout=40)
+    server_rtp = rtp_peer.wait_packets(1, timeout=15, payload_types=[0])[0].source
+    (req,) = hook_app.wait_requests("/call", 1)
+    sid = re.escape(req.json["call_sid"])
+    # the caller hears the prompt
+    deadline = time.monotonic() + 10
+    while not _loud_arrivals(rtp_peer, 0.0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _loud_arrivals(rtp_peer, 0.0), "no prompt heard"
+    time.sleep(0.5)
+    assert _loud_arrivals(rtp_peer, time.monotonic() - 0.2), "the prompt is not playing"
+    # barge-in: the first digit stops the prompt at once
+    sent_at = time.monotonic()
+    rtp_peer.send_dtmf("9", server_rtp)
+    srv.wait_log(rf"dtmf .*call_sid={sid}\b.*digit=9\b", timeout=5)
+    time.sleep(1.0)
+    loud = _loud_arrivals(rtp_peer, sent_at)
+    stop_ms = (max(loud) - sent_at) * 1000 if loud else 0.0
+    assert stop_ms < 100, f"prompt audio went on {stop_ms:.0f} ms after the digit"
+    # a wrong PIN is asked again
+    rtp_peer.send_dtmf("9", server_rtp)
+    rtp_peer.send_dtmf("#", server_rtp)
+    (wrong,) = hook_app.wait_requests("/pin", 1)
+    assert wrong.json["reason"] == "dtmfDetected" and wrong.json["digits"] == "99"
+    assert wrong.json["call_sid"] == req.json["call_sid"]
+    time.sleep(0.5)
+    for d in "1234#":
+        rtp_peer.send_dtmf(d, server_rtp)
+    reqs = hook_app.wait_requests("/pin", 2)
+    assert reqs[1].json["digits"] == "1234"
+    srv.wait_log(rf"conference join name=pinroom call_sid={sid}\b", timeout=10)
+    res = run.wait()
+    assert res.ok(), res.describe()
+    print(f"barge-in: last loud frame {stop_ms:.0f} ms after the digit was sent")
+
+
+def test_gather_timeout_reason(confroom: Any, hook_app: HookApp, sipp: SippRunner,
+                               rtp_peer: RtpPeer) -> None:
+    hook_app.route("/call", [{"verb": "gather", "timeout": 1.5, "actionHook": "/done"},
+                             {"verb": "say", "text": "never reached"}])
+    hook_app.route("/done", [{"verb": "hangup"}])
+    srv = confroom(hook_app.url("/call"))
+    res = sipp.run("uac_wait_bye", srv.target, keys={"rtp_port": rtp_peer.port}, timeout=30)
+    assert res.ok(), res.describe()
+    (done,) = hook_app.wait_requests("/done", 1)
+    assert done.json["reason"] == "timeout" and "digits" not in done.json
+    srv.wait_log(r"call end .*status=completed", timeout=5)
