@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from harness import HookApp, HookRequest, RtpPeer, SippRunner, g711_decode
+
 from toolcheck import require_tool
 
 PROMPT = "Welcome to the conference line. Please enter your conference PIN, then press pound. "

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from toolcheck import require_tool
 
 from confroom.app.digits import DigitCollector, DigitOptions
 from confroom.app.gather import GatherResult, action_payload
@@ -22,6 +21,7 @@ from confroom.speech.recognizer import (
     UtteranceDetector,
     recognizer_for,
 )
+from toolcheck import require_tool
 
 
 def collector(**verb: object) -> DigitCollector:

@@ -524,12 +524,12 @@ async def test_invalid_verbs_file(
     server: AppServer, hooks: WebhookClient, media_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     f = media_dir.parent / "app.json"
-    f.write_text(json.dumps([{"verb": "gather"}]))
+    f.write_text(json.dumps([{"verb": "transcribe"}]))
     session, call = make(server, hooks, media_dir, verbs_file=f)
     with caplog.at_level(logging.ERROR):
         await session.run()
     assert call.events == [("decline", 500, "Server Internal Error", {})]
-    assert "verb #1 'gather' is not supported by confroom" in caplog.text
+    assert "verb #1 'transcribe' is not supported by confroom" in caplog.text
 
 
 async def test_missing_verbs_file_declines_480(
