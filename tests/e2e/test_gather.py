@@ -1,14 +1,17 @@
-"""End-to-end gather: a PIN conference over real SIPp calls with RFC 4733 digits from an
-RtpPeer (barge-in checked on the wire), a wrong PIN asked again, and a timeout."""
+"""End-to-end gather and leave: a PIN conference over real SIPp calls with RFC 4733 digits from
+an RtpPeer (barge-in checked on the wire) and with SIP INFO digits, a wrong PIN asked again, a
+timeout, speech ("sales", "support" spoken by espeak-ng into the call as RTP) recognised
+offline, and `leave` from a conference waitHook."""
 
 from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import HookApp, HookRequest, RtpPeer, SippRunner, g711_decode
+from harness import HookApp, HookRequest, RtpPeer, SippRunner, g711_decode, speech_pcm
 
 from toolcheck import require_tool
 
@@ -91,4 +94,64 @@ def test_gather_timeout_reason(confroom: Any, hook_app: HookApp, sipp: SippRunne
     assert res.ok(), res.describe()
     (done,) = hook_app.wait_requests("/done", 1)
     assert done.json["reason"] == "timeout" and "digits" not in done.json
+    srv.wait_log(r"call end .*status=completed", timeout=5)
+
+
+def test_pin_with_sip_info_digits(confroom: Any, hook_app: HookApp, sipp: SippRunner,
+                                  rtp_peer: RtpPeer) -> None:
+    require_tool("espeak-ng")
+    hook_app.route("/call", [_pin_gather(PROMPT)])
+    hook_app.route("/pin", lambda req: [{"verb": "conference", "name": "inforoom"}]
+                   if req.json.get("digits") == "1234" else [{"verb": "hangup"}])
+    srv = confroom(hook_app.url("/call"))
+    digits = {f"d{i + 1}": d for i, d in enumerate("1234#")}
+    res = sipp.run("uac_dtmf_info", srv.target, pause_ms=2000,
+                   keys={"rtp_port": rtp_peer.port, **digits}, timeout=40)
+    assert res.ok(), res.describe()
+    (req,) = hook_app.wait_requests("/pin", 1)
+    assert req.json["reason"] == "dtmfDetected" and req.json["digits"] == "1234"
+    srv.wait_log(rf"conference join name=inforoom call_sid={re.escape(req.json['call_sid'])}\b",
+                 timeout=5)
+
+
+def test_speech_gather_recognises_sales_and_support(
+    confroom: Any, hook_app: HookApp, sipp: SippRunner, rtp_peer: RtpPeer, tmp_path: Path
+) -> None:
+    words = ["sales", "support"]
+    speech = {w: speech_pcm(tmp_path, w) for w in words}
+    gather = {"verb": "gather", "input": ["speech"], "timeout": 15, "actionHook": "/speech",
+              "recognizer": {"vendor": "google", "language": "en-US", "hints": words}}
+    hook_app.route("/call", [gather])
+    hook_app.route("/speech", lambda req: [gather] if len(hook_app.received("/speech")) < 2
+                   else [{"verb": "hangup"}])
+    srv = confroom(hook_app.url("/call"))
+    run = sipp.start("uac_wait_bye", srv.target, keys={"rtp_port": rtp_peer.port}, timeout=60)
+    server_rtp = rtp_peer.wait_packets(1, timeout=15, payload_types=[0])[0].source
+    silence = np.zeros(8000, dtype=np.int16)
+    for n, word in enumerate(words, 1):
+        rtp_peer.send_pcm(np.concatenate([silence, speech[word], silence, silence]), server_rtp)
+        reqs = hook_app.wait_requests("/speech", n, timeout=20)
+        body = reqs[n - 1].json
+        assert body["reason"] == "speechDetected", body
+        alt = body["speech"]["alternatives"][0]
+        assert alt["transcript"] == word, body["speech"]
+        assert 0 <= alt["confidence"] <= 1 and body["speech"]["is_final"] is True
+    res = run.wait()
+    assert res.ok(), res.describe()
+    assert srv.find_logs(r"recognizer vendor 'google' is not configured")
+
+
+def test_leave_from_a_conference_wait_hook(confroom: Any, hook_app: HookApp, sipp: SippRunner,
+                                           rtp_peer: RtpPeer) -> None:
+    hook_app.route("/call", [{"verb": "conference", "name": "leaveroom",
+                              "startConferenceOnEnter": False, "waitHook": "/wait",
+                              "actionHook": "/after"}])
+    hook_app.route("/wait", [{"verb": "pause", "length": 1}, {"verb": "leave"}])
+    hook_app.route("/after", [{"verb": "hangup"}])
+    srv = confroom(hook_app.url("/call"))
+    res = sipp.run("uac_wait_bye", srv.target, keys={"rtp_port": rtp_peer.port}, timeout=30)
+    assert res.ok(), res.describe()
+    (after,) = hook_app.wait_requests("/after", 1)
+    assert after.json["conference_result"] == "left"
+    assert after.json["friendly_name"] == "leaveroom"
     srv.wait_log(r"call end .*status=completed", timeout=5)
