@@ -5,10 +5,11 @@ so nothing is downloaded at run time. The model is 16 kHz: the call's 8 kHz audi
 upsampled (linear interpolation: its gentle roll-off towards 4 kHz decoded espeak-ng words
 better than a brick-wall FFT upsampler) first, and the decoder's noise removal is off (the
 silence around an utterance from G.711 is digital zero, which its noise estimate handles
-badly: "sales"/"support" at some levels gave no result with it on). With `hints`, recognition is restricted to a JSGF grammar
-of the hint words and phrases (those whose words are all in the dictionary; others are
-logged and dropped), which is what makes short answers ("sales", "support") reliable; without
-hints the bundled language model decodes free speech (poorly, for short words).
+badly: "sales"/"support" at some levels gave no result with it on). With `hints`,
+recognition is restricted to a JSGF grammar of the hint words and phrases (those whose words
+are all in the dictionary; others are logged and dropped), which is what makes short answers
+("sales", "support") work; without hints the bundled language model decodes free speech
+(poorly for short words: bench/speech_micro.py).
 
 The decoder takes ~0.3 s to load and ~10-250 ms per utterance, so it is created once and
 used from one worker thread (pocketsphinx decoders are not thread-safe); `recognize` awaits
