@@ -81,7 +81,8 @@ def test_pin_conference_with_rfc4733_digits_and_bargein(
     srv.wait_log(rf"conference join name=pinroom call_sid={sid}\b", timeout=10)
     res = run.wait()
     assert res.ok(), res.describe()
-    print(f"barge-in: last loud frame {stop_ms:.0f} ms after the digit was sent")
+    print(f"dtmf barge-in: last loud frame {stop_ms:.0f} ms after the digit was sent "
+          f"(0 = none after it)")
 
 
 def test_gather_timeout_reason(confroom: Any, hook_app: HookApp, sipp: SippRunner,
@@ -117,19 +118,30 @@ def test_pin_with_sip_info_digits(confroom: Any, hook_app: HookApp, sipp: SippRu
 def test_speech_gather_recognises_sales_and_support(
     confroom: Any, hook_app: HookApp, sipp: SippRunner, rtp_peer: RtpPeer, tmp_path: Path
 ) -> None:
+    """The first gather has a long prompt with bargein: speech stops it (checked on the wire)."""
     words = ["sales", "support"]
     speech = {w: speech_pcm(tmp_path, w) for w in words}
     gather = {"verb": "gather", "input": ["speech"], "timeout": 15, "actionHook": "/speech",
               "recognizer": {"vendor": "google", "language": "en-US", "hints": words}}
-    hook_app.route("/call", [gather])
+    hook_app.route("/call", [{**gather, "bargein": True, "say": {"text": PROMPT * 3}}])
     hook_app.route("/speech", lambda req: [gather] if len(hook_app.received("/speech")) < 2
                    else [{"verb": "hangup"}])
     srv = confroom(hook_app.url("/call"))
     run = sipp.start("uac_wait_bye", srv.target, keys={"rtp_port": rtp_peer.port}, timeout=60)
     server_rtp = rtp_peer.wait_packets(1, timeout=15, payload_types=[0])[0].source
+    deadline = time.monotonic() + 10
+    while not _loud_arrivals(rtp_peer, time.monotonic() - 0.2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _loud_arrivals(rtp_peer, time.monotonic() - 0.2), "the prompt is not playing"
     silence = np.zeros(8000, dtype=np.int16)
     for n, word in enumerate(words, 1):
-        rtp_peer.send_pcm(np.concatenate([silence, speech[word], silence, silence]), server_rtp)
+        spoke_at = time.monotonic()
+        rtp_peer.send_pcm(np.concatenate([speech[word], silence, silence]), server_rtp)
+        if n == 1:  # barge-in: the prompt stopped soon after the speech started
+            loud = _loud_arrivals(rtp_peer, spoke_at)
+            stop_s = max(loud) - spoke_at if loud else 0.0
+            assert stop_s < 0.6, f"prompt went on {stop_s:.2f} s into the caller's speech"
+            print(f"speech barge-in: last loud frame {stop_s * 1000:.0f} ms after speech start")
         reqs = hook_app.wait_requests("/speech", n, timeout=20)
         body = reqs[n - 1].json
         assert body["reason"] == "speechDetected", body
