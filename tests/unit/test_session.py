@@ -797,7 +797,8 @@ async def test_gather_digit_stops_prompt_at_once_and_posts_digits(
     server: AppServer, hooks: WebhookClient, media_dir: Path
 ) -> None:
     server.routes["/app/call"] = [
-        {"verb": "gather", "numDigits": 2, "actionHook": "/app/pin", "play": {"url": "hello.wav"}},
+        {"verb": "gather", "id": "pin-1", "numDigits": 2, "actionHook": "/app/pin",
+         "play": {"url": "hello.wav"}},
         {"verb": "say", "text": "not reached: the hook's verbs replace the list"},
     ]
     server.routes["/app/pin"] = [{"verb": "hangup"}]
@@ -810,7 +811,7 @@ async def test_gather_digit_stops_prompt_at_once_and_posts_digits(
     await asyncio.wait_for(run, 5)
     (body,) = server.bodies["/app/pin"]
     assert body["reason"] == "dtmfDetected" and body["digits"] == "45"
-    assert body["call_sid"] == call.info.call_sid
+    assert body["call_sid"] == call.info.call_sid and body["verb_id"] == "pin-1"
     assert call.names() == ["answer", "hangup"]  # the prompt's task was cancelled mid-play
     assert call.dtmf_listener is None
 

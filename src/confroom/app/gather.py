@@ -39,6 +39,11 @@ logger = logging.getLogger(__name__)
 
 VerbResult = list[dict[str, Any]] | None
 
+# jambonz attributes accepted (the schema allows them) but not acted on; logged once each
+IGNORED = ("speechTimeout", "minBargeinWordCount", "partialResultHook", "fillerNoise",
+           "actionHookDelayAction")
+_ignored_logged: set[str] = set()
+
 
 @dataclass(frozen=True)
 class GatherResult:
@@ -72,6 +77,10 @@ class _Gather:
 
     def __init__(self, s: CallSession, verb: dict[str, Any]) -> None:
         self.s = s
+        for name in IGNORED:
+            if name in verb and name not in _ignored_logged:
+                _ignored_logged.add(name)
+                logger.info("gather: attribute %r is accepted but not implemented: ignored", name)
         inputs = verb.get("input") or ["digits"]
         self.digits = "digits" in inputs
         self.speech = "speech" in inputs
@@ -254,6 +263,8 @@ async def run_gather(s: CallSession, verb: dict[str, Any]) -> VerbResult:
         return None
     if "actionHook" not in verb:
         return None
-    verbs = await s.call_hook(verb["actionHook"], s.fields(**action_payload(result)),
-                              what="gather actionHook")
+    body = s.fields(**action_payload(result))
+    if isinstance(verb.get("id"), str):
+        body["verb_id"] = verb["id"]  # as jambonz sends it
+    verbs = await s.call_hook(verb["actionHook"], body, what="gather actionHook")
     return verbs or None
