@@ -90,6 +90,8 @@ class Call:
         self.started_at = time.time()
         self.answered_at: float | None = None
         self.session_kill: Callable[[], None] | None = None  # set by the runner
+        # who gets the caller's digits besides the log (a running `gather`)
+        self.dtmf_listener: Callable[[str], None] | None = None
         media.on_play_done = self._on_play_done
         media.on_dtmf = self.on_dtmf
         media.on_timeout = self._on_rtp_timeout
@@ -215,6 +217,9 @@ class Call:
 
     def on_dtmf(self, digit: str) -> None:
         log.info("dtmf call_sid=%s digit=%s", self.info.call_sid, digit)
+        listener = self.dtmf_listener
+        if listener is not None:
+            listener(digit)
 
     def _on_rtp_timeout(self) -> None:
         if self.ended:
@@ -261,6 +266,7 @@ class Call:
             return
         self._ended.set()
         self._resolve_play(False)
+        self.dtmf_listener = None
         if self.session_kill is not None:
             self.session_kill()
         if sip_status is not None and sip_reason is None:

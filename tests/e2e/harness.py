@@ -677,6 +677,24 @@ def write_tone_wav(
     return write_wav(path, tone(freq, seconds, rate, amplitude), rate)
 
 
+def speech_pcm(workdir: Path, text: str, dbfs: float = -20.0) -> Int16Array:
+    """espeak-ng speech, 8 kHz mono 16-bit via sox, silence trimmed, scaled to `dbfs` RMS."""
+    espeak, sox = require_tool("espeak-ng"), require_tool("sox")
+    raw, wav8k = workdir / "speech.wav", workdir / "speech8k.raw"
+    subprocess.run([espeak, "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run([sox, str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
+                    "-t", "raw", str(wav8k)], check=True, capture_output=True)
+    pcm = np.frombuffer(wav8k.read_bytes(), dtype="<i2").astype(np.float64)
+    frames = pcm[: len(pcm) // 160 * 160].reshape(-1, 160)
+    levels = np.sqrt(np.mean(frames**2, axis=1))
+    active = np.flatnonzero(levels > 0.05 * levels.max())
+    frames = frames[active[0] : active[-1] + 1]  # no leading/trailing silence
+    level = np.sqrt(np.mean(frames[levels[active[0] : active[-1] + 1] > 0.05 * levels.max()]
+                            ** 2))
+    scaled = frames.reshape(-1) * (32768 * 10 ** (dbfs / 20) / level)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
 def rms(pcm: npt.ArrayLike) -> float:
     a = np.asarray(pcm, dtype=np.float64)
     return float(np.sqrt(np.mean(a * a))) if a.size else 0.0

@@ -22,7 +22,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -51,8 +50,8 @@ from harness import (
     free_sip_port,
     g711_decode,
     parse_kv,
-    require_tool,
     rms,
+    speech_pcm,
     tone,
     tone_power,
     write_tone_wav,
@@ -744,24 +743,6 @@ def test_every_conference_hook_body_validates_against_the_jambonz_schemas(
 
 
 # ------------------------------------------------------------------------------- 9: talking
-
-
-def speech_pcm(workdir: Path, text: str, dbfs: float = -20.0) -> Int16Array:
-    """espeak-ng speech, 8 kHz mono 16-bit via sox, silence trimmed, scaled to `dbfs` RMS."""
-    espeak, sox = require_tool("espeak-ng"), require_tool("sox")
-    raw, wav8k = workdir / "speech.wav", workdir / "speech8k.raw"
-    subprocess.run([espeak, "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run([sox, str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
-                    "-t", "raw", str(wav8k)], check=True, capture_output=True)
-    pcm = np.frombuffer(wav8k.read_bytes(), dtype="<i2").astype(np.float64)
-    frames = pcm[: len(pcm) // 160 * 160].reshape(-1, 160)
-    levels = np.sqrt(np.mean(frames**2, axis=1))
-    active = np.flatnonzero(levels > 0.05 * levels.max())
-    frames = frames[active[0] : active[-1] + 1]  # no leading/trailing silence
-    level = np.sqrt(np.mean(frames[levels[active[0] : active[-1] + 1] > 0.05 * levels.max()]
-                            ** 2))
-    scaled = frames.reshape(-1) * (32768 * 10 ** (dbfs / 20) / level)
-    return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
 @pytest.mark.parametrize("stop_name", ["stop-talking", "end-talking"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import socket
 import struct
 from collections.abc import Callable, Coroutine
@@ -491,3 +492,33 @@ async def test_latched_socket_ignores_others_and_is_released_after_silence() -> 
         peer.close()
         other.close()
         await engine.stop()
+
+
+def test_audio_tap_gets_each_ticks_inbound_and_a_failing_tap_is_removed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = MediaEngine("127.0.0.1", 20000, 20100, rtp_timeout=0)
+    a, _ta = new_session(engine, 20000, "PCMU")
+    b, _tb = new_session(engine, 20002, "PCMU")
+    got: list[npt.NDArray[np.int16] | None] = []
+    a.audio_tap = got.append
+    tone = g711.encode("PCMU", np.full(160, 2000, np.int16)).tobytes()
+    for i in range(3):
+        a.on_datagram(build_rtp_header(0, False, i, i * 160, 1) + tone, ("10.0.0.9", 21000), 1.0)
+    clock = Clock()
+    clock.run(engine, 3)
+    assert len(got) == 3 and all(f is not None and f.shape == (160,) for f in got)
+    np.testing.assert_array_equal(got[0], g711.decode("PCMU", np.frombuffer(tone, np.uint8)))
+    clock.run(engine, 10)
+    assert len(got) == 13 and got[-1] is None  # nothing arrives: None once concealment ends
+
+    def broken(frame: npt.NDArray[np.int16] | None) -> None:
+        raise RuntimeError("tap bug")
+
+    b.audio_tap = broken
+    with caplog.at_level(logging.ERROR):
+        clock.run(engine, 5)
+    assert b.audio_tap is None
+    assert caplog.text.count("audio tap failed") == 1
+    a.close()
+    assert a.audio_tap is None

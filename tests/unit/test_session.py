@@ -58,6 +58,7 @@ class FakeCall:
         self.blocking = blocking
         self.max_plays = max_plays
         self.events: list[tuple[Any, ...]] = []
+        self.dtmf_listener: Any = None  # set by a running gather
         self._answered = False
         self._ended = asyncio.Event()
         self._stop: asyncio.Event | None = None
@@ -524,12 +525,12 @@ async def test_invalid_verbs_file(
     server: AppServer, hooks: WebhookClient, media_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     f = media_dir.parent / "app.json"
-    f.write_text(json.dumps([{"verb": "gather"}]))
+    f.write_text(json.dumps([{"verb": "transcribe"}]))
     session, call = make(server, hooks, media_dir, verbs_file=f)
     with caplog.at_level(logging.ERROR):
         await session.run()
     assert call.events == [("decline", 500, "Server Internal Error", {})]
-    assert "verb #1 'gather' is not supported by confroom" in caplog.text
+    assert "verb #1 'transcribe' is not supported by confroom" in caplog.text
 
 
 async def test_missing_verbs_file_declines_480(
@@ -777,3 +778,102 @@ async def test_say_with_real_engine(
     await asyncio.wait_for(session.run(), 20)
     assert call.names() == ["answer", "play", "hangup"]
     assert call.plays()[0] > 25  # well over half a second of speech
+
+
+# ------------------------------------------------------------------------------- gather
+
+
+async def _listening(call: FakeCall, prompt: bool = True) -> Any:
+    """The gather's digit listener, once it is set (and its prompt plays, if it has one)."""
+    async def ready() -> Any:
+        while call.dtmf_listener is None or (prompt and call._stop is None):
+            await asyncio.sleep(0.005)
+        return call.dtmf_listener
+
+    return await asyncio.wait_for(ready(), 5)
+
+
+async def test_gather_digit_stops_prompt_at_once_and_posts_digits(
+    server: AppServer, hooks: WebhookClient, media_dir: Path
+) -> None:
+    server.routes["/app/call"] = [
+        {"verb": "gather", "id": "pin-1", "numDigits": 2, "actionHook": "/app/pin",
+         "play": {"url": "hello.wav"}},
+        {"verb": "say", "text": "not reached: the hook's verbs replace the list"},
+    ]
+    server.routes["/app/pin"] = [{"verb": "hangup"}]
+    session, call = make(server, hooks, media_dir, blocking=True)
+    run = asyncio.create_task(session.run())
+    listener = await _listening(call)
+    listener("4")
+    assert call._stop is not None and call._stop.is_set()  # stopped inside the callback
+    listener("5")
+    await asyncio.wait_for(run, 5)
+    (body,) = server.bodies["/app/pin"]
+    assert body["reason"] == "dtmfDetected" and body["digits"] == "45"
+    assert body["call_sid"] == call.info.call_sid and body["verb_id"] == "pin-1"
+    assert call.names() == ["answer", "hangup"]  # the prompt's task was cancelled mid-play
+    assert call.dtmf_listener is None
+
+
+async def test_gather_listen_during_prompt_false_ignores_digits_while_prompting(
+    server: AppServer, hooks: WebhookClient, media_dir: Path
+) -> None:
+    server.routes["/app/call"] = [
+        {"verb": "gather", "numDigits": 1, "listenDuringPrompt": False, "timeout": 0.3,
+         "actionHook": "/app/done", "play": {"url": "hello.wav"}},
+    ]
+    server.routes["/app/done"] = [{"verb": "hangup"}]
+    session, call = make(server, hooks, media_dir, blocking=True)
+    run = asyncio.create_task(session.run())
+    listener = await _listening(call)
+    listener("1")
+    assert call._stop is not None and not call._stop.is_set()  # no barge-in
+    call.stop_playback()  # the prompt ends; listening starts, nothing comes: timeout
+    await asyncio.wait_for(run, 5)
+    (body,) = server.bodies["/app/done"]
+    assert body["reason"] == "timeout" and "digits" not in body
+
+
+async def test_gather_dtmf_bargein_false_keeps_the_prompt(
+    server: AppServer, hooks: WebhookClient, media_dir: Path
+) -> None:
+    server.routes["/app/call"] = [
+        {"verb": "gather", "finishOnKey": "#", "dtmfBargein": False, "actionHook": "/app/done",
+         "play": {"url": "hello.wav"}},
+    ]
+    server.routes["/app/done"] = [{"verb": "hangup"}]
+    session, call = make(server, hooks, media_dir, blocking=True)
+    run = asyncio.create_task(session.run())
+    listener = await _listening(call)
+    listener("7")
+    assert call._stop is not None and not call._stop.is_set()
+    listener("#")
+    await asyncio.wait_for(run, 5)
+    assert server.bodies["/app/done"][0]["digits"] == "7"
+
+
+async def test_gather_without_action_hook_continues_with_the_next_verb(
+    server: AppServer, hooks: WebhookClient, media_dir: Path
+) -> None:
+    server.routes["/app/call"] = [
+        {"verb": "gather", "numDigits": 1},
+        {"verb": "play", "url": "hello.wav"},
+    ]
+    session, call = make(server, hooks, media_dir)
+    run = asyncio.create_task(session.run())
+    listener = await _listening(call, prompt=False)
+    listener("3")
+    await asyncio.wait_for(run, 5)
+    assert call.names() == ["answer", "play", "hangup"]
+
+
+async def test_leave_outside_a_conference_does_nothing(
+    server: AppServer, hooks: WebhookClient, media_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.routes["/app/call"] = [{"verb": "leave"}, {"verb": "play", "url": "hello.wav"}]
+    session, call = make(server, hooks, media_dir)
+    with caplog.at_level(logging.INFO):
+        await session.run()
+    assert call.names() == ["answer", "play", "hangup"]
+    assert "leave: the call is not in a conference" in caplog.text

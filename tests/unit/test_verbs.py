@@ -71,10 +71,10 @@ def test_supported_and_known() -> None:
             "loop",
         ),
         (
-            [{"verb": "answer"}, {"verb": "pause", "length": 1}, {"verb": "gather"}],
-            "verb #3 'gather' is not supported by confroom",
+            [{"verb": "answer"}, {"verb": "pause", "length": 1}, {"verb": "transcribe"}],
+            "verb #3 'transcribe' is not supported by confroom",
             2,
-            "gather",
+            "transcribe",
             None,
         ),
         (

@@ -6,7 +6,7 @@ only sees this protocol, so it never touches SIP or sockets directly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +43,8 @@ class CallControl(Protocol):
     info: CallInfo
     app: AppConfig
     media: MediaSession  # the call's RTP session (what a conference mixes)
+    # called with each digit the caller sends (RFC 4733 or SIP INFO) while set (`gather`)
+    dtmf_listener: Callable[[str], None] | None
 
     @property
     def answered(self) -> bool: ...

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Collection, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,6 +105,9 @@ class CallSession:
         self._interrupt = asyncio.Event()
         self._replacement: list[dict[str, Any]] | None = None
         self.current: dict[str, Any] | None = None
+        # set by the conference verb while the call is in (or waiting for) a conference:
+        # what the `leave` verb calls
+        self.leave_conference: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ state
 

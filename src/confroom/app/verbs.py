@@ -23,10 +23,15 @@ VERB_BASE = SCHEMA_BASE + "verbs/"
 CALLBACK_BASE = SCHEMA_BASE + "callbacks/"
 
 SUPPORTED: frozenset[str] = frozenset(
-    {"answer", "say", "play", "pause", "hangup", "sip:decline", "redirect", "conference"}
+    {
+        "answer", "say", "play", "pause", "hangup", "sip:decline", "redirect", "conference",
+        "gather", "leave",
+    }
 )
 # Verbs allowed in lists returned by waitHook / enterHook (spec 3.1).
 MEDIA_ONLY: frozenset[str] = frozenset({"play", "say", "pause"})
+# ... and by a conference waitHook (waiting or on hold): `leave` takes the caller out.
+WAIT_HOOK_VERBS: frozenset[str] = MEDIA_ONLY | {"leave"}
 
 
 class VerbError(ValueError):

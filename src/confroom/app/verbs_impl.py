@@ -1,4 +1,5 @@
-"""The verbs a `CallSession` runs: answer, say, play, pause, hangup, sip:decline, redirect.
+"""The verbs a `CallSession` runs: answer, say, play, pause, hangup, sip:decline, redirect,
+gather (in `confroom.app.gather`) and leave.
 
 One coroutine per verb, registered in `VERBS` by name. These are the verbs that need nothing
 but the call; verbs built on other services (`conference`, in `confroom.conference.verb`) are
@@ -20,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import numpy.typing as npt
 
+from confroom.app.gather import run_gather
 from confroom.media.fetch import fetch_audio
 from confroom.media.sources import (
     SAMPLE_RATE,
@@ -281,6 +283,17 @@ async def run_redirect(s: CallSession, verb: dict[str, Any]) -> VerbResult:
     return verbs if verbs is not None else []
 
 
+async def run_leave(s: CallSession, verb: dict[str, Any]) -> VerbResult:
+    """Leave the conference the call is in (the conference verb then runs its actionHook with
+    conference_result `left`); outside a conference there is nothing to leave."""
+    leave = s.leave_conference
+    if leave is None:
+        logger.info("call_sid=%s: leave: the call is not in a conference", s.call_sid)
+    else:
+        leave()
+    return None
+
+
 VERBS: dict[str, VerbImpl] = {
     "answer": run_answer,
     "say": run_say,
@@ -289,4 +302,6 @@ VERBS: dict[str, VerbImpl] = {
     "hangup": run_hangup,
     "sip:decline": run_decline,
     "redirect": run_redirect,
+    "gather": run_gather,
+    "leave": run_leave,
 }

@@ -12,8 +12,11 @@ Spec section 3. The flow for one caller:
    waitHook of step 1, until it is taken off hold. With `distributeDtmf`, its RFC 4733 digits
    are passed to the other members.
 4. If the call is still up, the actionHook gets the call fields plus `conference_sid`,
-   `friendly_name` and `conference_result` (ended | full | kicked | error); a verb list it
-   returns replaces the rest of the call's verbs.
+   `friendly_name` and `conference_result` (ended | full | kicked | left | error); a verb
+   list it returns replaces the rest of the call's verbs.
+
+`leave` (a verb in a waitHook's list, waiting or on hold, or run through
+`CallSession.leave_conference`) takes the caller out: conference_result `left`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from confroom.app import verbs_impl
-from confroom.app.verbs import MEDIA_ONLY
+from confroom.app.verbs import MEDIA_ONLY, WAIT_HOOK_VERBS
 from confroom.app.verbs_impl import positive_int
 from confroom.conference.model import Conference, Member
 from confroom.conference.service import ConferenceService
@@ -72,6 +75,18 @@ async def run_conference(
     start_on_enter = verb.get("startConferenceOnEnter", True) is not False
     limit = verb.get("maxParticipants")
     conf: Conference | None = None
+    loop = asyncio.get_running_loop()
+    leave_asked: asyncio.Future[None] = loop.create_future()
+    admitted = False
+
+    def request_leave() -> None:
+        log.info("conference %s: call_sid=%s leaves (leave verb)", name, call.info.call_sid)
+        if admitted and conf is not None:
+            svc.leave(conf, member, "left")
+        elif not leave_asked.done():
+            leave_asked.set_result(None)
+
+    s.leave_conference = request_leave
     try:
         while True:
             if s.interrupted:
@@ -81,7 +96,9 @@ async def run_conference(
                 conf = svc.start(member, verb)
                 break
             if conf is None:
-                conf = await _wait_for_start(s, svc, account, name, verb)
+                conf = await _wait_for_start(s, svc, account, name, verb, leave_asked)
+                if leave_asked.done() and not s.interrupted:
+                    return await _left_while_waiting(s, verb, name)
                 if conf is None:
                     return None  # the call ended (or was redirected) while waiting
                 continue  # it started: look again (it may be full already)
@@ -91,15 +108,19 @@ async def run_conference(
                 return await _action_hook(s, svc, verb, conf, "full")
             svc.admit(conf, member)
             break
-        left = asyncio.get_running_loop().create_future()
+        admitted = True
+        left = loop.create_future()
 
         def on_leave(reason: str) -> None:
             if not left.done():
                 left.set_result(reason)
 
         member.on_leave = on_leave
+        if leave_asked.done():
+            svc.leave(conf, member, "left")
         if verb.get("enterHook"):
-            await _play_hook(s, svc, verb["enterHook"], conf, "enterHook")
+            await _play_hook(s, svc, verb["enterHook"], conf, "enterHook",
+                             allowed=MEDIA_ONLY)
         if not left.done() and not s.interrupted:
             svc.mix_in(conf, member, beep=member.beep)
             await _stay(s, svc, conf, member, left)
@@ -109,6 +130,7 @@ async def run_conference(
             return None
         return await _action_hook(s, svc, verb, conf, str(left.result()))
     finally:
+        s.leave_conference = None
         # whatever happened (an error included), never leave a ghost member behind
         if conf is not None and member.leave_reason is None:
             svc.leave(conf, member, "hangup" if call.ended else "error")
@@ -179,25 +201,40 @@ async def _action_hook(
     return verbs or None
 
 
+async def _left_while_waiting(
+    s: CallSession, verb: dict[str, Any], name: str
+) -> list[dict[str, Any]] | None:
+    """`leave` before the conference started: the actionHook with conference_result left."""
+    if s.call.ended or not verb.get("actionHook"):
+        return None
+    body = s.fields(conference_result="left", friendly_name=name, friendlyName=name)
+    verbs = await s.call_hook(verb["actionHook"], body, what="conference actionHook")
+    return verbs or None
+
+
 async def _play_hook(
     s: CallSession, svc: ConferenceService, hook: Any, conf: Conference | None, what: str,
-    extra: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None, allowed: frozenset[str] = WAIT_HOOK_VERBS,
 ) -> bool:
-    """Fetch a wait/enter hook and play its play/say/pause verbs. False when the hook failed
-    or returned something not allowed (already logged)."""
+    """Fetch a wait/enter hook and play its play/say/pause verbs (a waitHook's `leave` takes
+    the caller out of the conference). False when the hook failed or returned something not
+    allowed (already logged)."""
     body = s.fields(**(svc.conference_fields(conf) if conf is not None else {}), **(extra or {}))
-    verbs = await s.call_hook(hook, body, what=what, allowed=MEDIA_ONLY, strict=False)
+    verbs = await s.call_hook(hook, body, what=what, allowed=allowed, strict=False)
     if verbs is None:
         return False
     for v in verbs:
         if s.interrupted:
             break
         await verbs_impl.VERBS[v["verb"]](s, v)
+        if v["verb"] == "leave":
+            break
     return True
 
 
 async def _wait_for_start(
-    s: CallSession, svc: ConferenceService, account: str, name: str, verb: dict[str, Any]
+    s: CallSession, svc: ConferenceService, account: str, name: str, verb: dict[str, Any],
+    leave_asked: asyncio.Future[None],
 ) -> Conference | None:
     """Wait (unmixed) until the conference starts, running the waitHook loop meanwhile."""
     loop = asyncio.get_running_loop()
@@ -211,7 +248,8 @@ async def _wait_for_start(
     log.info("conference %s: call_sid=%s waits for it to start", name, s.call_sid)
     waiting = loop.create_task(_wait_loop(s, svc, verb, name, started))
     try:
-        await s.guarded(asyncio.wait({started}))
+        either: set[asyncio.Future[Any]] = {started, leave_asked}
+        await s.guarded(asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED))
     finally:
         cancel()
         waiting.cancel()

@@ -410,6 +410,8 @@ class MediaEngine:
         sent = 0
         ports = self._ports
         for k, (s, transport) in enumerate(entries):
+            if s.audio_tap is not None:
+                _feed_tap(s)
             if s.source is not None:
                 frame = _read_source(s)
                 if frame is not None:  # a prompt plays over the conference
@@ -656,6 +658,18 @@ def _fmt(addr: tuple[str, int] | None) -> str:
         return "none"
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _feed_tap(s: MediaSession) -> None:
+    """Hand this tick's inbound frame to the session's audio tap; a tap that raises is
+    removed (logged once), so a broken listener cannot log on every tick."""
+    tap = s.audio_tap
+    assert tap is not None
+    try:
+        tap(s.inbound)
+    except Exception:
+        s.audio_tap = None
+        log.exception("audio tap failed for %r: removed", s)
 
 
 def _read_source(s: MediaSession) -> Frame | None:

@@ -35,6 +35,7 @@ class MediaSession:
     __slots__ = (
         "_rx_rearm",
         "_timed_out",
+        "audio_tap",
         "closed",
         "dtmf",
         "dtmf_digits",
@@ -85,6 +86,9 @@ class MediaSession:
         self.on_dtmf: Callable[[str], None] | None = None
         # A second listener for received digits (a conference distributing them).
         self.dtmf_tap: Callable[[str], None] | None = None
+        # A listener for what the caller says (a speech `gather`): called by the engine once
+        # per tick with this tick's inbound frame (None when nothing arrived). None = no cost.
+        self.audio_tap: Callable[[Frame | None], None] | None = None
         # Digits to send as RFC 4733 events; None when idle (the tick only looks at this).
         self.dtmf_tx: DtmfSender | None = None
         self.on_timeout: Callable[[], None] | None = None
@@ -248,6 +252,7 @@ class MediaSession:
         # passes stall the media clock in proportion to everything alive).
         self.on_play_done = self.on_dtmf = self.on_timeout = None
         self.dtmf_tap = None
+        self.audio_tap = None
 
     # --- this tick's frames -------------------------------------------------------------------
 
