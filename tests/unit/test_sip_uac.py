@@ -29,7 +29,7 @@ def sent(core: SipCore) -> list[Request | Response]:
 
 
 def events(core: SipCore) -> list[object]:
-    out = []
+    out: list[object] = []
     while (ev := core.next_event()) is not None:
         out.append(ev)
     return out
