@@ -1,0 +1,175 @@
+"""Outbound calls end to end: REST create-call (the unmodified jambonz SDK and plain HTTP)
+against SIPp UAS callees - answer, 486 busy, no answer (CANCEL after the timeout), 183 early
+media then 200, a trunk's 401 digest challenge - with the call-status hook's reports; the
+answered callee joins a conference and audio crosses both ways (FFT on the wire); policy:
+a target outside the allowed domains is refused and logged, the concurrency cap answers 429."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import (
+    ACCOUNT_SID,
+    ConfroomFactory,
+    ConfroomProcess,
+    HookApp,
+    HookRequest,
+    RtpPeer,
+    SippRunner,
+)
+from jambonz_sdk.client import JambonzClient
+from test_control import TOKEN, Rest, free_tcp_port, hears, server_addr, window
+from test_harness_selfcheck import Uas
+
+pytestmark = pytest.mark.e2e
+
+CALLS = f"/v1/Accounts/{ACCOUNT_SID}/Calls"
+
+
+def start(confroom: ConfroomFactory, hook_app: HookApp, **toml: Any) -> tuple[ConfroomProcess,
+                                                                              Rest]:
+    port = free_tcp_port()
+    extra: dict[str, Any] = {"http": {"port": port, "token": TOKEN}, **toml}
+    srv = confroom(hook_app.url("/call"), extra_toml=extra)
+    srv.wait_log(rf"REST API on http://127.0.0.1:{port}")
+    return srv, Rest(port)
+
+
+def statuses(hook_app: HookApp, sid: str) -> list[tuple[str, int]]:
+    return [(r.json["call_status"], r.json["sip_status"]) for r in hook_app.received("/cstatus")
+            if r.json and r.json.get("call_sid") == sid]
+
+
+def wait_status(hook_app: HookApp, sid: str, status: str, timeout: float = 15) -> None:
+    hook_app.wait_for(lambda _: any(s == status for s, _ in statuses(hook_app, sid)),
+                      timeout=timeout)
+
+
+def test_create_call_callee_joins_conference_audio_both_ways(
+    confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner, tmp_path: Path,
+    rtp_peer_factory: Callable[[], RtpPeer],
+) -> None:
+    """The jambonz SDK creates a call to a SIPp callee; its call hook (direction outbound)
+    answers with a conference that an inbound caller is in; each hears the other's tone."""
+    def call_hook(req: HookRequest) -> list[dict[str, Any]]:
+        conf: dict[str, Any] = {"verb": "conference", "name": "pull-in", "beep": False}
+        if req.json["from"] == "alice":
+            conf["endConferenceOnExit"] = True
+        return [conf]
+
+    hook_app.route("/call", call_hook)
+    hook_app.route("/cstatus", [])
+    srv, rest = start(confroom, hook_app, outbound={"allowed_domains": ["127.0.0.1"]})
+    alice, bob = rtp_peer_factory(), rtp_peer_factory()
+    inbound = sipp.start("uac_basic", srv.target, keys={"rtp_port": alice.port,
+                                                        "from_user": "alice"},
+                         pause_ms=7000, timeout=30)
+    alice_addr = server_addr(alice)
+    callee = Uas(tmp_path, "uas_answer", keys={"rtp_port": bob.port})
+
+    async def create() -> str:
+        async with JambonzClient(base_url=rest.base, account_sid=ACCOUNT_SID,
+                                 api_key=TOKEN) as client:
+            return await client.calls.create({
+                "from": "confbot", "to": {"type": "sip", "sipUri": f"sip:bob@{callee.target}"},
+                "call_hook": hook_app.url("/call"),
+                "call_status_hook": hook_app.url("/cstatus"), "timeout": 10,
+                "tag": {"why": "pull in"}})
+
+    sid = asyncio.run(create())
+    assert sid
+    srv.wait_log(r"conference join .*members=2", timeout=15)
+    hook = next(r.json for r in hook_app.wait_requests("/call", 2)
+                if r.json["call_sid"] == sid)
+    assert hook["direction"] == "outbound" and hook["from"] == "confbot"
+    assert hook["to"] == "bob"
+    bob_addr = server_addr(bob)
+    t0 = time.monotonic()
+    senders = [alice.send_tone_async(440.0, 2.5, alice_addr, amplitude=0.2),
+               bob.send_tone_async(1000.0, 2.5, bob_addr, amplitude=0.2)]
+    for s in senders:
+        s.join(timeout=10)
+    t1 = time.monotonic()
+    assert hears(window(bob, t0 + 0.4, t1 - 0.2), 440.0), "the callee does not hear alice"
+    assert hears(window(alice, t0 + 0.4, t1 - 0.2), 1000.0), "alice does not hear the callee"
+    res = inbound.wait()
+    assert res.ok(), res.describe()
+    assert callee.wait() == 0, callee.messages()  # got confroom's BYE when the room ended
+    wait_status(hook_app, sid, "completed")
+    seen = [s for s, _ in statuses(hook_app, sid)]
+    assert seen == ["trying", "ringing", "in-progress", "completed"], seen
+
+
+def test_create_call_outcomes_digest_and_policy(
+    confroom: ConfroomFactory, hook_app: HookApp, tmp_path: Path,
+) -> None:
+    """Busy, no answer (CANCEL after `timeout`), early media, a trunk's 401 challenge answered
+    with digest credentials; a disallowed target refused (403, logged); the per-account cap
+    answers 429 while a call rings."""
+    hook_app.route("/call", [{"verb": "pause", "length": 0.3}])
+    hook_app.route("/cstatus", [])
+    trunk_uas = Uas(tmp_path, "uas_auth", keys={"rtp_port": 9})
+    trunk = {"name": "carrier", "host": trunk_uas.target, "username": "trunkuser",
+             "password": "trunk-secret", "prefix": ["+1"]}
+    srv, rest = start(confroom, hook_app, trunks=[trunk],
+                      outbound={"allowed_domains": ["127.0.0.1"], "max_concurrent_calls": 1,
+                                "calls_per_second": 50.0})
+
+    def create(to: dict[str, str], timeout: int = 10) -> tuple[int, Any]:
+        return rest.request("POST", CALLS, {
+            "from": "15550100", "to": to, "call_hook": hook_app.url("/call"),
+            "call_status_hook": hook_app.url("/cstatus"), "timeout": timeout})
+
+    # a phone number through the trunk, which challenges (401) -> digest -> answered
+    status, body = create({"type": "phone", "number": "+15551234567"})
+    assert status == 201, body
+    wait_status(hook_app, body["sid"], "completed")
+    assert trunk_uas.wait() == 0, trunk_uas.messages()
+    assert [s for s, _ in statuses(hook_app, body["sid"])] == [
+        "trying", "in-progress", "completed"]
+    assert "Authorization: Digest" in trunk_uas.messages()
+
+    # busy
+    uas = Uas(tmp_path, "uas_busy")
+    status, body = create({"type": "sip", "sipUri": f"sip:bob@{uas.target}"})
+    assert status == 201, body
+    wait_status(hook_app, body["sid"], "busy")
+    assert ("busy", 486) in statuses(hook_app, body["sid"])
+    assert uas.wait() == 0, uas.messages()
+
+    # no answer within the timeout: CANCEL; meanwhile the cap of 1 call refuses another
+    uas = Uas(tmp_path, "uas_noanswer")
+    status, body = create({"type": "sip", "sipUri": f"sip:bob@{uas.target}"}, timeout=2)
+    assert status == 201, body
+    wait_status(hook_app, body["sid"], "ringing")
+    status2, refused = create({"type": "sip", "sipUri": f"sip:carol@{uas.target}"})
+    assert status2 == 429 and "max_concurrent_calls" in refused["error"], refused
+    wait_status(hook_app, body["sid"], "no-answer")
+    assert uas.wait() == 0, uas.messages()  # it got the CANCEL
+
+    # 183 with SDP (early media), then 200
+    uas = Uas(tmp_path, "uas_early_media", keys={"rtp_port": 9})
+    status, body = create({"type": "sip", "sipUri": f"sip:bob@{uas.target}"})
+    assert status == 201, body
+    wait_status(hook_app, body["sid"], "completed")
+    assert [s for s, _ in statuses(hook_app, body["sid"])] == [
+        "trying", "early-media", "in-progress", "completed"]
+    assert uas.wait() == 0, uas.messages()
+
+    # policy: a domain that is not allowed, an unknown account, a malformed body
+    mark = srv.mark()
+    status, refused = create({"type": "sip", "sipUri": "sip:premium@198.51.100.7"})
+    assert status == 403 and "not an allowed outbound domain" in refused["error"], refused
+    srv.wait_log(r"outbound call refused .*198\.51\.100\.7", since=mark)
+    status, refused = create({"type": "phone", "number": "+445550000"})
+    assert status == 403 and "no outbound trunk" in refused["error"], refused
+    assert rest.request("POST", "/v1/Accounts/nope/Calls", {
+        "from": "1", "to": {"type": "phone", "number": "+1555"},
+        "call_hook": hook_app.url("/call")})[0] == 404
+    status, err = rest.request("POST", CALLS, {"to": {"type": "phone", "number": "+1555"}})
+    assert status == 400 and "'from'" in err["error"]
