@@ -20,7 +20,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("confroom.outbound")
 
-__all__ = ["CreateCall", "CreateCallError", "OutboundCalls", "parse_create_call"]
+__all__ = ["Attempt", "CreateCall", "CreateCallError", "Failure", "OutboundCalls",
+           "check_headers", "parse_create_call"]
 
 DEFAULT_RING_TIMEOUT = 60.0
 CANCEL_GRACE = 5.0  # after a CANCEL, how long we wait for the INVITE's final response
@@ -137,7 +138,7 @@ def parse_create_call(body: object) -> CreateCall:
 
 
 class Attempt:
-    """One outbound INVITE in progress (until answered or failed)."""
+    """One outbound INVITE in progress (until answered or failed); `cancel()` gives up."""
 
     def __init__(self, info: CallInfo, app: AppConfig, rt: Route, media: MediaSession) -> None:
         self.info = info
@@ -147,7 +148,22 @@ class Attempt:
         self.leg: Leg | None = None
         self.outcome: asyncio.Future[OutboundAnswered | OutboundFailed] = (
             asyncio.get_running_loop().create_future())
+        self.cancelled = asyncio.Event()
         self.session_id = random.randint(1, 2**31)
+
+    def cancel(self) -> None:
+        """Stop ringing (CANCEL): the call then fails with the reason "cancelled"."""
+        self.cancelled.set()
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How an outbound call that was never answered ended: its final call_status (busy,
+    no-answer, failed), the SIP status behind it and a reason for the log."""
+
+    status: str
+    sip_status: int
+    reason: str
 
 
 class OutboundCalls:
@@ -163,7 +179,40 @@ class OutboundCalls:
         self._limit_warning = RateLimitedWarning(log)
         self.refused: dict[str, int] = {}
 
-    # ---- placing a call -----------------------------------------------------------------------
+    # ---- checks shared by create-call and dial -----------------------------------------------
+
+    def check(self, account_sid: str, target: Mapping[str, Any]) -> Route:
+        """Route `target` and take a slot for it (release it with `release`, or let the call
+        it becomes finish). Raises Refused or LimitExceeded, both logged (rate-limited)."""
+        now = time.monotonic()
+        try:
+            rt = route(self.server.config, target)
+        except Refused as e:
+            self.refused["not allowed"] = self.refused.get("not allowed", 0) + 1
+            self._refused_warning(now, "outbound call refused account_sid=%s: %s", account_sid,
+                                  e)
+            raise
+        try:
+            self.limiter.acquire(account_sid, now)
+        except LimitExceeded as e:
+            self.refused["limit"] = self.refused.get("limit", 0) + 1
+            self._limit_warning(now, "outbound call refused account_sid=%s: %s", account_sid, e)
+            raise
+        return rt
+
+    def release(self, account_sid: str) -> None:
+        self.limiter.release(account_sid)
+
+    def new_info(self, account_sid: str, app: AppConfig, rt: Route, from_user: str,
+                 caller_name: str = "") -> CallInfo:
+        return CallInfo(
+            call_sid=str(uuid.uuid4()), call_id="", from_user=from_user, to_user=rt.to_user,
+            caller_name=caller_name, originating_sip_ip=rt.host, originating_sip_port=rt.port,
+            local_sip_address="", account_sid=account_sid,
+            application_sid=app.application_sid, direction="outbound",
+        )
+
+    # ---- REST create-call ---------------------------------------------------------------------
 
     def create(self, account_sid: str, req: CreateCall) -> str:
         """Check and start an outbound call; its call_sid. Raises Refused, LimitExceeded,
@@ -174,31 +223,12 @@ class OutboundCalls:
         base = next((a for a in srv.config.apps if a.account_sid == account_sid), None)
         if base is None:
             raise LookupError(f"no account {account_sid}")
-        now = time.monotonic()
-        try:
-            rt = route(srv.config, req.to)
-        except Refused as e:
-            self.refused["not allowed"] = self.refused.get("not allowed", 0) + 1
-            self._refused_warning(now, "outbound call refused account_sid=%s: %s", account_sid,
-                                  e)
-            raise
-        try:
-            self.limiter.acquire(account_sid, now)
-        except LimitExceeded as e:
-            self._limit_warning(now, "outbound call refused account_sid=%s: %s", account_sid, e)
-            raise
+        rt = self.check(account_sid, req.to)
         app = AppConfig(name=f"{base.name}/rest", call_hook=req.call_hook,
                         call_status_hook=req.call_status_hook,
                         webhook_secret=base.webhook_secret, account_sid=account_sid,
                         application_sid=base.application_sid, tls=base.tls, srtp=base.srtp)
-        assert srv.core is not None
-        info = CallInfo(
-            call_sid=str(uuid.uuid4()), call_id="", from_user=req.from_user,
-            to_user=rt.to_user, caller_name=req.caller_name, originating_sip_ip=rt.host,
-            originating_sip_port=rt.port, local_sip_address="",
-            account_sid=account_sid, application_sid=app.application_sid,
-            direction="outbound",
-        )
+        info = self.new_info(account_sid, app, rt, req.from_user, req.caller_name)
         log.info("outbound call start call_sid=%s from=%s to=%s via=%s", info.call_sid,
                  req.from_user, rt.uri, rt.trunk or rt.host)
         srv._spawn(self._run(info, app, rt, req))
@@ -206,23 +236,19 @@ class OutboundCalls:
 
     async def _run(self, info: CallInfo, app: AppConfig, rt: Route, req: CreateCall) -> None:
         srv = self.server
-        released = False
+        call = await self.place(info, app, rt, headers=req.headers, timeout=req.timeout)
+        if not isinstance(call, Call):
+            return
+        session = CallSession(call, srv.hooks, srv.config, verbs=srv.verbs)
+        call.session_kill = session.kill
         try:
-            call = await self._place(info, app, rt, req)
-            if call is None:
-                return
-            released = True  # the call releases its slot when it finishes
-            session = CallSession(call, srv.hooks, srv.config, verbs=srv.verbs)
-            call.session_kill = session.kill
-            try:
-                await session.run()
-            except Exception:
-                log.exception("call_sid=%s: verb runner failed", info.call_sid)
-                if not call.ended:
-                    await call.hangup()
-        finally:
-            if not released:
-                self.limiter.release(info.account_sid)
+            await session.run()
+        except Exception:
+            log.exception("call_sid=%s: verb runner failed", info.call_sid)
+            if not call.ended:
+                await call.hangup()
+
+    # ---- placing one call ---------------------------------------------------------------------
 
     def _status(self, info: CallInfo, app: AppConfig, status: str, sip_status: int,
                 reason: str | None = None) -> None:
@@ -235,12 +261,21 @@ class OutboundCalls:
                                         notify_call_status(self.server.hooks, app, info))
 
     def _fail(self, info: CallInfo, app: AppConfig, status: str, sip_status: int,
-              why: str) -> None:
+              why: str) -> Failure:
         self._status(info, app, status, sip_status)
         log_call_end(info.call_sid, status, why, 0.0)
+        self.release(info.account_sid)
+        return Failure(status, sip_status, why)
 
-    async def _place(self, info: CallInfo, app: AppConfig, rt: Route,
-                     req: CreateCall) -> Call | None:
+    async def place(
+        self, info: CallInfo, app: AppConfig, rt: Route, *,
+        headers: tuple[tuple[str, str], ...] = (), timeout: float = DEFAULT_RING_TIMEOUT,
+        on_attempt: Callable[[Attempt], None] | None = None,
+    ) -> Call | Failure:
+        """INVITE `rt` (its slot already taken by `check`) and wait: the answered `Call`
+        (registered with the server, status in-progress; its slot is freed when it
+        finishes), or how it failed (slot freed). `on_attempt` gets the attempt as soon as
+        the INVITE is out (to `cancel()` it)."""
         srv = self.server
         loop = asyncio.get_running_loop()
         self._status(info, app, "trying", 100)
@@ -250,25 +285,25 @@ class OutboundCalls:
             ip = str(addrs[0][4][0])
         except (OSError, IndexError) as e:
             log.warning("call_sid=%s: cannot resolve %s: %s", info.call_sid, rt.host, e)
-            self._fail(info, app, "failed", 503, "unresolvable host")
-            return None
+            return self._fail(info, app, "failed", 503, "unresolvable host")
         try:
             media = await srv.engine.open_session()
         except (MediaError, OSError) as e:
             log.error("call_sid=%s: no RTP port for the outbound call: %s", info.call_sid, e)
-            self._fail(info, app, "failed", 503, "no RTP port")
-            return None
-        attempt = Attempt(info, app, rt, media)
+            return self._fail(info, app, "failed", 503, "no RTP port")
         core = srv.core
-        assert core is not None
+        if core is None or srv._stopping:
+            srv.engine.close_session(media)
+            return self._fail(info, app, "failed", 503, "server shutting down")
+        attempt = Attempt(info, app, rt, media)
         cfg = srv.config
         offer = build_offer(local_host=cfg.contact_host, local_port=media.local_port,
                             session_id=attempt.session_id)
         host = cfg.contact_host if ":" not in cfg.contact_host else f"[{cfg.contact_host}]"
-        display = f'"{req.caller_name}" ' if req.caller_name else ""
+        display = f'"{info.caller_name}" ' if info.caller_name else ""
         peer = Peer(rt.transport, ip, rt.port)
         leg = core.invite(rt.uri, peer, f"{display}<sip:{info.from_user}@{host}>", offer,
-                          loop.time(), headers=list(req.headers), credentials=rt.credentials)
+                          loop.time(), headers=list(headers), credentials=rt.credentials)
         attempt.leg = leg
         info.call_id = leg.call_id
         info.local_sip_address = f"{core.local_host}:{core.port_for(peer)}"
@@ -279,22 +314,24 @@ class OutboundCalls:
                  info.call_sid, leg.call_id, rt.uri, ip, rt.port, rt.transport,
                  media.local_port)
         srv._flush()
+        if on_attempt is not None:
+            on_attempt(attempt)
         try:
-            outcome = await self._wait(attempt, req.timeout)
+            outcome = await self._wait(attempt, timeout)
         finally:
             self._attempts.pop(id(leg), None)
         if isinstance(outcome, OutboundFailed):
             srv.transports.release(peer)
             srv.engine.close_session(media)
             status = outcome.status
-            if outcome.reason == "ring timeout":
-                self._fail(info, app, "no-answer", 487, "no answer within the timeout")
-            elif status is None:
-                self._fail(info, app, "failed", 408, outcome.reason)
-            else:
-                self._fail(info, app, _FINAL_STATUS.get(status, "failed"), status,
-                           f"{status} {outcome.reason}")
-            return None
+            if outcome.reason in ("ring timeout", "cancelled"):
+                why = ("no answer within the timeout" if outcome.reason == "ring timeout"
+                       else "cancelled")
+                return self._fail(info, app, "no-answer", 487, why)
+            if status is None:
+                return self._fail(info, app, "failed", 408, outcome.reason)
+            return self._fail(info, app, _FINAL_STATUS.get(status, "failed"), status,
+                              f"{status} {outcome.reason}")
         try:
             neg = negotiate(parse_sdp(outcome.sdp))
         except (SdpError, NoCommonCodec) as e:
@@ -302,8 +339,7 @@ class OutboundCalls:
             srv.sip_bye(leg, [("Reason", 'SIP;cause=488;text="Unusable SDP answer"')])
             srv.transports.release(peer)
             srv.engine.close_session(media)
-            self._fail(info, app, "failed", 488, "unusable SDP answer")
-            return None
+            return self._fail(info, app, "failed", 488, "unusable SDP answer")
         call = Call(info=info, app=app, leg=leg, media=media, negotiated=neg, signalling=srv,
                     local_media_host=cfg.contact_host, on_status=srv._status_changed)
         srv.calls[info.call_sid] = call
@@ -313,22 +349,29 @@ class OutboundCalls:
         return call
 
     async def _wait(self, attempt: Attempt, timeout: float) -> OutboundAnswered | OutboundFailed:
-        """The outcome of the INVITE; after `timeout` seconds it is CANCELled."""
+        """The outcome of the INVITE; after `timeout` seconds, or on `attempt.cancel()`, it
+        is CANCELled (reason "ring timeout" / "cancelled" unless a 200 crossed the CANCEL)."""
+        outcome: asyncio.Future[Any] = asyncio.shield(attempt.outcome)
+        cancelled: asyncio.Future[Any] = asyncio.ensure_future(attempt.cancelled.wait())
         try:
-            return await asyncio.wait_for(asyncio.shield(attempt.outcome), timeout)
-        except TimeoutError:
-            pass
+            await asyncio.wait({outcome, cancelled}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+        if attempt.outcome.done():
+            return attempt.outcome.result()
+        reason = "cancelled" if attempt.cancelled.is_set() else "ring timeout"
         srv = self.server
         assert srv.core is not None and attempt.leg is not None
         srv.core.cancel(attempt.leg, asyncio.get_running_loop().time())
         srv._flush()
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(attempt.outcome), CANCEL_GRACE)
+            result = await asyncio.wait_for(asyncio.shield(attempt.outcome), CANCEL_GRACE)
         except TimeoutError:
-            outcome = OutboundFailed(attempt.leg, None, "ring timeout")
-        if isinstance(outcome, OutboundFailed):
-            return OutboundFailed(attempt.leg, outcome.status, "ring timeout")
-        return outcome
+            return OutboundFailed(attempt.leg, None, reason)
+        if isinstance(result, OutboundFailed):
+            return OutboundFailed(attempt.leg, result.status, reason)
+        return result
 
     # ---- SIP events ---------------------------------------------------------------------------
 
@@ -359,6 +402,7 @@ class OutboundCalls:
             return
         now = asyncio.get_running_loop().time()
         for attempt in list(self._attempts.values()):
+            attempt.cancel()
             if attempt.leg is not None:
                 core.cancel(attempt.leg, now)
         self.server._flush()
@@ -366,4 +410,4 @@ class OutboundCalls:
     def finished(self, call: Call) -> None:
         """A call ended (the server tells every call): free an outbound call's slot."""
         if call.info.direction == "outbound":
-            self.limiter.release(call.info.account_sid)
+            self.release(call.info.account_sid)
