@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--outbound-max-calls", type=int, metavar="N",
                    help="outbound calls in progress per account; default 10 (0: none)")
     s.add_argument("--outbound-cps", type=float, metavar="RATE",
-                   help="new outbound calls per second; default 1")
+                   help="new outbound calls per second (a dial to N targets counts N); default 5")
     s.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p

@@ -64,7 +64,7 @@ TOML layout::
     [outbound]                  # outbound calls (REST create-call, dial)
     allowed_domains = []        # SIP domains/hosts `sip` targets may reach besides the trunks
     max_concurrent_calls = 10   # outbound calls in progress per account (0 = no outbound)
-    calls_per_second = 1.0      # new outbound calls per second, whole server
+    calls_per_second = 5.0      # new outbound calls per second, whole server (burst: 1 s)
     [[trunks]]                  # `phone` targets go to the trunk whose prefix matches
     name = "carrier"
     uri = "sip:trunk.example.com:5060"   # or host = "trunk.example.com:5060"
@@ -276,7 +276,7 @@ class Config:
     trunks: tuple[Trunk, ...] = ()
     outbound_allowed_domains: tuple[str, ...] = ()
     outbound_max_concurrent_calls: int = 10
-    outbound_calls_per_second: float = 1.0
+    outbound_calls_per_second: float = 5.0
 
     @property
     def contact_host(self) -> str:

@@ -40,7 +40,9 @@ from confroom.conference.service import ConferenceService
 from confroom.conference.verb import verb_table
 from confroom.config import Config
 from confroom.connlimits import Limits, default_caps
+from confroom.dial import dial_verb
 from confroom.fdlimit import fd_limit, is_resource_error, raise_fd_limit
+from confroom.media.bridge import Bridges
 from confroom.media.engine import MediaEngine, MediaError
 from confroom.media.srtp import SrtpContext, new_key
 from confroom.ordered import KeyedSerial
@@ -162,6 +164,9 @@ class Server:
         self._cpu_at: deque[tuple[float, float]] = deque()
         self._fds = (0.0, 0)  # (loop time, open descriptors) of the last count
         self.outbound = OutboundCalls(self)  # REST create-call (and dial) place calls here
+        self.bridges = Bridges(self.engine.frames)  # dial's two-party audio bridges
+        self.engine.mixers.append(self.bridges)
+        self.verbs = {**self.verbs, "dial": dial_verb(self.outbound, self.bridges)}
 
     # ---- lifecycle ----------------------------------------------------------------------------
 

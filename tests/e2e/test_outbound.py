@@ -173,3 +173,73 @@ def test_create_call_outcomes_digest_and_policy(
         "call_hook": hook_app.url("/call")})[0] == 404
     status, err = rest.request("POST", CALLS, {"to": {"type": "phone", "number": "+1555"}})
     assert status == 400 and "'from'" in err["error"]
+
+
+# ---- dial ------------------------------------------------------------------------------------
+
+
+def test_dial_two_targets_second_answers_audio_both_ways_then_callee_hangs_up(
+    confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner, tmp_path: Path,
+    rtp_peer_factory: Callable[[], RtpPeer],
+) -> None:
+    """An inbound caller dials two SIPp callees: the first only rings and gets CANCEL, the
+    second answers; each hears the other (FFT); the callee hangs up, the actionHook gets
+    dial_call_status completed and its verbs continue the caller's call."""
+    alice, bob = rtp_peer_factory(), rtp_peer_factory()
+    ringer = Uas(tmp_path, "uas_noanswer")
+    callee = Uas(tmp_path, "uas_answer_hangup", keys={"rtp_port": bob.port})
+    hook_app.route("/call", [{"verb": "dial", "callerId": "15550100", "timeout": 10,
+                              "actionHook": "/dialaction", "headers": {"X-Dial": "yes"},
+                              "target": [{"type": "sip", "sipUri": f"sip:r@{ringer.target}"},
+                                         {"type": "sip", "sipUri": f"sip:b@{callee.target}"}]}])
+    hook_app.route("/dialaction", [{"verb": "pause", "length": 0.2}, {"verb": "hangup"}])
+    srv, _ = start(confroom, hook_app, outbound={"allowed_domains": ["127.0.0.1"],
+                                                 "calls_per_second": 10.0})
+    inbound = sipp.start("uac_wait_bye", srv.target, keys={"rtp_port": alice.port,
+                                                           "from_user": "alice"}, timeout=30)
+    alice_addr = server_addr(alice)
+    srv.wait_log(r"dial bridge call_sid=", timeout=15)
+    bob_addr = server_addr(bob)
+    t0 = time.monotonic()
+    senders = [alice.send_tone_async(440.0, 2.0, alice_addr, amplitude=0.2),
+               bob.send_tone_async(1000.0, 2.0, bob_addr, amplitude=0.2)]
+    for s in senders:
+        s.join(timeout=10)
+    t1 = time.monotonic()
+    assert hears(window(bob, t0 + 0.4, t1 - 0.2), 440.0), "the callee does not hear alice"
+    assert hears(window(alice, t0 + 0.4, t1 - 0.2), 1000.0), "alice does not hear the callee"
+    assert ringer.wait() == 0, ringer.messages()  # it was CANCELled
+    assert callee.wait() == 0, callee.messages()  # it hung up (BYE answered)
+    assert "X-Dial: yes" in callee.messages()
+    action = hook_app.wait_requests("/dialaction", 1, timeout=15)[0].json
+    assert action["dial_call_status"] == "completed" and action["dial_sip_status"] == 200
+    assert 2 <= action["dial_call_duration"] <= 8 and action["dial_call_sid"]
+    res = inbound.wait()  # the actionHook's hangup reached the caller
+    assert res.ok(), res.describe()
+
+
+def test_dial_refused_domain_and_busy_go_to_action_hook(
+    confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner, tmp_path: Path,
+) -> None:
+    """A dial to a domain outside [outbound] allowed_domains places no call: it is logged and
+    the actionHook gets dial_call_status failed (403); a busy callee gives busy (486)."""
+    busy = Uas(tmp_path, "uas_busy")
+
+    def call_hook(req: HookRequest) -> list[dict[str, Any]]:
+        uri = "sip:premium@203.0.113.9" if req.json["from"] == "alice" else f"sip:b@{busy.target}"
+        return [{"verb": "dial", "actionHook": "/dialaction",
+                 "target": [{"type": "sip", "sipUri": uri}]}]
+
+    hook_app.route("/call", call_hook)
+    hook_app.route("/dialaction", [{"verb": "hangup"}])
+    srv, _ = start(confroom, hook_app, outbound={"allowed_domains": ["127.0.0.1"]})
+    for who in ("alice", "bob"):
+        res = sipp.run("uac_wait_bye", srv.target, keys={"from_user": who}, timeout=20)
+        assert res.ok(), res.describe()
+    srv.wait_log(r"dial target refused: sip target 'sip:premium@203\.0\.113\.9': 203\.0\.113\.9 "
+                 r"is not an allowed outbound domain")
+    results = {r.json["from"]: (r.json["dial_call_status"], r.json["dial_sip_status"])
+               for r in hook_app.wait_requests("/dialaction", 2)}
+    assert results == {"alice": ("failed", 403), "bob": ("busy", 486)}
+    assert busy.wait() == 0, busy.messages()
+    assert not srv.find_logs(r"outbound INVITE .*203\.0\.113\.9")

@@ -23,7 +23,8 @@ VERB_BASE = SCHEMA_BASE + "verbs/"
 CALLBACK_BASE = SCHEMA_BASE + "callbacks/"
 
 SUPPORTED: frozenset[str] = frozenset(
-    {"answer", "say", "play", "pause", "hangup", "sip:decline", "redirect", "conference"}
+    {"answer", "say", "play", "pause", "hangup", "sip:decline", "redirect", "conference",
+     "dial"}
 )
 # Verbs allowed in lists returned by waitHook / enterHook (spec 3.1).
 MEDIA_ONLY: frozenset[str] = frozenset({"play", "say", "pause"})
