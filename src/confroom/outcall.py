@@ -218,8 +218,8 @@ class OutboundCalls:
         """Check and start an outbound call; its call_sid. Raises Refused, LimitExceeded,
         LookupError (no such account) or RuntimeError (shutting down)."""
         srv = self.server
-        if srv._stopping or srv.core is None:
-            raise RuntimeError("the server is shutting down")
+        if srv._stopping or srv.core is None or srv.admission.draining:
+            raise RuntimeError("the server is shutting down (draining): no new calls")
         base = next((a for a in srv.config.apps if a.account_sid == account_sid), None)
         if base is None:
             raise LookupError(f"no account {account_sid}")

@@ -208,6 +208,12 @@ def test_dial_two_targets_second_answers_audio_both_ways_then_callee_hangs_up(
     t1 = time.monotonic()
     assert hears(window(bob, t0 + 0.4, t1 - 0.2), 440.0), "the callee does not hear alice"
     assert hears(window(alice, t0 + 0.4, t1 - 0.2), 1000.0), "alice does not hear the callee"
+    # DTMF crosses the bridge both ways (RFC 4733 in, RFC 4733 out)
+    alice.send_dtmf("7", alice_addr)
+    bob.send_dtmf("3", bob_addr)
+    to_bob = bob.wait_packets(3, timeout=5, payload_types=[101])
+    to_alice = alice.wait_packets(3, timeout=5, payload_types=[101])
+    assert {p.payload[0] for p in to_bob} == {7} and {p.payload[0] for p in to_alice} == {3}
     assert ringer.wait() == 0, ringer.messages()  # it was CANCELled
     assert callee.wait() == 0, callee.messages()  # it hung up (BYE answered)
     assert "X-Dial: yes" in callee.messages()
