@@ -95,15 +95,15 @@ async def run_dial(outbound: OutboundCalls, bridges: Bridges, s: CallSession,
             own = check_headers(t.get("headers"), "dial target headers")
             rt = outbound.check(info.account_sid, _target(t))
         except Refused as e:
-            log.warning("call_sid=%s: dial target refused: %s", s.call_sid, e)
+            log.info("call_sid=%s: dial target refused: %s", s.call_sid, e)
             refusal = refusal or ("failed", 403)
             continue
         except LimitExceeded as e:
-            log.warning("call_sid=%s: dial target refused: %s", s.call_sid, e)
+            log.info("call_sid=%s: dial target refused: %s", s.call_sid, e)
             refusal = ("failed", 503)
             continue
         except CreateCallError as e:
-            log.warning("call_sid=%s: dial target refused: %s", s.call_sid, e)
+            log.info("call_sid=%s: dial target refused: %s", s.call_sid, e)
             refusal = refusal or ("failed", 400)
             continue
         legs.append((rt, common + own))
