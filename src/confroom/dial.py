@@ -17,6 +17,11 @@ The flow for one caller (jambonz's `dial`):
    `dial_call_status` (completed, busy, no-answer, failed), `dial_sip_status`,
    `dial_call_duration` (seconds bridged) and `dial_call_sid`; the verbs it returns replace
    the rest of the caller's verb list. Without an actionHook the list goes on.
+
+A target's `confirmHook` runs on its leg once it answers, before the bridge: the hook gets
+that leg's session-new body (`direction: outbound`, `parent_call_sid`) and its verbs play to
+the dialled party while the caller waits; if they hang the leg up (or the hook fails), the
+dial ends with `dial_call_status: failed` (480).
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import logging
 import time
 from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from confroom.app.payload import session_new_body
+from confroom.app.session import CallSession, SessionAbort
 from confroom.app.verbs_impl import VerbImpl, VerbResult, seconds
 from confroom.call import Call
 from confroom.config import AppConfig
@@ -43,9 +50,6 @@ from confroom.outcall import (
     OutboundCalls,
     check_headers,
 )
-
-if TYPE_CHECKING:
-    from confroom.app.session import CallSession
 
 log = logging.getLogger("confroom.dial")
 
@@ -88,7 +92,7 @@ async def run_dial(outbound: OutboundCalls, bridges: Bridges, s: CallSession,
         await call.answer()  # jambonz answers the caller as dial begins
 
     # 1. route and count every target
-    legs: list[tuple[Route, tuple[tuple[str, str], ...]]] = []
+    legs: list[tuple[Route, tuple[tuple[str, str], ...], Any]] = []
     refusal: tuple[str, int] | None = None
     for t in verb["target"]:
         try:
@@ -106,7 +110,7 @@ async def run_dial(outbound: OutboundCalls, bridges: Bridges, s: CallSession,
             log.info("call_sid=%s: dial target refused: %s", s.call_sid, e)
             refusal = refusal or ("failed", 400)
             continue
-        legs.append((rt, common + own))
+        legs.append((rt, common + own, t.get("confirmHook")))
     if not legs:
         status, sip_status = refusal or ("failed", 403)
         return await _action(s, verb, status, sip_status, 0, None)
@@ -117,8 +121,12 @@ async def run_dial(outbound: OutboundCalls, bridges: Bridges, s: CallSession,
                     account_sid=info.account_sid, application_sid=info.application_sid)
     attempts: list[Attempt] = []
     tasks: list[asyncio.Task[Call | Failure]] = []
-    for rt, headers in legs:
+    confirm_hooks: dict[str, Any] = {}  # call_sid of a dialled leg -> its confirmHook
+    for rt, headers, confirm_hook in legs:
         leg_info = outbound.new_info(info.account_sid, app, rt, caller_id, caller_name)
+        leg_info.parent_call_sid = info.call_sid
+        if confirm_hook:
+            confirm_hooks[leg_info.call_sid] = confirm_hook
         log.info("dial call_sid=%s -> call_sid=%s to=%s via=%s", s.call_sid,
                  leg_info.call_sid, rt.uri, rt.trunk or rt.host)
         tasks.append(asyncio.ensure_future(outbound.place(
@@ -131,6 +139,14 @@ async def run_dial(outbound: OutboundCalls, bridges: Bridges, s: CallSession,
         if best is None:
             return await _action(s, verb, "failed", 500, 0, None)
         return await _action(s, verb, best.status, best.sip_status, 0, None)
+
+    hook = confirm_hooks.get(winner.info.call_sid)
+    if hook and not await _confirm(s, outbound, winner, hook):
+        if not winner.ended:
+            await winner.hangup()
+        if call.ended:
+            return []
+        return await _action(s, verb, "failed", 480, 0, winner.info.call_sid)
 
     # 3. bridge
     if not call.answered:
@@ -182,6 +198,26 @@ async def _first_answer(
         await winner.hangup()
         winner = None
     return winner, failures
+
+
+async def _confirm(s: CallSession, outbound: OutboundCalls, other: Call, hook: Any) -> bool:
+    """Run the confirmHook's verbs on the answered leg `other` (the caller waits); True when
+    the leg is still up afterwards (a hangup or failure there means: not accepted)."""
+    srv = outbound.server
+    verbs = await s.call_hook(hook, session_new_body(other.info), what="dial confirmHook")
+    if verbs is None or other.ended or s.interrupted:
+        return False
+    log.info("dial confirmHook call_sid=%s: %d verb(s) on the dialled leg", other.info.call_sid,
+             len(verbs))
+    session = CallSession(other, srv.hooks, srv.config, verbs=srv.verbs)
+    other.session_kill = session.kill
+    try:
+        await s.guarded(session._execute(verbs))
+    except SessionAbort:
+        return False
+    finally:
+        other.session_kill = None
+    return not other.ended and not s.interrupted
 
 
 async def _bridge(s: CallSession, bridges: Bridges, other: Call, time_limit: float | None

@@ -229,6 +229,7 @@ class OutboundCalls:
                         webhook_secret=base.webhook_secret, account_sid=account_sid,
                         application_sid=base.application_sid, tls=base.tls, srtp=base.srtp)
         info = self.new_info(account_sid, app, rt, req.from_user, req.caller_name)
+        info.customer_data = dict(req.tag)
         log.info("outbound call start call_sid=%s from=%s to=%s via=%s", info.call_sid,
                  req.from_user, rt.uri, rt.trunk or rt.host)
         srv._spawn(self._run(info, app, rt, req))

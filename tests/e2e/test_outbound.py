@@ -21,8 +21,11 @@ from harness import (
     HookRequest,
     RtpPeer,
     SippRunner,
+    tone_power,
+    write_tone_wav,
 )
 from jambonz_sdk.client import JambonzClient
+from schemas import schema_errors
 from test_control import TOKEN, Rest, free_tcp_port, hears, server_addr, window
 from test_harness_selfcheck import Uas
 
@@ -87,7 +90,8 @@ def test_create_call_callee_joins_conference_audio_both_ways(
     hook = next(r.json for r in hook_app.wait_requests("/call", 2)
                 if r.json["call_sid"] == sid)
     assert hook["direction"] == "outbound" and hook["from"] == "confbot"
-    assert hook["to"] == "bob"
+    assert hook["to"] == "bob" and hook["customerData"] == {"why": "pull in"}
+    assert schema_errors("session-new", hook) == []
     bob_addr = server_addr(bob)
     t0 = time.monotonic()
     senders = [alice.send_tone_async(440.0, 2.5, alice_addr, amplitude=0.2),
@@ -103,6 +107,8 @@ def test_create_call_callee_joins_conference_audio_both_ways(
     wait_status(hook_app, sid, "completed")
     seen = [s for s, _ in statuses(hook_app, sid)]
     assert seen == ["trying", "ringing", "in-progress", "completed"], seen
+    for r in hook_app.received("/cstatus"):
+        assert schema_errors("call-status", r.json) == [], r.json
 
 
 def test_create_call_outcomes_digest_and_policy(
@@ -183,23 +189,32 @@ def test_dial_two_targets_second_answers_audio_both_ways_then_callee_hangs_up(
     rtp_peer_factory: Callable[[], RtpPeer],
 ) -> None:
     """An inbound caller dials two SIPp callees: the first only rings and gets CANCEL, the
-    second answers; each hears the other (FFT); the callee hangs up, the actionHook gets
-    dial_call_status completed and its verbs continue the caller's call."""
+    second answers; its confirmHook plays it a tone first; then each hears the other (FFT)
+    and DTMF crosses; the callee hangs up, the actionHook gets dial_call_status completed and
+    its verbs continue the caller's call."""
     alice, bob = rtp_peer_factory(), rtp_peer_factory()
     ringer = Uas(tmp_path, "uas_noanswer")
     callee = Uas(tmp_path, "uas_answer_hangup", keys={"rtp_port": bob.port})
     hook_app.route("/call", [{"verb": "dial", "callerId": "15550100", "timeout": 10,
                               "actionHook": "/dialaction", "headers": {"X-Dial": "yes"},
                               "target": [{"type": "sip", "sipUri": f"sip:r@{ringer.target}"},
-                                         {"type": "sip", "sipUri": f"sip:b@{callee.target}"}]}])
+                                         {"type": "sip", "sipUri": f"sip:b@{callee.target}",
+                                          "confirmHook": {"url": "/confirm"}}]}])
+    hook_app.route("/confirm", [{"verb": "play", "url": "confirm.wav"}])
     hook_app.route("/dialaction", [{"verb": "pause", "length": 0.2}, {"verb": "hangup"}])
     srv, _ = start(confroom, hook_app, outbound={"allowed_domains": ["127.0.0.1"],
                                                  "calls_per_second": 10.0})
+    write_tone_wav(srv.media_dir / "confirm.wav", 2500.0, 0.6, amplitude=0.4)
     inbound = sipp.start("uac_wait_bye", srv.target, keys={"rtp_port": alice.port,
                                                            "from_user": "alice"}, timeout=30)
     alice_addr = server_addr(alice)
     srv.wait_log(r"dial bridge call_sid=", timeout=15)
     bob_addr = server_addr(bob)
+    # the confirmHook's prompt reached the dialled party before the bridge
+    assert tone_power(bob.decoded_pcm(), 2500.0) > 0.05, "the callee never heard the confirm"
+    confirm = hook_app.wait_requests("/confirm", 1)[0].json
+    assert confirm["direction"] == "outbound" and confirm["parent_call_sid"]
+    assert schema_errors("session-new", confirm) == []
     t0 = time.monotonic()
     senders = [alice.send_tone_async(440.0, 2.0, alice_addr, amplitude=0.2),
                bob.send_tone_async(1000.0, 2.0, bob_addr, amplitude=0.2)]
@@ -220,6 +235,7 @@ def test_dial_two_targets_second_answers_audio_both_ways_then_callee_hangs_up(
     action = hook_app.wait_requests("/dialaction", 1, timeout=15)[0].json
     assert action["dial_call_status"] == "completed" and action["dial_sip_status"] == 200
     assert 2 <= action["dial_call_duration"] <= 8 and action["dial_call_sid"]
+    assert schema_errors("dial", action) == []
     res = inbound.wait()  # the actionHook's hangup reached the caller
     assert res.ok(), res.describe()
 
