@@ -211,8 +211,9 @@ def _trunk_from_table(t: Mapping[str, Any], index: int) -> Trunk:
         raise ConfigError(f"{where} ({name}): {text!r} is not a sip: URI with a host")
     transport = str(parsed.params.get("transport") or
                     ("tls" if parsed.scheme == "sips" else "udp")).lower()
-    if transport not in ("udp", "tcp", "tls"):
-        raise ConfigError(f"{where} ({name}): transport {transport!r} (udp, tcp or tls)")
+    if transport not in ("udp", "tcp"):
+        raise ConfigError(f"{where} ({name}): transport {transport!r}: outbound calls go over "
+                          "udp or tcp (confroom does not dial out over TLS)")
     prefixes = t.get("prefix", [])
     if isinstance(prefixes, str):
         prefixes = [prefixes] if prefixes else []

@@ -65,7 +65,7 @@ def dial_verb(outbound: OutboundCalls, bridges: Bridges) -> VerbImpl:
 
 
 def _target(t: Mapping[str, Any]) -> dict[str, Any]:
-    return {"type": t.get("type"), "number": t.get("number"), "sipUri": t.get("sipUri")}
+    return {k: t.get(k) for k in ("type", "number", "sipUri", "trunk", "auth")}
 
 
 async def run_dial(outbound: OutboundCalls, bridges: Bridges, s: CallSession,

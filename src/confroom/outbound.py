@@ -2,9 +2,10 @@
 
 `route()` turns a jambonz target (`{type: phone, number}` or `{type: sip, sipUri}`) into a
 `Route` (Request-URI, next hop, digest credentials) or refuses it with `Refused`: a `phone`
-number goes to the configured trunk whose prefix matches (longest prefix first), a `sip` URI
-only to a host in `[outbound] allowed_domains` or to a trunk's host. Nothing else is ever
-reachable, whatever an app asks for.
+number goes to the configured trunk whose prefix matches (longest prefix first; or the one
+the target names in `trunk`), a `sip` URI only to a host in `[outbound] allowed_domains` or to
+a trunk's host. Nothing else is ever reachable, whatever an app asks for; a target's `auth`
+only supplies the credentials to answer that destination's challenge.
 
 `OutboundLimiter` holds every outbound call to `max_concurrent_calls` per account and to
 `calls_per_second` (a token bucket, burst = max(1, rate)) for the whole server.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from confroom.config import Config, Trunk
@@ -79,12 +80,27 @@ def _trunk_route(t: Trunk, user: str) -> Route:
 
 def route(cfg: Config, target: Mapping[str, Any]) -> Route:
     """Where `target` goes, or `Refused`."""
+    rt = _route(cfg, target)
+    auth = target.get("auth")
+    if isinstance(auth, Mapping) and auth.get("username") and auth.get("password"):
+        # jambonz's per-target digest credentials (for a challenge from that target)
+        rt = replace(rt, credentials=Credentials(str(auth["username"]), str(auth["password"])))
+    return rt
+
+
+def _route(cfg: Config, target: Mapping[str, Any]) -> Route:
     kind = target.get("type")
     if kind == "phone":
         number = str(target.get("number") or "").strip()
         if not _digits(number):
             raise Refused(f"phone target: {number!r} is not a phone number")
-        trunk = _trunk_for(cfg.trunks, number)
+        named = target.get("trunk")
+        if named:
+            trunk = next((t for t in cfg.trunks if t.name == named), None)
+            if trunk is None:
+                raise Refused(f"phone target {number}: no outbound trunk named {named!r}")
+        else:
+            trunk = _trunk_for(cfg.trunks, number)
         if trunk is None:
             raise Refused(f"phone target {number}: no outbound trunk matches this number "
                           "(configure [[trunks]])")
@@ -101,8 +117,9 @@ def route(cfg: Config, target: Mapping[str, Any]) -> Route:
         host = uri.host.strip("[]").lower()
         transport = str(uri.params.get("transport") or
                         ("tls" if uri.scheme == "sips" else "udp")).lower()
-        if transport not in ("udp", "tcp", "tls"):
-            raise Refused(f"sip target {text!r}: transport {transport!r} is not supported")
+        if transport not in ("udp", "tcp"):
+            raise Refused(f"sip target {text!r}: transport {transport!r} is not supported for "
+                          "outbound calls (udp, tcp)")
         port = uri.port or (5061 if transport == "tls" else 5060)
         allowed = cfg.outbound_allowed_domains
         if host in allowed or f"{host}:{port}" in allowed:

@@ -60,6 +60,7 @@ def test_env_and_flags_win(tmp_path: Path) -> None:
     ('[[trunks]]\nname = "x"\n', "exactly one of 'uri'"),
     ('[[trunks]]\nname = "x"\nhost = "h"\nusername = "u"\n', "go together"),
     ('[[trunks]]\nname = "x"\nuri = "http://h"\n', "not a sip: URI"),
+    ('[[trunks]]\nname = "x"\nuri = "sip:h;transport=tls"\n', "not dial out over TLS"),
     ('[outbound]\nallowed_domains = ["sip:x@y"]\n', "not a domain"),
     ('[outbound]\nmax_concurrent_calls = -1\n', "max_concurrent_calls"),
     ('[outbound]\ncalls_per_second = 0\n', "calls_per_second"),
@@ -79,6 +80,11 @@ def test_route_phone_via_trunks(tmp_path: Path) -> None:
     r = route(cfg, {"type": "phone", "number": "15551234"})
     assert r.trunk == "default" and r.uri == "sip:15551234@any.trunk.example"
     assert r.port == 5060 and r.credentials is None
+    r = route(cfg, {"type": "phone", "number": "15551234", "trunk": "uk",
+                    "auth": {"username": "me", "password": "pw2"}})
+    assert r.trunk == "uk" and r.credentials is not None and r.credentials.username == "me"
+    with pytest.raises(Refused, match="no outbound trunk named"):
+        route(cfg, {"type": "phone", "number": "15551234", "trunk": "nope"})
     with pytest.raises(Refused, match="not a phone number"):
         route(cfg, {"type": "phone", "number": "1234@evil.example"})
 
@@ -95,6 +101,8 @@ def test_route_sip_only_allowed(tmp_path: Path) -> None:
         route(cfg, {"type": "sip", "sipUri": "sip:premium@pay.example"})
     r = route(cfg, {"type": "sip", "sipUri": "sip:900@any.trunk.example"})
     assert r.trunk == "default"
+    with pytest.raises(Refused, match="not supported for outbound"):
+        route(cfg, {"type": "sip", "sipUri": "sips:bob@sip.partner.example"})
     with pytest.raises(Refused, match="target type"):
         route(cfg, {"type": "user", "name": "x"})
     empty = _cfg(tmp_path, "")
