@@ -80,6 +80,15 @@ def test_answer_acks_and_bye_both_ways() -> None:
     assert bye.cseq[0] == inv.cseq[0] + 1
     core.receive_datagram(make_response(bye, 200).to_bytes(), PEER, 101.1)
     assert [type(e) for e in events(core)] == [ByeDone]
+    assert_clean(core, 200.0)
+
+
+def assert_clean(core: SipCore, now: float) -> None:
+    """Nothing of the call is left in the core once its transactions have run out."""
+    core.handle_timer(now)
+    sent(core)
+    events(core)
+    assert not core.legs and not core._invite_ctxs and len(core.tx) == 0
 
 
 def _in_dialog(inv: Request, leg: Leg, method: str, cseq: int, body: bytes = b"") -> bytes:
@@ -120,6 +129,7 @@ def test_busy_is_acked_by_transaction_layer() -> None:
         inv.top_via.branch
     (ev,) = events(core)
     assert isinstance(ev, OutboundFailed) and ev.status == 486 and leg.state == "terminated"
+    assert_clean(core, 100.0)
 
 
 def test_early_media_183_then_200() -> None:
@@ -142,6 +152,7 @@ def test_retransmits_then_timer_b() -> None:
     sent(core)
     (ev,) = events(core)
     assert isinstance(ev, OutboundFailed) and ev.status is None and ev.reason == "timeout"
+    assert_clean(core, 100.0)
 
 
 def test_cancel_waits_for_provisional_then_487() -> None:
@@ -172,6 +183,7 @@ def test_200_crossing_cancel_is_acked_and_byed() -> None:
     assert [m.method for m in sent(core) if isinstance(m, Request)] == ["ACK", "BYE"]
     (ev,) = events(core)
     assert isinstance(ev, OutboundFailed) and ev.status == 487
+    assert_clean(core, 100.0)  # the BYE timed out: nothing left either
 
 
 def _challenge_test(status: int, header: str, algorithm: str) -> None:
