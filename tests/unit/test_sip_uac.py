@@ -245,3 +245,14 @@ def test_digest_rfc2617_vector() -> None:
                           "/dir/index.html", cnonce="0a4f113b")
     assert 'response="6629fae49393a05397450978507c4ef1"' in value
     assert 'opaque="5ccc069c403ebaf9f0171e9517f40e41"' in value
+
+
+def test_2xx_without_to_tag_is_acked_and_fails() -> None:
+    core = SipCore("127.0.0.1", 5060)
+    _leg, inv = start(core)
+    reply(core, inv, 200, 0.1, tag=None, body=ANSWER)
+    (ack,) = sent(core)
+    assert isinstance(ack, Request) and ack.method == "ACK"
+    (ev,) = events(core)
+    assert isinstance(ev, OutboundFailed) and ev.status == 502
+    assert_clean(core, 100.0)

@@ -601,6 +601,15 @@ class SipCore:
             h.add(name, value)
         leg.ack = Request("ACK", leg.remote_target, h)
         self.tx.send(leg.ack, self._dialog_peer(leg))
+        if not leg.remote_tag:
+            # RFC 3261 12.1.2: a 2xx without a To tag cannot make a dialog (no BYE could
+            # reach it): ACKed so that it stops, and the call fails
+            log.warning("call-id %s: 2xx to our INVITE without a To tag: call failed",
+                        leg.call_id)
+            leg.state = "terminated"
+            self._forget(leg)
+            self._events.append(OutboundFailed(leg, 502, "2xx without To tag"))
+            return
         leg.state = "confirmed"
         self._legs[leg.key] = leg
         if leg.cancel_requested:
