@@ -265,3 +265,21 @@ def test_dial_refused_domain_and_busy_go_to_action_hook(
     assert results == {"alice": ("failed", 403), "bob": ("busy", 486)}
     assert busy.wait() == 0, busy.messages()
     assert not srv.find_logs(r"outbound INVITE .*203\.0\.113\.9")
+
+
+def test_dial_caller_gives_up_while_ringing_cancels_the_target(
+    confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner, tmp_path: Path,
+) -> None:
+    """answerOnBridge: the caller is not answered while the target rings; when the caller
+    CANCELs, the target's INVITE is CANCELled too and no actionHook runs."""
+    ringer = Uas(tmp_path, "uas_noanswer")
+    hook_app.route("/call", [{"verb": "dial", "answerOnBridge": True, "actionHook": "/act",
+                              "target": [{"type": "sip", "sipUri": f"sip:r@{ringer.target}"}]}])
+    hook_app.route("/act", [])
+    srv, _ = start(confroom, hook_app, outbound={"allowed_domains": ["127.0.0.1"]})
+    res = sipp.run("uac_cancel_late", srv.target, timeout=20)
+    assert res.ok(), res.describe()
+    assert ringer.wait() == 0, ringer.messages()  # got the CANCEL, answered 487, got the ACK
+    # both legs end as cancelled: the caller's and the dialled one
+    srv.wait_logs(r"call end .*status=no-answer reason=cancelled", count=2, timeout=10)
+    assert hook_app.received("/act") == []
