@@ -1,4 +1,5 @@
-"""`Call`: one inbound call, tying its SIP leg, its media session and its verb runner together.
+"""`Call`: one call (inbound, or outbound once answered), tying its SIP leg, its media session
+and its verb runner together.
 
 It implements `CallControl` for the app layer, turns SIP and media happenings (BYE, CANCEL,
 re-INVITE, DTMF, RTP timeout) into call state, and reports each `call_status` change (log line
@@ -121,6 +122,12 @@ class Call:
         if not self._sig.sip_answer(self.leg, sdp):
             # CANCELled (or otherwise gone) before we could answer
             return
+        self._answered = True
+        self.answered_at = time.time()
+        self._set_status("in-progress", 200, "OK")
+
+    def outbound_answered(self) -> None:
+        """An outbound call's callee answered (its 200 OK is ACKed): the call is up."""
         self._answered = True
         self.answered_at = time.time()
         self._set_status("in-progress", 200, "OK")

@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM/SIGINT, refuse new calls (503) and let calls finish for "
                    "up to this long before ending them; a second signal ends them at once; "
                    "default 30 (CONFROOM_DRAIN_TIME, [limits] drain_time)")
+    s.add_argument("--outbound-allowed-domains", metavar="D1,D2",
+                   help="SIP domains or hosts that outbound `sip` targets may reach besides "
+                   "the [[trunks]]; default none")
+    s.add_argument("--outbound-max-calls", type=int, metavar="N",
+                   help="outbound calls in progress per account; default 10 (0: none)")
+    s.add_argument("--outbound-cps", type=float, metavar="RATE",
+                   help="new outbound calls per second (a dial to N targets counts N); default 5")
     s.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -94,6 +101,9 @@ async def _serve(args: argparse.Namespace) -> int:
         "sip_tcp_max_per_source": args.tcp_max_per_source,
         "sip_tcp_idle_timeout": args.tcp_idle_timeout,
         "drain_time": args.drain_time,
+        "outbound_allowed_domains": args.outbound_allowed_domains,
+        "outbound_max_concurrent_calls": args.outbound_max_calls,
+        "outbound_calls_per_second": args.outbound_cps,
     }
     try:
         config = load(args.config, overrides=overrides)

@@ -61,6 +61,18 @@ TOML layout::
     [webhooks]
     timeout = 10.0
     max_body = 1048576          # bytes of a hook's answer read at most; a longer one fails
+    [outbound]                  # outbound calls (REST create-call, dial)
+    allowed_domains = []        # SIP domains/hosts `sip` targets may reach besides the trunks
+    max_concurrent_calls = 10   # outbound calls in progress per account (0 = no outbound)
+    calls_per_second = 5.0      # new outbound calls per second, whole server (burst: 1 s)
+    [[trunks]]                  # `phone` targets go to the trunk whose prefix matches
+    name = "carrier"
+    uri = "sip:trunk.example.com:5060"   # or host = "trunk.example.com:5060"
+    username = ""                        # optional digest credentials
+    password = ""
+    prefix = ["+1"]             # dialled numbers starting with one of these ([] = any)
+    strip = 0                   # digits removed from the front of the number, then
+    prepend = ""                #   this added, before it becomes the Request-URI user
     [[apps]]
     name = "default"
     call_hook = "http://127.0.0.1:3000/call"   # URL, hook table, or path to a JSON verb file
@@ -82,7 +94,9 @@ CONFROOM_SIP_TCP_MESSAGE_TIMEOUT, CONFROOM_SIP_TCP_IDLE_TIMEOUT, CONFROOM_SIP_MA
 CONFROOM_HTTP_MAX_CONNECTIONS, CONFROOM_HTTP_MAX_PER_SOURCE, CONFROOM_HTTP_HEADER_TIMEOUT,
 CONFROOM_HTTP_BODY_TIMEOUT, CONFROOM_HTTP_KEEPALIVE_TIMEOUT (see `LIMIT_KEYS`); for admission
 control and draining CONFROOM_SIP_UDP_RCVBUF, CONFROOM_DRAIN_TIME, and CONFROOM_LIMITS_<KEY>
-for every other [limits] key (e.g. CONFROOM_LIMITS_SOURCE_RATE).
+for every other [limits] key (e.g. CONFROOM_LIMITS_SOURCE_RATE); for outbound calls
+CONFROOM_OUTBOUND_ALLOWED_DOMAINS (comma-separated), CONFROOM_OUTBOUND_MAX_CONCURRENT_CALLS,
+CONFROOM_OUTBOUND_CALLS_PER_SECOND.
 """
 
 from __future__ import annotations
@@ -98,6 +112,7 @@ from typing import Any
 
 from confroom.admission import AdmissionLimits, parse_networks
 from confroom.sip.core import USER_AGENT
+from confroom.sip.message import SipParseError, parse_uri
 
 DEFAULT_ACCOUNT_SID = "00000000-0000-4000-8000-000000000001"
 DEFAULT_APPLICATION_SID = "00000000-0000-4000-8000-000000000002"
@@ -162,6 +177,63 @@ POLICIES = ("optional", "required")
 
 
 @dataclass(frozen=True)
+class Trunk:
+    """An outbound SIP trunk: where `phone` targets whose number matches `prefixes` go."""
+
+    name: str
+    host: str
+    port: int | None = None
+    transport: str = "udp"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    prefixes: tuple[str, ...] = ()  # () = any number
+    strip: int = 0
+    prepend: str = ""
+
+
+def _trunk_from_table(t: Mapping[str, Any], index: int) -> Trunk:
+    where = f"trunks[{index}]"
+    if not isinstance(t, Mapping):
+        raise ConfigError(f"{where}: expected a table")
+    name = t.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: 'name' is required")
+    uri, host_value = t.get("uri"), t.get("host")
+    if (uri is None) == (host_value is None):
+        raise ConfigError(f"{where} ({name}): set exactly one of 'uri' (sip:host[:port]) or "
+                          "'host' (host[:port])")
+    text = str(uri) if uri is not None else f"sip:{host_value}"
+    try:
+        parsed = parse_uri(text)
+    except SipParseError as e:
+        raise ConfigError(f"{where} ({name}): {text!r} is not a SIP URI: {e.reason}") from None
+    if parsed.scheme not in ("sip", "sips") or not parsed.host:
+        raise ConfigError(f"{where} ({name}): {text!r} is not a sip: URI with a host")
+    transport = str(parsed.params.get("transport") or
+                    ("tls" if parsed.scheme == "sips" else "udp")).lower()
+    if transport not in ("udp", "tcp"):
+        raise ConfigError(f"{where} ({name}): transport {transport!r}: outbound calls go over "
+                          "udp or tcp (confroom does not dial out over TLS)")
+    prefixes = t.get("prefix", [])
+    if isinstance(prefixes, str):
+        prefixes = [prefixes] if prefixes else []
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
+        raise ConfigError(f"{where} ({name}).prefix: a string or a list of strings")
+    user, pw = t.get("username"), t.get("password")
+    if bool(user) != bool(pw):
+        raise ConfigError(f"{where} ({name}): 'username' and 'password' go together")
+    strip = t.get("strip", 0)
+    if isinstance(strip, bool) or not isinstance(strip, int) or strip < 0:
+        raise ConfigError(f"{where} ({name}).strip: a number of digits >= 0")
+    prepend = str(t.get("prepend", ""))
+    if any(ch not in "+0123456789*#" for ch in prepend):
+        raise ConfigError(f"{where} ({name}).prepend: digits (and + * #) only")
+    return Trunk(name=name, host=parsed.host.strip("[]"), port=parsed.port, transport=transport,
+                 username=str(user) if user else None, password=str(pw) if pw else None,
+                 prefixes=tuple(prefixes), strip=strip, prepend=prepend)
+
+
+@dataclass(frozen=True)
 class Config:
     sip_host: str = "0.0.0.0"
     sip_port: int = 5060
@@ -201,6 +273,11 @@ class Config:
     limits: AdmissionLimits = field(default_factory=AdmissionLimits)
     shed_log_interval: float = 10.0
     apps: tuple[AppConfig, ...] = field(default_factory=lambda: (default_app(),))
+    # outbound calls: trunks and policy
+    trunks: tuple[Trunk, ...] = ()
+    outbound_allowed_domains: tuple[str, ...] = ()
+    outbound_max_concurrent_calls: int = 10
+    outbound_calls_per_second: float = 5.0
 
     @property
     def contact_host(self) -> str:
@@ -349,6 +426,53 @@ def _limit_keys(data: Mapping[str, Any], env: Mapping[str, str], kw: dict[str, A
             raise ConfigError(f"{env_name}: expected {what}, got {v!r}") from None
 
 
+def _domains(value: object, where: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(d, str) for d in items):
+        raise ConfigError(f"{where}: a list of SIP domains or hosts")
+    out = tuple(d.strip().lower() for d in items if d.strip())
+    for d in out:
+        if any(ch in d for ch in " @;<>/") or d.startswith("sip:"):
+            raise ConfigError(f"{where}: {d!r} is not a domain or host (write e.g. "
+                              "\"sip.example.com\" or \"10.0.0.5:5080\")")
+    return out
+
+
+def _outbound_keys(data: Mapping[str, Any], env: Mapping[str, str], kw: dict[str, Any]) -> None:
+    """[outbound] and [[trunks]] from the TOML, then CONFROOM_OUTBOUND_* (which win)."""
+    ob = data.get("outbound", {})
+    if not isinstance(ob, Mapping):
+        raise ConfigError("outbound: expected a table")
+    for key in ob:
+        if key not in ("allowed_domains", "max_concurrent_calls", "calls_per_second"):
+            raise ConfigError(f"outbound.{key}: unknown key (allowed_domains, "
+                              "max_concurrent_calls, calls_per_second)")
+    if "allowed_domains" in ob:
+        kw["outbound_allowed_domains"] = _domains(ob["allowed_domains"],
+                                                  "outbound.allowed_domains")
+    if "max_concurrent_calls" in ob:
+        kw["outbound_max_concurrent_calls"] = _num(ob, "max_concurrent_calls", "outbound", int)
+    if "calls_per_second" in ob:
+        kw["outbound_calls_per_second"] = _num(ob, "calls_per_second", "outbound")
+    if "trunks" in data:
+        if not isinstance(data["trunks"], list):
+            raise ConfigError("trunks: expected [[trunks]] tables")
+        kw["trunks"] = tuple(_trunk_from_table(t, i) for i, t in enumerate(data["trunks"]))
+    v = env.get("CONFROOM_OUTBOUND_ALLOWED_DOMAINS")
+    if v is not None:
+        kw["outbound_allowed_domains"] = _domains(v, "CONFROOM_OUTBOUND_ALLOWED_DOMAINS")
+    for name, attr, kind in (
+        ("CONFROOM_OUTBOUND_MAX_CONCURRENT_CALLS", "outbound_max_concurrent_calls", int),
+        ("CONFROOM_OUTBOUND_CALLS_PER_SECOND", "outbound_calls_per_second", float),
+    ):
+        v = env.get(name)
+        if v:
+            try:
+                kw[attr] = kind(v)
+            except ValueError:
+                raise ConfigError(f"{name}: expected a number, got {v!r}") from None
+
+
 def _num(t: Mapping[str, Any], key: str, where: str, kind: type = float) -> Any:
     v = t[key]
     if isinstance(v, bool) or not isinstance(v, int | float):
@@ -468,6 +592,7 @@ def load(
     if "max_body" in data.get("webhooks", {}):
         kw["webhook_max_body"] = _num(data["webhooks"], "max_body", "webhooks", int)
     _limit_keys(data, env, kw)
+    _outbound_keys(data, env, kw)
     if "apps" in data:
         if not isinstance(data["apps"], list) or not data["apps"]:
             raise ConfigError("apps: expected one or more [[apps]] tables")
@@ -539,6 +664,9 @@ def load(
 
     # Command-line flags.
     ov = dict(overrides or {})
+    if ov.get("outbound_allowed_domains") is not None:
+        ov["outbound_allowed_domains"] = _domains(ov["outbound_allowed_domains"],
+                                                  "--outbound-allowed-domains")
     if ov.get("app"):
         app_over.update(app_source(str(ov.pop("app")), "--app"))
     ov.pop("app", None)
@@ -584,6 +712,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("sip.udp_rcvbuf must be >= 0 (0 = the system default)")
     if cfg.shed_log_interval <= 0:
         raise ConfigError("limits.log_interval must be > 0")
+    if cfg.outbound_max_concurrent_calls < 0:
+        raise ConfigError("outbound.max_concurrent_calls must be >= 0 (0: no outbound calls)")
+    if cfg.outbound_calls_per_second <= 0:
+        raise ConfigError("outbound.calls_per_second must be > 0")
+    names = [t.name for t in cfg.trunks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"trunks: duplicate trunk names in {names}")
     for app in cfg.apps:
         if (app.call_hook is None) == (app.verbs_file is None):
             raise ConfigError(f"app {app.name!r}: needs exactly one of a call hook or a verb file")

@@ -40,10 +40,13 @@ from confroom.conference.service import ConferenceService
 from confroom.conference.verb import verb_table
 from confroom.config import Config
 from confroom.connlimits import Limits, default_caps
+from confroom.dial import dial_verb
 from confroom.fdlimit import fd_limit, is_resource_error, raise_fd_limit
+from confroom.media.bridge import Bridges
 from confroom.media.engine import MediaEngine, MediaError
 from confroom.media.srtp import SrtpContext, new_key
 from confroom.ordered import KeyedSerial
+from confroom.outcall import OutboundCalls
 from confroom.security import SRTP_REQUIRED_WARNING, check_transport, insecure_keys
 from confroom.sip.core import (
     ByeDone,
@@ -54,6 +57,9 @@ from confroom.sip.core import (
     DtmfInfo,
     IncomingCall,
     Leg,
+    OutboundAnswered,
+    OutboundFailed,
+    OutboundProgress,
     ReInvite,
     SipCore,
 )
@@ -157,6 +163,10 @@ class Server:
         # (loop time, process CPU seconds) of the samples of the last _CPU_OVER seconds
         self._cpu_at: deque[tuple[float, float]] = deque()
         self._fds = (0.0, 0)  # (loop time, open descriptors) of the last count
+        self.outbound = OutboundCalls(self)  # REST create-call (and dial) place calls here
+        self.bridges = Bridges(self.engine.frames)  # dial's two-party audio bridges
+        self.engine.mixers.append(self.bridges)
+        self.verbs = {**self.verbs, "dial": dial_verb(self.outbound, self.bridges)}
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -263,6 +273,7 @@ class Server:
             await self.api.stop()
             self.api = None
         self.conferences.end_all()
+        self.outbound.cancel_all()
         waiters: list[asyncio.Future[None]] = []
         for call in list(self.calls.values()):
             if call.answered and not call.ended:
@@ -406,6 +417,9 @@ class Server:
             self.admission.setup_started(ev.leg.peer.host)
             self._spawn(self._call_task(ev.leg, ev.request))
             return
+        if isinstance(ev, OutboundProgress | OutboundAnswered | OutboundFailed):
+            self.outbound.on_event(ev)
+            return
         if isinstance(ev, ByeDone):
             fut = self._bye_waiters.pop(id(ev.leg), None)
             if fut is not None and not fut.done():
@@ -470,6 +484,7 @@ class Server:
         if self._by_leg.pop(id(call.leg), None) is not None:
             self.transports.release(call.leg.peer)
         self.engine.close_session(call.media)
+        self.outbound.finished(call)
         if self.core is not None:
             self.core.release(call.leg)
 

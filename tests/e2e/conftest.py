@@ -130,7 +130,7 @@ def confroom(
         apps: list[dict[str, Any]] | None = None,
         rtp_timeout: float | None = None,
         webhook_timeout: float | None = None,
-        extra_toml: dict[str, dict[str, Any]] | None = None,
+        extra_toml: dict[str, Any] | None = None,
         ready_timeout: float = 10.0,
         prepare: Callable[[ConfroomProcess], None] | None = None,
         cli_app: str | None = None,

@@ -168,7 +168,7 @@ class ConfroomProcess:
         apps: Sequence[Mapping[str, Any]],
         rtp_timeout: float | None = None,
         webhook_timeout: float | None = None,
-        extra_toml: Mapping[str, Mapping[str, Any]] | None = None,
+        extra_toml: Mapping[str, Any] | None = None,
         cli_app: str | None = None,
         rtp_port_count: int = 400,
         env: Mapping[str, str] | None = None,
@@ -196,7 +196,10 @@ class ConfroomProcess:
         if webhook_timeout is not None:
             config["webhooks"] = {"timeout": float(webhook_timeout)}
         for section, values in (extra_toml or {}).items():
-            config.setdefault(section, {}).update(values)
+            if isinstance(values, list):  # an array of tables, e.g. [[trunks]]
+                config[section] = values
+            else:
+                config.setdefault(section, {}).update(values)
         config["apps"] = self.apps
         self.config = config
         self.proc: subprocess.Popen[str] | None = None

@@ -1,7 +1,7 @@
 """Fuzzing targets for every parser that reads bytes from outside: SIP messages (datagram and
-stream framing, and the SIP core behind them), SDP (parse, negotiate, answer), RTP/RTCP
-datagrams (the header parser and a media session's receive path) and verb lists (the hook
-response parser and the jambonz schema validator).
+stream framing, and the SIP core behind them, as UAS and as UAC with digest challenges), SDP
+(parse, negotiate, answer), RTP/RTCP datagrams (the header parser and a media session's
+receive path) and verb lists (the hook response parser and the jambonz schema validator).
 
 Each target starts from the committed corpus under `corpus/<target>/` (hand-made seeds plus
 any input that once found a bug: add such an input there as a file, and it is tried on every
@@ -33,6 +33,7 @@ from confroom.media.rtp import DtmfReceiver, parse_rtp
 from confroom.media.session import MediaSession
 from confroom.media.srtp import SrtpContext
 from confroom.sip.core import SipCore
+from confroom.sip.digest import Credentials, DigestError, authorization, parse_challenge
 from confroom.sip.message import Request, Response, SipParseError, StreamFramer, parse_message
 from confroom.sip.peer import Peer
 from confroom.sip.sdp import NoCommonCodec, SdpError, build_answer, negotiate, parse_sdp
@@ -57,6 +58,7 @@ def seeds(target: str) -> list[bytes]:
 
 
 SIP_SEEDS = seeds("sip") + [p.read_bytes() for p in sorted(TORTURE.glob("*.dat"))]
+UAC_SEEDS = seeds("uac")
 SDP_SEEDS = seeds("sdp")
 RTP_SEEDS = seeds("rtp")
 VERB_SEEDS = seeds("verbs")
@@ -169,6 +171,59 @@ def test_sip_core(data: bytes, seed: int) -> None:
         check_sent()
     core.handle_timer(40.0)
     check_sent()
+
+
+UAC_TOKENS = [*SIP_TOKENS, b"Digest ", b"realm=", b"nonce=", b"qop=", b"algorithm=",
+              b"SHA-256", b"MD5-sess", b"stale=true", b"WWW-Authenticate: ",
+              b"Proxy-Authenticate: ", b"Record-Route: ", b"SIP/2.0 401 ", b"SIP/2.0 200 "]
+
+
+@FUZZ
+@given(st.lists(inputs(UAC_SEEDS, UAC_TOKENS), min_size=1, max_size=4), st.integers(0, 3))
+def test_sip_uac_responses(responses: list[bytes], seed: int) -> None:
+    """Responses to our outbound INVITE (the seeds' BRANCH/FROMTAG/CALLID are filled in with
+    the INVITE's, so they match it): the UAC takes any sequence, with digest challenges, and
+    a cancel or a BYE on the way, without raising, and everything it sends is valid SIP
+    (mutations that turn a response into a malformed request get the UAS's 400)."""
+    core = SipCore("127.0.0.1", 5060)
+    peer = Peer("udp", "192.0.2.10", 5060)
+    leg = core.invite("sip:bob@192.0.2.10", peer, "<sip:alice@127.0.0.1>", b"v=0\r\n", 0.0,
+                      credentials=Credentials("u", "p") if seed & 1 else None)
+    for now, data in enumerate(responses, start=1):
+        inv = leg.invite
+        data = (data.replace(b"BRANCH", inv.top_via.branch.encode())
+                .replace(b"FROMTAG", leg.local_tag.encode())
+                .replace(b"CALLID", leg.call_id.encode()))
+        core.receive_datagram(data, peer, float(now))
+        if seed & 2 and now == 1:
+            core.cancel(leg, float(now))
+        while core.next_event() is not None:
+            pass
+        _check_replies(core)
+    core.bye(leg, 10.0)
+    core.handle_timer(100.0)
+    _check_replies(core)
+
+
+def _check_replies(core: SipCore) -> None:
+    """What the core sent is valid SIP (a 400 to a malformed request may echo its header)."""
+    for _to, out in core.datagrams_to_send():
+        try:
+            parse_message(out)
+        except SipParseError:
+            assert out.startswith(b"SIP/2.0 400 "), out
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_digest_challenge(text: str) -> None:
+    """parse_challenge raises only DigestError; a challenge it accepts can be answered."""
+    try:
+        chal = parse_challenge(text)
+    except DigestError:
+        return
+    value = authorization(chal, Credentials("u", "p"), "INVITE", "sip:x@y")
+    assert value.startswith("Digest ") and "\r" not in value and "\n" not in value
 
 
 @FUZZ

@@ -24,9 +24,12 @@ from confroom.app.control import CallInfo
 from confroom.app.hooks import HookResult
 from confroom.conference.model import Conference, Member
 from confroom.conference.service import ConferenceService
-from confroom.config import AppConfig, ConfigError, Hook, load
+from confroom.config import AppConfig, Config, ConfigError, Hook, load
 from confroom.media.engine import MediaEngine
 from confroom.media.session import MediaSession
+from confroom.outbound import OutboundLimiter
+from confroom.outbound import route as outbound_route
+from confroom.outcall import CreateCall
 from toolcheck import in_ci
 
 TOKEN = "s3cret-token"
@@ -45,10 +48,33 @@ class FakeCall:
     info: CallInfo
 
 
+class FakeOutbound:
+    """The server's outbound side with the real policy (routing, limiter) but no SIP."""
+
+    def __init__(self) -> None:
+        self.config = Config(outbound_allowed_domains=("sip.example.com",),
+                             outbound_max_concurrent_calls=1, outbound_calls_per_second=100.0,
+                             apps=(APP,))
+        self.limiter = OutboundLimiter(1, 100.0)
+        self.created: list[CreateCall] = []
+        self.stopping = False
+
+    def create(self, account_sid: str, req: CreateCall) -> str:
+        if self.stopping:
+            raise RuntimeError("the server is shutting down")
+        if account_sid != ACCT:
+            raise LookupError(f"no account {account_sid}")
+        outbound_route(self.config, req.to)
+        self.limiter.acquire(account_sid, 0.0)
+        self.created.append(req)
+        return f"sid-{len(self.created)}"
+
+
 @dataclass
 class FakeServer:
     conferences: ConferenceService
     calls: dict[str, FakeCall] = field(default_factory=dict)
+    outbound: FakeOutbound = field(default_factory=FakeOutbound)
 
     def add_call(self, sid: str, account: str = ACCT) -> FakeCall:
         info = CallInfo(call_sid=sid, call_id=f"{sid}@t", from_user=f"u-{sid}", to_user="1000",
@@ -149,7 +175,8 @@ CONFS = f"/v1/Accounts/{ACCT}/Conferences"
 
 async def test_auth_is_required_on_every_v1_route(api: Api) -> None:
     api.server.add_call("a")
-    for method, path in [("PUT", f"{CALL}/a"), ("POST", f"{CALL}/a"), ("GET", CONFS),
+    for method, path in [("PUT", f"{CALL}/a"), ("POST", f"{CALL}/a"), ("POST", CALL),
+                         ("GET", CONFS),
                          ("GET", f"{CONFS}/room"), ("DELETE", f"{CONFS}/room")]:
         for token in (None, "wrong", ""):
             status, body = await api.req(method, path, token=token,
@@ -288,6 +315,40 @@ async def test_jambonz_python_sdk_drives_the_api_unmodified(api: Api) -> None:
         with pytest.raises(aiohttp.ClientResponseError) as e:
             await client.conferences.list()
         assert e.value.status == 401
+
+
+async def test_create_call_status_codes(api: Api) -> None:
+    """POST .../Calls: 201 {sid} (also through the jambonz SDK), 400 for bad bodies, 403 for
+    a target outside the policy, 404 for an unknown account, 429 over the cap, 503 when
+    stopping."""
+    body = {"from": "15550100", "to": {"type": "sip", "sipUri": "sip:bob@sip.example.com"},
+            "call_hook": "http://127.0.0.1:9/call", "timeout": 30,
+            "headers": {"X-Campaign": "spring"}, "tag": {"k": 1}}
+    assert await api.req("POST", CALL, json=body) == (201, {"sid": "sid-1"})
+    req = api.server.outbound.created[0]
+    assert req.headers == (("X-Campaign", "spring"),) and req.timeout == 30.0
+    status, err = await api.req("POST", CALL, json=body)
+    assert status == 429 and "max_concurrent_calls" in err["error"]
+    api.server.outbound.limiter.release(ACCT)
+    async with JambonzClient(base_url=api.base, account_sid=ACCT, api_key=TOKEN) as client:
+        sid = await client.calls.create({**body, "to": {"type": "sip",
+                                                        "sipUri": "sip:carol@sip.example.com"}})
+    assert sid == "sid-2"
+    api.server.outbound.limiter.release(ACCT)
+    status, err = await api.req("POST", CALL, json={
+        **body, "to": {"type": "sip", "sipUri": "sip:x@evil.example"}})
+    assert status == 403 and "not an allowed outbound domain" in err["error"]
+    assert (await api.req("POST", "/v1/Accounts/other/Calls", json=body))[0] == 404
+    for bad, msg in [({**body, "from": "a b"}, "'from'"),
+                     ({**body, "to": {"type": "user"}}, "'to'"),
+                     ({**body, "call_hook": "file.json"}, "http(s) URL"),
+                     ({**body, "timeout": 0}, "'timeout'"),
+                     ({**body, "headers": {"Via": "x"}}, "set by confroom"),
+                     ({**body, "headers": {"X-A": "a\r\nB: c"}}, "printable")]:
+        status, err = await api.req("POST", CALL, json=bad)
+        assert status == 400 and msg in err["error"], (bad, err)
+    api.server.outbound.stopping = True
+    assert (await api.req("POST", CALL, json=body))[0] == 503
 
 
 def test_every_documented_response_was_exercised() -> None:

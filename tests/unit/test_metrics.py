@@ -75,6 +75,8 @@ async def test_exposition_carries_the_servers_state(server: Server) -> None:
                                        media=MediaSession(0), app=app))
     srv.call_statuses.update({"ringing": 5, "in-progress": 4, "completed": 2})
     srv.rejected.update({"no RTP port": 3, "malformed SDP": 1})
+    srv.outbound.limiter.active.update({"acct1": 2, "acct2": 1})
+    srv.outbound.refused.update({"not allowed": 4})
     # the media clock runs for real a little while
     await srv.engine.start()
     await asyncio.sleep(0.2)
@@ -120,6 +122,9 @@ async def test_exposition_carries_the_servers_state(server: Server) -> None:
     assert value(m, "confroom_call_statuses_total", status="ringing") == 5
     assert value(m, "confroom_call_statuses_total", status="completed") == 2
     assert value(m, "confroom_calls_rejected_total", reason="no RTP port") == 3
+    assert value(m, "confroom_outbound_calls") == 3
+    assert value(m, "confroom_outbound_refused_total", reason="not allowed") == 4
+    assert value(m, "confroom_outbound_refused_total", reason="limit") == 0
     assert value(m, "confroom_conferences") == 1
     assert value(m, "confroom_conference_members") == 2
     ticks = value(m, "confroom_media_ticks_total")

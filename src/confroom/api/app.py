@@ -7,6 +7,7 @@ otherwise); `/health` and `/openapi.json` are open. Every error is JSON:
 `{"error": "<what is wrong>"}`.
 
 Routes (documented in `openapi.json`):
+  POST     /v1/Accounts/{account_sid}/Calls              create an outbound call (201 {"sid"})
   PUT|POST /v1/Accounts/{account_sid}/Calls/{call_sid}   live control of a conference member
   GET      /v1/Accounts/{account_sid}/Conferences         names of the conferences in progress
   GET      /v1/Accounts/{account_sid}/Conferences/{name}  one conference with its participants
@@ -44,6 +45,8 @@ from confroom.conference.control import (
 )
 from confroom.conference.service import ConferenceService
 from confroom.connlimits import Limits
+from confroom.outbound import LimitExceeded, Refused
+from confroom.outcall import CreateCall, CreateCallError, parse_create_call
 from confroom.ratelog import RateLimitedWarning
 
 log = logging.getLogger("confroom.api")
@@ -62,8 +65,15 @@ class CallLike(Protocol):
     def info(self) -> CallInfo: ...
 
 
+class CallCreator(Protocol):
+    def create(self, account_sid: str, req: CreateCall) -> str: ...
+
+
 class ServerLike(Protocol):
     """What the API needs of the server (`confroom.server.Server` fits)."""
+
+    @property
+    def outbound(self) -> CallCreator: ...
 
     @property
     def calls(self) -> Mapping[str, CallLike]: ...
@@ -174,6 +184,26 @@ async def update_call(request: web.Request) -> web.Response:
     return web.json_response(summary, status=202)
 
 
+async def create_call(request: web.Request) -> web.Response:
+    """jambonz create-call: 201 {"sid": call_sid}; the call proceeds in the background."""
+    account_sid = request.match_info["account_sid"]
+    try:
+        req = parse_create_call(await _json_body(request))
+    except (ControlError, CreateCallError) as e:
+        return error(400, str(e))
+    try:
+        sid = _server(request).outbound.create(account_sid, req)
+    except LookupError as e:
+        return error(404, str(e))
+    except Refused as e:
+        return error(403, f"outbound call refused: {e}")
+    except LimitExceeded as e:
+        return error(429, str(e), **{"Retry-After": str(e.retry_after)})
+    except RuntimeError as e:
+        return error(503, str(e))
+    return web.json_response({"sid": sid}, status=201)
+
+
 async def list_conferences(request: web.Request) -> web.Response:
     svc = _server(request).conferences
     return web.json_response(svc.registry.names(request.match_info["account_sid"]))
@@ -244,6 +274,7 @@ def build_app(
     app.on_response_prepare.append(_server_header)
     call = "/v1/Accounts/{account_sid}/Calls/{call_sid}"
     confs = "/v1/Accounts/{account_sid}/Conferences"
+    app.router.add_post("/v1/Accounts/{account_sid}/Calls", create_call)
     app.router.add_put(call, update_call)
     app.router.add_post(call, update_call)
     app.router.add_get(confs, list_conferences, allow_head=False)

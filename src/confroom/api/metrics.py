@@ -58,6 +58,19 @@ class _Hooks(Protocol):
     stats: HookStats
 
 
+class _Limiter(Protocol):
+    @property
+    def active(self) -> Counter[str]: ...
+
+
+class _Outbound(Protocol):
+    @property
+    def limiter(self) -> _Limiter: ...
+
+    @property
+    def refused(self) -> Mapping[str, int]: ...
+
+
 class _Transports(Protocol):
     @property
     def tcp_connections(self) -> int: ...
@@ -94,6 +107,9 @@ class MetricsSource(Protocol):
 
     @property
     def call_statuses(self) -> Counter[str]: ...
+
+    @property
+    def outbound(self) -> _Outbound: ...
 
 
 def open_fds() -> int | None:
@@ -143,6 +159,16 @@ class ServerCollector(Collector):
         for reason, n in sorted(srv.rejected.items()):
             r.add_metric([reason], n)
         yield r
+        out = srv.outbound
+        yield GaugeMetricFamily("confroom_outbound_calls",
+                                "Outbound calls in progress (ringing or answered), all accounts.",
+                                value=sum(out.limiter.active.values()))
+        o = CounterMetricFamily("confroom_outbound_refused",
+                                "Outbound calls refused by the policy, by reason.",
+                                labels=["reason"])
+        for reason in ("not allowed", "limit"):
+            o.add_metric([reason], out.refused.get(reason, 0))
+        yield o
         confs = srv.conferences.registry.all()
         yield GaugeMetricFamily("confroom_conferences", "Conferences in progress.",
                                 value=len(confs))

@@ -35,6 +35,9 @@ class CallInfo:
     sip_reason: str = "Trying"
     # the INVITE as {"method", "uri", "headers": {...}, "body": str}
     sip: Mapping[str, Any] = field(default_factory=dict)
+    # outbound calls: the create-call `tag` (sent as customerData), the dialling call's sid
+    customer_data: Mapping[str, Any] | None = None
+    parent_call_sid: str | None = None
 
 
 class CallControl(Protocol):

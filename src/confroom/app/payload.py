@@ -61,4 +61,8 @@ def session_new_body(info: CallInfo) -> dict[str, Any]:
     body = call_fields(info)
     body["caller_id"] = info.from_user
     body["sip"] = sip_fields(info)
+    if info.customer_data is not None:
+        body["customerData"] = dict(info.customer_data)
+    if info.parent_call_sid is not None:
+        body["parent_call_sid"] = info.parent_call_sid
     return body

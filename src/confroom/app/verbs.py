@@ -25,7 +25,7 @@ CALLBACK_BASE = SCHEMA_BASE + "callbacks/"
 SUPPORTED: frozenset[str] = frozenset(
     {
         "answer", "say", "play", "pause", "hangup", "sip:decline", "redirect", "conference",
-        "gather", "leave",
+        "gather", "leave", "dial",
     }
 )
 # Verbs allowed in lists returned by waitHook / enterHook (spec 3.1).

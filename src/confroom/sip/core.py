@@ -10,6 +10,15 @@ it never touches a socket or a clock: the adapter drains `datagrams_to_send()`, 
 In-dialog requests we send (BYE) go to the address the dialog's INVITE came from (the first
 Record-Route hop when that is an IP literal), which keeps calls from phones behind NAT working.
 
+Outbound calls (UAC): `invite()` sends an INVITE as a client transaction and reports
+`OutboundProgress` (1xx; a 183 may carry early-media SDP), `OutboundAnswered` (2xx: the core
+ACKs it, and re-ACKs retransmitted 2xx) or `OutboundFailed` (a final error, a timeout, or 487
+after `cancel()`). A 401/407 is answered once per challenge with digest credentials when the
+call has them (a new INVITE, CSeq + 1). `cancel()` before any provisional response waits for
+one (RFC 3261 9.1); a 200 that crosses our CANCEL is ACKed and ended with BYE at once. The
+answered dialog is an ordinary `Leg` (`outbound=True`): re-INVITE and BYE from the callee, and
+`bye()` from us, work as on inbound legs.
+
 SIP over TLS: a dialog whose INVITE came over TLS gets our TLS port in Contact and Via
 (`;transport=tls`, or a `sips:` Contact when the INVITE's Request-URI was `sips:`, RFC 3261
 12.1.1), and its BYE goes back over the same connection.
@@ -25,6 +34,12 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from confroom.ratelog import RateLimitedWarning
+from confroom.sip.digest import (
+    Credentials,
+    DigestError,
+    authorization,
+    parse_challenge,
+)
 from confroom.sip.message import (
     Headers,
     Request,
@@ -79,6 +94,15 @@ class Leg:
     pending_reinvite: ServerTransaction | None = None
     # headers of a BYE asked for before the ACK arrived (sent on ACK or 2xx timeout)
     pending_bye: list[tuple[str, str]] | None = None
+    # ---- outbound (UAC) legs only
+    outbound: bool = False
+    invite_ctx: ClientTransaction | None = None  # our INVITE's client transaction
+    credentials: Credentials | None = None
+    auth_tries: int = 0
+    provisional: bool = False  # a 1xx arrived (CANCEL may be sent)
+    cancel_requested: bool = False
+    cancel_sent: bool = False
+    ack: Request | None = None  # the ACK of our 2xx (re-sent for 2xx retransmissions)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -145,9 +169,37 @@ class ByeDone:
     status: int | None
 
 
+@dataclass(frozen=True)
+class OutboundProgress:
+    """A provisional response to our INVITE (`sdp`: early media answer of a 183, or b"")."""
+
+    leg: Leg
+    status: int
+    sdp: bytes
+
+
+@dataclass(frozen=True)
+class OutboundAnswered:
+    """The callee answered (2xx, already ACKed): `sdp` is its answer."""
+
+    leg: Leg
+    response: Response
+    sdp: bytes
+
+
+@dataclass(frozen=True)
+class OutboundFailed:
+    """Our INVITE ended without a call: a final error (`status`), 487 after `cancel()`, or
+    no response at all (`status` None)."""
+
+    leg: Leg
+    status: int | None
+    reason: str
+
+
 CoreEvent = (
     IncomingCall | CallCancelled | CallConfirmed | CallAckTimeout | CallEnded | ReInvite
-    | DtmfInfo | ByeDone
+    | DtmfInfo | ByeDone | OutboundProgress | OutboundAnswered | OutboundFailed
 )
 
 
@@ -223,6 +275,7 @@ class SipCore:
         self._legs: dict[tuple[str, str, str], Leg] = {}
         self._by_invite_tx: dict[int, Leg] = {}  # id(invite server tx) -> leg
         self._bye_txs: dict[int, Leg] = {}  # id(client tx) -> leg
+        self._invite_ctxs: dict[int, Leg] = {}  # id(our INVITE client tx) -> outbound leg
         self._events: deque[CoreEvent] = deque()
         self._raw_out: list[tuple[Peer, bytes]] = []
         self.stats = {"parse_errors": 0, "requests": 0, "responses": 0}
@@ -363,6 +416,209 @@ class SipCore:
         self._bye_txs[id(ctx)] = leg
         self._pump(now)
 
+    # ---- outbound calls (UAC) ------------------------------------------------------------------
+
+    def invite(
+        self, target: str, peer: Peer, from_value: str, sdp: bytes, now: float, *,
+        to_value: str | None = None, headers: list[tuple[str, str]] | None = None,
+        credentials: Credentials | None = None, call_id: str | None = None,
+    ) -> Leg:
+        """Start an outbound call: INVITE `target` (a Request-URI) via `peer` with `sdp` as
+        the offer. `from_value` is the From header without tag (e.g. `<sip:123@host>`),
+        `to_value` the To header (default `<target>`). Extra `headers` go into the INVITE."""
+        local_tag = new_tag()
+        leg = Leg(
+            call_id=call_id or f"{new_tag()}{new_tag()}@{self.local_host}",
+            local_tag=local_tag,
+            remote_tag="",
+            peer=peer,
+            invite=Request("INVITE", target, Headers()),
+            invite_tx=None,
+            local_uri=from_value,
+            remote_uri=to_value or f"<{target}>",
+            remote_target=target,
+            outbound=True,
+            credentials=credentials,
+        )
+        leg.invite = self._outbound_invite(leg, target, sdp, list(headers or []))
+        self._send_invite(leg, now)
+        return leg
+
+    def _outbound_invite(self, leg: Leg, target: str, sdp: bytes,
+                         extra: list[tuple[str, str]]) -> Request:
+        leg.local_cseq += 1
+        h = Headers()
+        h.add("Via", self._via(leg.peer))
+        h.add("Max-Forwards", "70")
+        h.add("From", f"{leg.local_uri};tag={leg.local_tag}")
+        h.add("To", leg.remote_uri)
+        h.add("Call-ID", leg.call_id)
+        h.add("CSeq", f"{leg.local_cseq} INVITE")
+        h.add("Contact", self.contact(leg.peer))
+        h.add("Allow", ALLOW)
+        for name, value in self._ua:
+            h.add(name, value)
+        for name, value in extra:
+            h.add(name, value)
+        if sdp:
+            h.add("Content-Type", "application/sdp")
+        return Request("INVITE", target, h, sdp)
+
+    def _via(self, peer: Peer) -> str:
+        host = self.local_host if ":" not in self.local_host else f"[{self.local_host}]"
+        return (f"SIP/2.0/{peer.transport.upper()} {host}:{self.port_for(peer)}"
+                f";branch={new_branch()};rport")
+
+    def _send_invite(self, leg: Leg, now: float) -> None:
+        ctx = self.tx.request(leg.invite, leg.peer, now)
+        leg.invite_ctx = ctx
+        self._invite_ctxs[id(ctx)] = leg
+        self._pump(now)
+
+    def cancel(self, leg: Leg, now: float) -> None:
+        """Give up on an outbound call that has no final response yet (CANCEL). The outcome
+        is reported as usual: `OutboundFailed` (487), or - when a 200 crossed the CANCEL -
+        the call is ACKed, ended with BYE and reported as `OutboundFailed` too."""
+        if not leg.outbound or leg.state != "early" or leg.cancel_requested:
+            return
+        leg.cancel_requested = True
+        if leg.provisional:
+            self._send_cancel(leg, now)
+        self._pump(now)
+
+    def _send_cancel(self, leg: Leg, now: float) -> None:
+        ctx = leg.invite_ctx
+        if ctx is None or leg.cancel_sent:
+            return
+        leg.cancel_sent = True
+        inv = leg.invite
+        h = Headers()
+        h.add("Via", inv.headers.get("Via") or "")
+        h.add("Max-Forwards", "70")
+        h.add("From", inv.headers.get("From") or "")
+        h.add("To", inv.headers.get("To") or "")
+        h.add("Call-ID", leg.call_id)
+        h.add("CSeq", f"{inv.cseq[0]} CANCEL")
+        for name, value in self._ua:
+            h.add(name, value)
+        self.tx.request(Request("CANCEL", inv.uri, h), ctx.peer, now)
+
+    def _on_invite_response(self, leg: Leg, resp: Response, now: float) -> None:
+        status = resp.status
+        if leg.state == "confirmed" or leg.state == "terminated":
+            # a retransmitted 2xx (our ACK was lost): ACK it again
+            if 200 <= status < 300 and leg.ack is not None and resp.to_tag == leg.remote_tag:
+                self.tx.send(leg.ack, self._dialog_peer(leg))
+            return
+        body = resp.body if resp.content_type == "application/sdp" else b""
+        if status < 200:
+            if status == 100:
+                leg.provisional = True
+            else:
+                leg.provisional = True
+                self._events.append(OutboundProgress(leg, status, body))
+            if leg.cancel_requested:
+                self._send_cancel(leg, now)
+            return
+        if status < 300:
+            self._invite_answered(leg, resp, body, now)
+            return
+        ctx = leg.invite_ctx
+        if ctx is not None:
+            self._invite_ctxs.pop(id(ctx), None)
+        if (status in (401, 407) and leg.credentials is not None and not leg.cancel_requested
+                and self._retry_with_auth(leg, resp, now)):
+            return
+        leg.final_status = status
+        leg.state = "terminated"
+        reason = "cancelled" if leg.cancel_requested else (resp.reason or str(status))
+        self._events.append(OutboundFailed(leg, status, reason))
+
+    def _retry_with_auth(self, leg: Leg, resp: Response, now: float) -> bool:
+        """Answer a 401/407 with credentials (once per challenge). False: give up."""
+        name = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
+        creds = leg.credentials
+        if creds is None:
+            return False
+        challenge = None
+        for value in resp.headers.get_all(name):
+            try:
+                challenge = parse_challenge(value)
+            except DigestError as e:
+                log.warning("call-id %s: %s challenge not usable: %s", leg.call_id, name, e)
+                continue
+            if challenge.algorithm.startswith("SHA-256"):
+                break  # prefer SHA-256 when several are offered (RFC 8760)
+        if challenge is None:
+            return False
+        if leg.auth_tries >= 1 and not challenge.stale:
+            log.warning("call-id %s: digest credentials for %s refused (%d)", leg.call_id,
+                        creds.username, resp.status)
+            return False
+        if leg.auth_tries >= 2:
+            return False
+        leg.auth_tries += 1
+        old = leg.invite
+        h = Headers()
+        for n, v in old.headers.items():
+            if n in ("Via", "CSeq", "Authorization", "Proxy-Authorization"):
+                continue
+            h.add(n, v)
+        leg.local_cseq += 1
+        h.set("CSeq", f"{leg.local_cseq} INVITE")
+        hdr = "Authorization" if resp.status == 401 else "Proxy-Authorization"
+        h.add(hdr, authorization(challenge, creds, "INVITE", old.uri))
+        items = [("Via", self._via(leg.peer)), *h.items()]
+        leg.invite = Request("INVITE", old.uri, Headers(items), old.body)
+        leg.provisional = False
+        self._send_invite(leg, now)
+        return True
+
+    def _invite_answered(self, leg: Leg, resp: Response, body: bytes, now: float) -> None:
+        leg.remote_tag = resp.to_tag or ""
+        leg.final_status = resp.status
+        contacts = resp.headers.get_all("Contact")
+        try:
+            if contacts:
+                leg.remote_target = str(parse_name_addr(contacts[0]).uri)
+        except SipParseError:
+            pass
+        leg.route_set = list(reversed(resp.headers.get_all("Record-Route")))
+        to_value = resp.headers.get("To")
+        if to_value:
+            leg.remote_uri = _strip_params(to_value)
+        h = Headers()
+        h.add("Via", self._via(self._dialog_peer(leg)))
+        h.add("Max-Forwards", "70")
+        for route in leg.route_set:
+            h.add("Route", route)
+        h.add("From", f"{leg.local_uri};tag={leg.local_tag}")
+        h.add("To", f"{leg.remote_uri};tag={leg.remote_tag}" if leg.remote_tag
+              else leg.remote_uri)
+        h.add("Call-ID", leg.call_id)
+        h.add("CSeq", f"{leg.invite.cseq[0]} ACK")
+        for name, value in self._ua:
+            h.add(name, value)
+        leg.ack = Request("ACK", leg.remote_target, h)
+        self.tx.send(leg.ack, self._dialog_peer(leg))
+        if not leg.remote_tag:
+            # RFC 3261 12.1.2: a 2xx without a To tag cannot make a dialog (no BYE could
+            # reach it): ACKed so that it stops, and the call fails
+            log.warning("call-id %s: 2xx to our INVITE without a To tag: call failed",
+                        leg.call_id)
+            leg.state = "terminated"
+            self._forget(leg)
+            self._events.append(OutboundFailed(leg, 502, "2xx without To tag"))
+            return
+        leg.state = "confirmed"
+        self._legs[leg.key] = leg
+        if leg.cancel_requested:
+            # the 200 crossed our CANCEL: the call exists now, end it
+            self._send_bye(leg, now, [("Reason", 'SIP;cause=487;text="Cancelled"')])
+            self._events.append(OutboundFailed(leg, 487, "cancelled"))
+            return
+        self._events.append(OutboundAnswered(leg, resp, body))
+
     def respond_reinvite(
         self, leg: Leg, tx: ServerTransaction, status: int, now: float, sdp: bytes | None = None,
     ) -> None:
@@ -412,11 +668,11 @@ class SipCore:
             elif isinstance(ev, AckReceived):
                 self._on_ack(ev.request, now)
             elif isinstance(ev, ResponseReceived):
-                self._on_response(ev.tx, ev.response)
+                self._on_response(ev.tx, ev.response, now)
             elif isinstance(ev, TransactionTimeout):
                 self._on_timeout(ev.tx, now)
             elif isinstance(ev, StrayResponse):
-                pass  # we only send BYE/OPTIONS-style requests: nothing to ACK
+                self._on_stray(ev.response, ev.peer)
 
     def _respond(self, tx: ServerTransaction, status: int, now: float, reason: str | None = None,
                  headers: list[tuple[str, str]] | None = None, to_tag: str | None = None) -> None:
@@ -546,7 +802,22 @@ class SipCore:
             return
         self._events.append(CallConfirmed(leg, ack))
 
-    def _on_response(self, ctx: ClientTransaction, resp: Response) -> None:
+    def _on_stray(self, resp: Response, peer: Peer) -> None:
+        """A 2xx to our INVITE retransmitted after its transaction ended: ACK it again."""
+        if resp.cseq[1] != "INVITE" or not 200 <= resp.status < 300:
+            return
+        to_tag, from_tag = resp.to_tag, resp.from_tag
+        if to_tag is None or from_tag is None:
+            return
+        leg = self._legs.get((resp.call_id, from_tag, to_tag))
+        if leg is not None and leg.outbound and leg.ack is not None:
+            self.tx.send(leg.ack, self._dialog_peer(leg))
+
+    def _on_response(self, ctx: ClientTransaction, resp: Response, now: float) -> None:
+        out_leg = self._invite_ctxs.get(id(ctx))
+        if out_leg is not None:
+            self._on_invite_response(out_leg, resp, now)
+            return
         if resp.status < 200:
             return
         leg = self._bye_txs.pop(id(ctx), None)
@@ -556,6 +827,14 @@ class SipCore:
 
     def _on_timeout(self, t: ServerTransaction | ClientTransaction, now: float) -> None:
         if isinstance(t, ClientTransaction):
+            out_leg = self._invite_ctxs.pop(id(t), None)
+            if out_leg is not None:
+                if out_leg.state == "early":  # Timer B (or the CANCEL guard): no answer
+                    out_leg.state = "terminated"
+                    out_leg.final_status = 408
+                    self._events.append(OutboundFailed(
+                        out_leg, None, "cancelled" if out_leg.cancel_requested else "timeout"))
+                return
             leg = self._bye_txs.pop(id(t), None)
             if leg is not None:
                 self._forget(leg)
@@ -590,6 +869,8 @@ class SipCore:
 
     def _forget(self, leg: Leg) -> None:
         self._legs.pop(leg.key, None)
+        if leg.invite_ctx is not None:
+            self._invite_ctxs.pop(id(leg.invite_ctx), None)
         if leg.invite_tx is not None:
             self._by_invite_tx.pop(id(leg.invite_tx), None)
 

@@ -398,3 +398,26 @@ def build_answer(
         media=[MediaDescription("audio", local_port, proto, formats, None, attributes)],
     )
     return sdp.to_bytes()
+
+
+OFFER_CODECS: tuple[tuple[str, int], ...] = (("PCMU", 0), ("PCMA", 8))
+OFFER_DTMF_PT = 101
+
+
+def build_offer(*, local_host: str, local_port: int, session_id: int, version: int = 1) -> bytes:
+    """Our SDP offer for an outbound call: PCMU and PCMA, telephone-event/8000 (pt 101),
+    20 ms, sendrecv, plain RTP/AVP."""
+    formats = [str(pt) for _, pt in OFFER_CODECS] + [str(OFFER_DTMF_PT)]
+    attributes: list[tuple[str, str | None]] = [
+        ("rtpmap", f"{pt} {name}/8000") for name, pt in OFFER_CODECS]
+    attributes.append(("rtpmap", f"{OFFER_DTMF_PT} telephone-event/8000"))
+    attributes.append(("fmtp", f"{OFFER_DTMF_PT} 0-16"))
+    attributes.append(("ptime", "20"))
+    attributes.append(("sendrecv", None))
+    sdp = SessionDescription(
+        origin=f"confroom {session_id} {version} IN {_addr_type(local_host)} {local_host}",
+        session_name="confroom",
+        connection=local_host,
+        media=[MediaDescription("audio", local_port, "RTP/AVP", formats, None, attributes)],
+    )
+    return sdp.to_bytes()
