@@ -228,6 +228,15 @@ class Call:
         if listener is not None:
             listener(digit)
 
+    def on_info_dtmf(self, digit: str) -> None:
+        """A digit from a SIP INFO (application/dtmf-relay or application/dtmf): like an RFC 4733
+        digit it goes to the listener and to the media tap (a dial bridge or a conference),
+        which passes it on as RFC 4733 to the other side."""
+        self.on_dtmf(digit)
+        tap = self.media.dtmf_tap
+        if tap is not None:
+            tap(digit)
+
     def _on_rtp_timeout(self) -> None:
         if self.ended:
             return

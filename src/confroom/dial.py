@@ -11,8 +11,10 @@ The flow for one caller (jambonz's `dial`):
    `timeout` seconds. The first to answer wins; the others are CANCELled (a 200 that crossed
    the CANCEL is hung up).
 3. With `answerOnBridge` the caller is answered only now. The two calls' audio is bridged on
-   the media clock (`confroom.media.bridge`) and RFC 4733 digits are passed both ways, until
+   the media clock (`confroom.media.bridge`) and digits are passed both ways, until
    either side hangs up or `timeLimit` seconds pass; then the other side is hung up too.
+   A digit that arrives as RFC 4733 or as SIP INFO (`Call.on_info_dtmf`) is sent to the other
+   leg as RFC 4733; a leg that negotiated no telephone-event does not get it (logged).
 4. If the caller is still there, the `actionHook` gets the call fields plus
    `dial_call_status` (completed, busy, no-answer, failed), `dial_sip_status`,
    `dial_call_duration` (seconds bridged) and `dial_call_sid`; the verbs it returns replace
@@ -257,7 +259,9 @@ def _up(call: Any) -> bool:
 
 
 def _pass_dtmf(to: MediaSession, digit: str) -> None:
-    to.send_dtmf(digit)
+    if not to.send_dtmf(digit):
+        log.info("dial dtmf digit=%s not passed: the other leg negotiated no telephone-event",
+                 digit)
 
 
 async def _action(s: CallSession, verb: dict[str, Any], status: str, sip_status: int,

@@ -443,7 +443,7 @@ class Server:
         elif isinstance(ev, ReInvite):
             call.on_reinvite(ev.tx, ev.request.body)
         elif isinstance(ev, DtmfInfo):
-            call.on_dtmf(ev.digit)
+            call.on_info_dtmf(ev.digit)
 
     # Signalling (used by Call) ----------------------------------------------------------------
 

@@ -283,3 +283,33 @@ def test_dial_caller_gives_up_while_ringing_cancels_the_target(
     # both legs end as cancelled: the caller's and the dialled one
     srv.wait_logs(r"call end .*status=no-answer reason=cancelled", count=2, timeout=10)
     assert hook_app.received("/act") == []
+
+
+def test_dial_passes_sip_info_digits_as_rfc4733(
+    confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner, tmp_path: Path,
+    rtp_peer_factory: Callable[[], RtpPeer],
+) -> None:
+    """Digits the caller sends as SIP INFO (application/dtmf-relay) while bridged by `dial`
+    reach the dialled party as RFC 4733 telephone-events (decoded from the RTP it receives)."""
+    alice, bob = rtp_peer_factory(), rtp_peer_factory()
+    callee = Uas(tmp_path, "uas_answer", keys={"rtp_port": bob.port})
+    hook_app.route("/call", [{"verb": "dial", "target": [
+        {"type": "sip", "sipUri": f"sip:b@{callee.target}"}]}])
+    srv, _ = start(confroom, hook_app, outbound={"allowed_domains": ["127.0.0.1"]})
+    digits = {f"d{i + 1}": d for i, d in enumerate("1934#")}
+    inbound = sipp.start("uac_dtmf_info", srv.target, pause_ms=1500,
+                         keys={"rtp_port": alice.port, "from_user": "alice", **digits},
+                         timeout=30)
+    srv.wait_log(r"dial bridge call_sid=", timeout=15)
+    want = {1, 9, 3, 4, 11}  # RFC 4733 event codes of 1 9 3 4 #
+    deadline = time.monotonic() + 15
+    seen: set[int] = set()
+    packets: list[Any] = []
+    while seen != want:
+        packets = bob.wait_packets(len(packets) + 1, timeout=max(0.1, deadline - time.monotonic()),
+                                   payload_types=[101])
+        seen = {p.payload[0] for p in packets}
+        assert seen <= want, seen
+    res = inbound.wait()
+    assert res.ok(), res.describe()
+    assert callee.wait() == 0, callee.messages()  # the caller's BYE ended the dialled leg too
