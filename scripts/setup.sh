@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what confroom needs on a Debian 12 machine (run as root, or with sudo available):
 #   scripts/setup.sh          apt packages for running + a virtualenv with confroom
-#   scripts/setup.sh --test   the same plus what the test suite needs (SIPp, sox, test extras)
+#   scripts/setup.sh --test   the same plus what the test suite needs (SIPp, sox, baresip, test extras)
 #   scripts/setup.sh --bench  the same plus what `make bench` needs (Janus, SIPp, bench/requirements.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ if [ "${1:-}" = "--test" ]; then want_test=1; fi
 if [ "${1:-}" = "--bench" ]; then want_bench=1; fi
 
 apt_pkgs=(espeak-ng)
-if [ "$want_test" = 1 ]; then apt_pkgs+=(sip-tester sox); fi
+if [ "$want_test" = 1 ]; then apt_pkgs+=(sip-tester sox baresip); fi
 if [ "$want_bench" = 1 ]; then apt_pkgs+=(sip-tester janus); fi
 
 missing=()

@@ -1,17 +1,23 @@
 """Outbound calls end to end: REST create-call (the unmodified jambonz SDK and plain HTTP)
 against SIPp UAS callees - answer, 486 busy, no answer (CANCEL after the timeout), 183 early
 media then 200, a trunk's 401 digest challenge - with the call-status hook's reports; the
-answered callee joins a conference and audio crosses both ways (FFT on the wire); policy:
-a target outside the allowed domains is refused and logged, the concurrency cap answers 429."""
+answered callee joins a conference and audio crosses both ways (FFT on the wire), also with a
+real softphone (baresip, auto-answer) as the callee; policy: a target outside the allowed
+domains is refused and logged, the concurrency cap answers 429. `dial`: audio and DTMF (RFC 4733
+and SIP INFO) cross the bridge; CANCEL of the losing and abandoned targets."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
+import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from harness import (
     ACCOUNT_SID,
@@ -21,6 +27,8 @@ from harness import (
     HookRequest,
     RtpPeer,
     SippRunner,
+    free_port_block,
+    free_sip_port,
     tone_power,
     write_tone_wav,
 )
@@ -28,6 +36,8 @@ from jambonz_sdk.client import JambonzClient
 from schemas import schema_errors
 from test_control import TOKEN, Rest, free_tcp_port, hears, server_addr, window
 from test_harness_selfcheck import Uas
+
+from toolcheck import require_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -109,6 +119,107 @@ def test_create_call_callee_joins_conference_audio_both_ways(
     assert seen == ["trying", "ringing", "in-progress", "completed"], seen
     for r in hook_app.received("/cstatus"):
         assert schema_errors("call-status", r.json) == [], r.json
+
+
+class Baresip:
+    """A headless baresip softphone on 127.0.0.1 that auto-answers: its config dir is written
+    here (PCMU only, a tone WAV as the microphone via `aufile`, no audio player; the `sndfile`
+    filter writes what it hears to dump-*-dec.wav in its directory)."""
+
+    def __init__(self, tmp: Path, user: str, tone_hz: float) -> None:
+        exe = require_tool("baresip")
+        self.dir = tmp / "baresip"
+        self.dir.mkdir()
+        self.port = free_sip_port()
+        rtp = free_port_block(8)
+        tone = write_tone_wav(self.dir / "tone.wav", tone_hz, 60.0, amplitude=0.2)
+        (self.dir / "config").write_text("\n".join([
+            "poll_method epoll", f"sip_listen 127.0.0.1:{self.port}", "sip_trans_def udp",
+            "net_interface 127.0.0.1", f"audio_source aufile,{tone}",
+            "ausrc_srate 8000", "auplay_srate 8000", "ausrc_channels 1", "auplay_channels 1",
+            f"rtp_ports {rtp}-{rtp + 7}", "module_path /usr/lib/baresip/modules",
+            "module g711.so", "module aufile.so", "module sndfile.so",
+            "module_app account.so", f"snd_path {self.dir}", ""]))
+        (self.dir / "accounts").write_text(
+            f"<sip:{user}@127.0.0.1:{self.port}>;regint=0;answermode=auto;audio_codecs=PCMU\n")
+        self.log_path = self.dir / "baresip.log"
+        with self.log_path.open("wb") as out:
+            # -t: it quits by itself after 90 s even if this test dies before stop()
+            self.proc = subprocess.Popen([exe, "-f", str(self.dir), "-t", "90"],
+                                         stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        self.wait_log("baresip is ready", timeout=15)
+        self.uri = f"sip:{user}@127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"baresip: no {text!r} within {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def heard(self) -> npt.NDArray[np.int16]:
+        """What it received in its (ended) call, decoded, from the sndfile dump."""
+        (dump,) = self.dir.glob("dump-*-dec.wav")
+        with wave.open(str(dump)) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2)
+            return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def test_create_call_to_baresip_softphone_joins_conference(
+    confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner, tmp_path: Path,
+    rtp_peer_factory: Callable[[], RtpPeer],
+) -> None:
+    """A REST-created call to a real softphone (baresip, auto-answer): its call hook puts it in
+    a conference with an inbound SIPp caller; the caller hears baresip's 1000 Hz tone (FFT on
+    the RTP it receives) and baresip hears the caller's 440 Hz tone (FFT on what it decoded)."""
+    phone = Baresip(tmp_path, "bob", 1000.0)
+    try:
+        hook_app.route("/call", [{"verb": "conference", "name": "softphone", "beep": False}])
+        hook_app.route("/cstatus", [])
+        srv, rest = start(confroom, hook_app, outbound={"allowed_domains": ["127.0.0.1"]})
+        alice = rtp_peer_factory()
+        inbound = sipp.start("uac_basic", srv.target, keys={"rtp_port": alice.port,
+                                                            "from_user": "alice"},
+                             pause_ms=30000, timeout=45)
+        alice_addr = server_addr(alice)
+
+        async def create() -> str:
+            async with JambonzClient(base_url=rest.base, account_sid=ACCOUNT_SID,
+                                     api_key=TOKEN) as client:
+                return await client.calls.create({
+                    "from": "confbot", "to": {"type": "sip", "sipUri": phone.uri},
+                    "call_hook": hook_app.url("/call"),
+                    "call_status_hook": hook_app.url("/cstatus"), "timeout": 10})
+
+        sid = asyncio.run(create())
+        srv.wait_log(r"conference join name=softphone .*members=2", timeout=15)
+        phone.wait_log("Call established", timeout=10)
+        t0 = time.monotonic()
+        alice.send_tone_async(440.0, 2.0, alice_addr, amplitude=0.2).join(timeout=10)
+        t1 = time.monotonic()
+        assert hears(window(alice, t0 + 0.4, t1 - 0.2), 1000.0), "alice does not hear baresip"
+        # kicked out of the conference, with no actionHook: confroom hangs the softphone up
+        assert rest.request("PUT", f"{CALLS}/{sid}", {"conferenceParticipantAction": {
+            "action": "kick"}})[0] == 202
+        phone.wait_log("session closed", timeout=10)
+        wait_status(hook_app, sid, "completed")
+    finally:
+        phone.stop()
+    assert hears(phone.heard(), 440.0), "baresip does not hear alice"
+    inbound.kill()
 
 
 def test_create_call_outcomes_digest_and_policy(
