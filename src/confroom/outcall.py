@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from confroom.app.control import CallInfo
-from confroom.app.session import CallSession, notify_call_status, to_hook
+from confroom.app.session import notify_call_status, to_hook
 from confroom.call import Call, log_call_end
 from confroom.config import AppConfig, ConfigError, Hook
 from confroom.media.engine import MediaError
@@ -236,18 +236,9 @@ class OutboundCalls:
         return info.call_sid
 
     async def _run(self, info: CallInfo, app: AppConfig, rt: Route, req: CreateCall) -> None:
-        srv = self.server
         call = await self.place(info, app, rt, headers=req.headers, timeout=req.timeout)
-        if not isinstance(call, Call):
-            return
-        session = CallSession(call, srv.hooks, srv.config, verbs=srv.verbs)
-        call.session_kill = session.kill
-        try:
-            await session.run()
-        except Exception:
-            log.exception("call_sid=%s: verb runner failed", info.call_sid)
-            if not call.ended:
-                await call.hangup()
+        if isinstance(call, Call):
+            await self.server.run_verbs(call)
 
     # ---- placing one call ---------------------------------------------------------------------
 

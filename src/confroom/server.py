@@ -600,12 +600,17 @@ class Server:
         self._by_leg[id(leg)] = call
         self.transports.hold(leg.peer)  # a TCP connection stays open while the call uses it
         call.ring()
+        await self.run_verbs(call)
+
+    async def run_verbs(self, call: Call) -> None:
+        """Run the call's application (its verb list) to the end, inbound or outbound; a
+        failure of the verb runner itself hangs the call up."""
         session = CallSession(call, self.hooks, self.config, verbs=self.verbs)
         call.session_kill = session.kill
         try:
             await session.run()
         except Exception:
-            log.exception("call_sid=%s: verb runner failed", info.call_sid)
+            log.exception("call_sid=%s: verb runner failed", call.info.call_sid)
             if not call.ended:
                 await call.hangup()
 
