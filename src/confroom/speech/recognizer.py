@@ -24,11 +24,11 @@ import numpy as np
 import numpy.typing as npt
 import webrtcvad
 
+from confroom.media.sources import FRAME_SAMPLES, SAMPLE_RATE
+
 log = logging.getLogger("confroom.speech")
 
 Samples = npt.NDArray[np.int16]
-SAMPLE_RATE: Final = 8000
-FRAME_SAMPLES: Final = 160
 
 
 @dataclass(frozen=True)
