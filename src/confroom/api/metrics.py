@@ -219,7 +219,7 @@ class ServerCollector(Collector):
             value=jt.late)
         yield CounterMetricFamily(
             "confroom_frames_concealed",
-            "Missing 20 ms frames replaced by loss concealment (a fading repeat).",
+            "Missing 20 ms frames replaced by loss concealment (pitch repetition).",
             value=engine.frames.concealed)
         yield CounterMetricFamily("confroom_jitter_underruns",
                                   "Jitter buffer pops that found it empty.", value=jt.underruns)
