@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import numpy as np
 
+from confroom.media.g711 import ULAW_ENCODE
 from confroom.media.jitter import JitterBank, JitterBuffer
 
 
@@ -206,79 +208,134 @@ def test_sequence_restart_with_continuous_timestamps() -> None:
     assert jb.stats.duplicate == 0 and jb.stats.late == 0
 
 
-def test_a_burst_of_extra_latency_is_given_back_after_a_second() -> None:
+QUIET = bytes([0xFF]) * 160  # mu-law silence: a pause
+TONE = ULAW_ENCODE[
+    (8000 * np.sin(2 * np.pi * 440 * np.arange(160) / 8000)).astype(np.int16).view(np.uint16)
+].tobytes()  # a steady 440 Hz tone at about -12 dBFS: talking
+
+
+class _Sender:
+    """20 ms packets of one stream, `payload` as it is set."""
+
+    def __init__(self, jb: JitterBuffer) -> None:
+        self.jb = jb
+        self.seq = 100
+        self.ts = 8000
+
+    def packet(self, payload: bytes) -> tuple[int, int, bytes]:
+        p = (self.seq, self.ts, payload)
+        self.seq += 1
+        self.ts += 160
+        return p
+
+    def push(self, payload: bytes) -> None:
+        self.jb.push(*self.packet(payload))
+
+
+def test_a_burst_of_extra_latency_is_given_back_in_a_pause() -> None:
     """After a stall (three frames arrive in one go), the buffer stays deeper than its target;
-    it skips one frame per second of that until the latency is back to normal."""
+    while a tone plays nothing is skipped, then in the pause one quiet frame is skipped per
+    half second of that until the latency is back to normal."""
     jb = JitterBuffer(depth=2)
-    seq, ts = 100, 8000
-    payload = bytes(range(160))
-
-    def push() -> None:
-        nonlocal seq, ts
-        jb.push(seq, ts, payload)
-        seq += 1
-        ts += 160
-
-    push()
-    push()
+    tx = _Sender(jb)
+    tx.push(TONE)
+    tx.push(TONE)
     for _ in range(3):  # a stall: the sender's next frames arrive together with later ones
-        push()
+        tx.push(TONE)
     levels = []
-    for _ in range(200):  # 4 s of steady 1-in-1-out
+    for _ in range(100):  # 2 s of tone, steady 1-in-1-out
+        assert jb.pop() == TONE
+        levels.append(jb.buffered_frames)
+        tx.push(TONE)
+    assert levels[0] == 4 and levels[-1] == 4  # 3 frames more than the steady level of 1
+    assert jb.stats.shrunk == 0
+    for _ in range(100):  # 2 s of pause
         assert jb.pop() is not None
         levels.append(jb.buffered_frames)
-        push()
-    assert levels[0] == 4  # 3 frames more than the steady level of 1
+        tx.push(QUIET)
     assert jb.stats.shrunk == 3 and levels[-1] == 1
     assert jb.stats.lost == 0
 
 
-# --- the adaptive target --------------------------------------------------------------------
+# --- the target follows the jitter ----------------------------------------------------------
 
 
-def test_a_clean_stream_lowers_its_target_to_min_depth_and_a_late_packet_raises_it() -> None:
+def _run(
+    tx: _Sender, rng: random.Random, seconds: float, jitter_ms: float,
+    payload: Callable[[int], bytes],
+) -> list[bytes | None]:
+    """`tx` sends 20 ms packets whose network delay is uniform in 0..`jitter_ms`, received
+    and popped on a 20 ms tick; returns what the ticks popped."""
+    jb = tx.jb
+    ticks = int(seconds * 50)
+    arrivals: dict[int, list[tuple[int, int, bytes]]] = {}
+    for k in range(ticks):
+        at = int(-(-(k * 20 + rng.uniform(0, jitter_ms)) // 20))
+        arrivals.setdefault(at, []).append(tx.packet(payload(k)))
+    out: list[bytes | None] = []
+    for t in range(ticks):
+        for pkt in sorted(arrivals.get(t, []), key=lambda _: rng.random()):
+            jb.push(*pkt)
+        out.append(jb.pop())
+    return out
+
+
+def test_a_clean_stream_keeps_one_frame_of_latency() -> None:
     jb = JitterBuffer(depth=2, min_depth=1)
-    seq = ts = 0
+    tx = _Sender(jb)
+    out = _run(tx, random.Random(1), 4, 0, lambda k: QUIET if k % 50 < 10 else TONE)
+    assert jb.target == 1 and jb.jitter < 5
+    assert jb.buffered_frames <= 1
+    assert jb.stats.lost == 0 and jb.stats.late == 0
+    assert out[-1] is not None
 
-    def push() -> None:
-        nonlocal seq, ts
-        jb.push(seq, ts, frame(seq))
-        seq += 1
-        ts += 160
 
-    push()
-    push()
-    assert jb.target == 2
-    for _ in range(100):  # 2 s in time: the target drops to one frame
-        assert jb.pop() is not None
-        push()
+def test_80ms_of_jitter_gets_a_deep_enough_buffer() -> None:
+    """Talk spurts (1.6 s) and pauses (0.4 s) with 0..80 ms of jitter: the target grows to
+    cover it (more than the old fixed 40 ms) and after the first seconds hardly a frame comes
+    too late."""
+    jb = JitterBuffer(depth=2, min_depth=1)
+    tx = _Sender(jb)
+    rng = random.Random(2)
+    _run(tx, rng, 6, 80, lambda k: QUIET if k % 100 >= 80 else TONE)
+    assert 20 < jb.jitter < 40
+    assert jb.target >= 4  # >= 80 ms
+    before = jb.stats
+    out = _run(tx, rng, 10, 80, lambda k: QUIET if k % 100 >= 80 else TONE)
+    late = jb.stats.late - before.late
+    assert late <= 0.02 * len(out)
+    assert jb.stats.grown > 0  # the extra depth came in pauses
+
+
+def test_the_depth_grows_only_in_a_pause() -> None:
+    """Jitter starts while a tone plays: the buffer does not insert anything into the tone
+    (every popped frame is the tone or a late packet's gap); it deepens in the next pause."""
+    jb = JitterBuffer(depth=2, min_depth=1)
+    tx = _Sender(jb)
+    rng = random.Random(3)
+    _run(tx, rng, 2, 0, lambda k: TONE)
     assert jb.target == 1
-    for _ in range(60):  # the shrink then gives the extra frame back within about 1 s
-        assert jb.pop() is not None
-        push()
-    assert jb.buffered_frames == 1 and jb.stats.shrunk == 1
-    out = jb.pop()  # steady at one frame: what was pushed just before the pop is played
-    assert out == frame(seq - 1) and jb.buffered_frames == 0
-    assert jb.pop() is None  # the next packet is late: underrun, back to two frames
-    assert jb.target == 2 and jb.stats.underruns == 1
-    push()  # the late one arrives
-    assert jb.pop() is None  # prefilling to two frames again
-    push()
-    assert jb.pop() == frame(seq - 2)
+    out = _run(tx, rng, 3, 60, lambda k: TONE)
+    assert jb.target >= 3 and jb.stats.grown == 0 and jb.stats.shrunk == 0
+    assert all(f == TONE for f in out if f is not None)
+    _run(tx, rng, 1, 60, lambda k: QUIET)
+    assert jb.stats.grown > 0
 
 
-def test_a_lost_frame_restores_the_full_depth() -> None:
-    jb = JitterBuffer(depth=3, min_depth=1)
-    for i in range(3):
-        jb.push(i, i * 160, frame(i))
-    for i in range(3, 103):
-        assert jb.pop() is not None
-        jb.push(i, i * 160, frame(i))
-    assert jb.target == 2
-    jb.push(104, 104 * 160, frame(104))  # 103 is lost
-    while jb.stats.lost == 0:
-        jb.pop()
-    assert jb.target == 3
+def test_a_steady_tone_loses_no_frame_to_the_depth_changes() -> None:
+    """The target falls (the jitter stops) while a tone plays: no frame is skipped."""
+    jb = JitterBuffer(depth=2, min_depth=1)
+    tx = _Sender(jb)
+    rng = random.Random(4)
+    _run(tx, rng, 3, 80, lambda k: QUIET if 20 <= k % 50 < 30 else TONE)
+    shrunk = jb.stats.shrunk
+    out = _run(tx, rng, 4, 0, lambda k: TONE)
+    assert jb.target == 1 and jb.stats.shrunk == shrunk and jb.buffered_frames >= 3
+    # (None: the packets the first run left in flight, never delivered)
+    assert all(f == TONE for f in out if f is not None) and out.count(None) <= 4
+    assert jb.stats.resets == 0
+    _run(tx, rng, 3, 0, lambda k: QUIET)  # the pause gives the latency back
+    assert jb.buffered_frames <= 1 and jb.stats.shrunk > shrunk
 
 
 def test_min_depth_must_be_in_range() -> None:
@@ -316,7 +373,8 @@ def _random_streams(rng: random.Random, n_streams: int, ticks: int) -> list[list
             size = 160
             if r > 0.98:
                 size = rng.choice([80, 240, 100])
-            payload = bytes([rng.randrange(256)]) * size
+            # talk spurts (any byte) and pauses (mu-law silence), so depth changes happen
+            payload = bytes([rng.randrange(256) if (t // 40) % 2 else 0xFF]) * size
             delay = 0 if rng.random() < 0.9 else rng.randrange(1, 4)
             pending.append((t + delay, (seq, ts, payload, ssrc)))
             seq = (seq + 1) & 0xFFFF
@@ -332,7 +390,8 @@ def _random_streams(rng: random.Random, n_streams: int, ticks: int) -> list[list
 
 def _state(bank: JitterBank) -> list[np.ndarray]:
     names = ("ring", "filled", "ssrc", "started", "playing", "has_played", "head", "read_ts",
-             "end", "max_seq", "seq_bits", "deep_pops", "target", "clean", "counts")
+             "end", "max_seq", "seq_bits", "deep_pops", "target", "jit16", "transit", "has_transit",
+             "clock", "counts")
     return [getattr(bank, n).copy() for n in names]
 
 
@@ -376,7 +435,8 @@ def test_push_frames_and_pop_all_equal_packet_by_packet() -> None:
             np.testing.assert_array_equal(a, b)
     assert batched > 0.4 * n * 600  # the batch path took most packets, even of these streams
     totals = batch.counts.sum(axis=0)
-    assert all(totals[1:7] > 0)  # lost, late, duplicate, overflow, underruns, resets all seen
+    # lost, late, duplicate, overflow, underruns, resets, shrunk, grown all seen
+    assert all(totals[1:9] > 0), totals
 
 
 def test_bank_grows_and_reuses_streams() -> None:

@@ -12,10 +12,19 @@ out as exactly one 20 ms frame per pop. Both paths implement one policy:
 - prefill: after (re)start, a pop yields nothing until the stream's target depth of frames is
   buffered ahead of the read cursor; the cursor then advances one frame per pop, a missing
   frame pops as None.
-- adaptive target: a stream starts at `depth` frames. With `min_depth` below that, a stream
-  whose frames all arrived in time for 2 s (`_LOWER_AFTER` pops) lowers its target by one
-  frame (20 ms less latency on a clean path); an underrun or a lost frame puts it straight
-  back to `depth`.
+- target that follows the jitter: every packet updates the stream's inter-arrival jitter
+  estimate J (RFC 3550 section 6.4.1, in samples, arrival measured on the stream's own pop
+  clock: 160 samples per pop). The target is `min_depth` plus enough frames to cover 3 J beyond
+  the half frame the 20 ms tick itself quantises (`ceil((3 J - 80) / 160)` frames), capped at
+  `max(depth, max_depth - 4)`. (With `min_depth == depth` the target stays at `depth`.) A
+  stream starts with J set so that its target is `depth`; a
+  clean stream's J decays and its target falls to `min_depth`, while 0..80 ms of jitter
+  gives about 100 ms. An underrun adds a frame's worth to J.
+- the depth moves towards the target only where it cannot be heard: below the target, a pop
+  whose frame and the frame before it are both quiet (mean |sample| < `QUIET_LEVEL`) holds
+  the cursor and yields None instead (the engine's concealment of a quiet frame: one 20 ms
+  frame of pause inserted, `grown`); above it (see shrinking) a quiet frame after a quiet one
+  is skipped. Never a frame of speech: while a talker talks, the depth stays as it is.
 - underrun (nothing at all buffered): the cursor holds still and prefill starts again; the next
   packet re-bases the cursor on itself, so a talk spurt after silence suppression or a burst
   of loss does not add latency.
@@ -23,8 +32,10 @@ out as exactly one 20 ms frame per pop. Both paths implement one policy:
   window) are dropped; reordering inside the buffer is free.
 - overflow: a packet ending more than `max_depth` frames ahead drops the oldest frames so that
   `depth` frames remain (latency cannot grow without bound).
-- shrinking: when more than the steady `target - 1` frames stay queued after every pop for a
-  whole second (a late tick or a burst left them), one frame is skipped to give latency back.
+- shrinking: when more than the steady `target - 1` frames stay queued after every pop for
+  half a second (a burst left them, or the target fell), one frame is skipped to give
+  latency back, at the first pop where the frame played and the one skipped are both quiet;
+  then one every 100 ms while that lasts.
 - a new SSRC, or a timestamp more than 1 s away from the cursor, resets the stream.
 
 `push_frames()` takes only the packets whose effect is simple (same SSRC, the next sequence
@@ -40,18 +51,28 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FRAME_BYTES", "JitterBank", "JitterBuffer", "JitterStats"]
+from confroom.media.g711 import ALAW_DECODE, ALAW_SILENCE, ULAW_DECODE
+
+__all__ = ["FRAME_BYTES", "QUIET_LEVEL", "JitterBank", "JitterBuffer", "JitterStats"]
 
 FRAME_BYTES: Final = 160  # 20 ms of G.711 at 8 kHz
 _RESYNC_SAMPLES: Final = 8000  # a timestamp this far (1 s) from the cursor restarts the stream
 _SEQ_WINDOW: Final = 64
-_SHRINK_AFTER_POPS: Final = 50  # 1 s of pops leaving more than the steady level queued
-_LOWER_AFTER: Final = 100  # 2 s of frames all in time lower a stream's target by one frame
+_SHRINK_AFTER_POPS: Final = 25  # 0.5 s of pops leaving more than the steady level queued
+_SHRINK_AGAIN: Final = 5  # after a skip, 100 ms more of that skip the next frame
+QUIET_LEVEL: Final = 100  # mean |sample| of a frame this low (about -50 dBFS) is a pause
+_JITTER_K: Final = 3  # the target covers this many times the jitter estimate
+_TICK_SLACK: Final = FRAME_BYTES // 2  # jitter the 20 ms tick's quantisation explains
+_UNDERRUN_JITTER: Final = 16 * FRAME_BYTES // _JITTER_K  # J16 added by an underrun (a frame)
+_ABS_LEVEL: Final = (  # mean-|sample| tables, indexed [alaw][code]
+    np.stack([np.abs(ULAW_DECODE.astype(np.int64)), np.abs(ALAW_DECODE.astype(np.int64))])
+)
 _SEQ_MASK: Final = (1 << _SEQ_WINDOW) - 1
 _TS_MASK: Final = 0xFFFFFFFF
 
 # columns of JitterBank.counts, in JitterStats field order
-_RECEIVED, _LOST, _LATE, _DUPLICATE, _OVERFLOW, _UNDERRUNS, _RESETS, _SHRUNK = range(8)
+_RECEIVED, _LOST, _LATE, _DUPLICATE, _OVERFLOW, _UNDERRUNS, _RESETS, _SHRUNK, _GROWN = range(9)
+_NCOUNTS: Final = 9
 
 IntArray = npt.NDArray[np.int64]
 
@@ -65,15 +86,16 @@ class JitterStats:
     dropped_overflow: int = 0  # buffered frames discarded to bring the latency back down
     underruns: int = 0  # pops that found the buffer empty (prefill restarted)
     resets: int = 0  # restarts on a new SSRC or a timestamp jump
-    shrunk: int = 0  # frames skipped because the buffer stayed too deep (latency given back)
+    shrunk: int = 0  # quiet frames skipped because the buffer stayed too deep
+    grown: int = 0  # quiet pops held back (a pause lengthened) to deepen the buffer
 
 
 class _State:
     """One stream's cursor state as Python ints, for the per-packet paths."""
 
     __slots__ = (
-        "deep_pops", "end", "has_played", "head", "max_seq", "playing", "read_ts", "seq_bits",
-        "ssrc", "started",
+        "deep_pops", "end", "has_played", "has_transit", "head", "jit16", "max_seq", "playing",
+        "read_ts", "seq_bits", "ssrc", "started", "transit",
     )
 
     def __init__(self, bank: JitterBank, i: int) -> None:
@@ -87,6 +109,9 @@ class _State:
         self.max_seq = int(bank.max_seq[i])
         self.seq_bits = int(bank.seq_bits[i])
         self.deep_pops = int(bank.deep_pops[i])
+        self.jit16 = int(bank.jit16[i])
+        self.transit = int(bank.transit[i])
+        self.has_transit = bool(bank.has_transit[i])
 
     def store(self, bank: JitterBank, i: int) -> None:
         bank.ssrc[i] = self.ssrc
@@ -99,6 +124,18 @@ class _State:
         bank.max_seq[i] = self.max_seq
         bank.seq_bits[i] = self.seq_bits
         bank.deep_pops[i] = self.deep_pops
+        bank.jit16[i] = self.jit16
+        bank.transit[i] = self.transit
+        bank.has_transit[i] = self.has_transit
+
+    def observe(self, clock: int, ts: int) -> None:
+        """RFC 3550's jitter estimate (scaled by 16), one packet's transit at a time."""
+        transit = (clock * FRAME_BYTES - ts) & _TS_MASK
+        if self.has_transit:
+            d = ((transit - self.transit + 0x80000000) & _TS_MASK) - 0x80000000
+            self.jit16 += abs(d) - ((self.jit16 + 8) >> 4)
+        self.transit = transit
+        self.has_transit = True
 
     def start(self, seq: int, ts: int) -> None:
         self.started = True
@@ -128,12 +165,17 @@ class JitterBank:
         self.depth = depth
         self.min_depth = min_depth
         self.max_depth = max_depth
+        # adaptive only with room below `depth`; otherwise the target stays at `depth`
+        self.max_target = max(depth, max_depth - 4) if min_depth < depth else depth
+        # J (x16) whose target is `depth`, half a frame inside that target's range:
+        # 3 J - 80 = (depth - min_depth) frames - 80
+        self.jit16_start = 16 * (depth - min_depth) * FRAME_BYTES // _JITTER_K
         self.depth_samples = depth * FRAME_BYTES
         self.max_samples = max_depth * FRAME_BYTES
         self.nframes = max_depth + 1
         self.capacity = 0
         self._free: list[int] = []
-        self._retired = np.zeros(8, dtype=np.int64)  # counts of streams since reopened
+        self._retired = np.zeros(_NCOUNTS, dtype=np.int64)  # counts of streams since reopened
         self._allocate(max(1, capacity))
 
     ring: npt.NDArray[np.uint8]  # (streams, nframes, 160): the payload bytes
@@ -150,8 +192,11 @@ class JitterBank:
     seq_bits: npt.NDArray[np.uint64]  # bit i set: sequence number (max_seq - i) was received
     deep_pops: npt.NDArray[np.int64]  # consecutive pops leaving more than target - 1 queued
     target: npt.NDArray[np.int64]  # the stream's target depth in frames
-    clean: npt.NDArray[np.int64]  # frames played in time since the last loss or underrun
-    counts: npt.NDArray[np.int64]  # (streams, 8): JitterStats counters
+    jit16: npt.NDArray[np.int64]  # RFC 3550 jitter estimate in samples, times 16
+    transit: npt.NDArray[np.int64]  # the last packet's transit (pop clock - RTP timestamp)
+    has_transit: npt.NDArray[np.bool_]
+    clock: npt.NDArray[np.int64]  # pops of the stream so far (its arrival clock)
+    counts: npt.NDArray[np.int64]  # (streams, 9): JitterStats counters
     pt: npt.NDArray[np.int64]  # the audio payload type the stream's packets carry (-1: none)
 
     _FIELDS: Final = (
@@ -159,13 +204,16 @@ class JitterBank:
         ("ssrc", np.int64, -1), ("started", np.bool_, 0), ("playing", np.bool_, 0),
         ("has_played", np.bool_, 0), ("head", np.int64, 0), ("read_ts", np.int64, 0),
         ("end", np.int64, 0), ("max_seq", np.int64, 0), ("seq_bits", np.uint64, 0),
-        ("deep_pops", np.int64, 0), ("target", np.int64, None), ("clean", np.int64, 0),
+        ("deep_pops", np.int64, 0), ("target", np.int64, None), ("jit16", np.int64, 0),
+        ("transit", np.int64, 0), ("has_transit", np.bool_, 0), ("clock", np.int64, 0),
         ("counts", np.int64, 0), ("pt", np.int64, -1),
     )
 
     def _allocate(self, capacity: int) -> None:
         old = self.capacity
-        shapes = {"ring": (self.nframes, FRAME_BYTES), "filled": (self.nframes,), "counts": (8,)}
+        shapes = {
+            "ring": (self.nframes, FRAME_BYTES), "filled": (self.nframes,), "counts": (_NCOUNTS,)
+        }
         for name, dtype, fill in self._FIELDS:
             value = self.depth if fill is None else fill
             new: npt.NDArray[Any] = np.full((capacity, *shapes.get(name, ())), value, dtype=dtype)
@@ -205,7 +253,8 @@ class JitterBank:
         self.ssrc[i] = -1
         self.deep_pops[i] = 0
         self.target[i] = self.depth
-        self.clean[i] = 0
+        self.jit16[i] = self.jit16_start
+        self.has_transit[i] = False
 
     def stats(self, i: int) -> JitterStats:
         return JitterStats(*(int(v) for v in self.counts[i]))
@@ -213,6 +262,10 @@ class JitterBank:
     def totals(self) -> JitterStats:
         """The counters summed over every stream this bank has had, closed ones included."""
         return JitterStats(*(int(v) for v in self._retired + self.counts.sum(axis=0)))
+
+    def jitter(self, i: int) -> float:
+        """Stream `i`'s inter-arrival jitter estimate in milliseconds."""
+        return int(self.jit16[i]) / 16 / 8
 
     def latest(self, i: int) -> tuple[int, int, int]:
         """Stream `i`'s SSRC (-1: none), highest sequence number, and the RTP timestamp at
@@ -265,7 +318,8 @@ class JitterBank:
             st.start(seq, ts)
             delta = 0
             offset = 0
-        elif offset < 0:
+        st.observe(int(self.clock[i]), ts)
+        if offset < 0:
             back = -(offset // FRAME_BYTES)
             if st.has_played or st.end + back * FRAME_BYTES > self.max_samples:
                 counts[_LATE] += 1
@@ -368,11 +422,19 @@ class JitterBank:
             & ((offset == 0) | self.playing[idx] | (end_now > 0))
         )
         if not take.all():
-            idx, delta, offset, end_now, payload, seq = (
-                idx[take], delta[take], offset[take], end_now[take], payload[take], seq[take]
+            idx, delta, offset, end_now, payload, seq, ts = (
+                idx[take], delta[take], offset[take], end_now[take], payload[take], seq[take],
+                ts[take],
             )
         if len(idx):
             self.counts[idx, _RECEIVED] += 1
+            transit = (self.clock[idx] * FRAME_BYTES - ts) & _TS_MASK
+            had = self.has_transit[idx]
+            d = ((transit - self.transit[idx] + 0x80000000) & _TS_MASK) - 0x80000000
+            jit = self.jit16[idx]
+            self.jit16[idx] = np.where(had, jit + np.abs(d) - ((jit + 8) >> 4), jit)
+            self.transit[idx] = transit
+            self.has_transit[idx] = True
             shift = np.minimum(delta, _SEQ_WINDOW).astype(np.uint64)
             bits = np.where(
                 delta < _SEQ_WINDOW,
@@ -395,6 +457,8 @@ class JitterBank:
         """One pop of each (distinct) stream in `idx`: (codes (K, 160), ok (K,)); row k is
         stream idx[k]'s next frame where ok[k], anything otherwise."""
         nf = self.nframes
+        self.clock[idx] += 1
+        self._retarget(idx)
         end = self.end[idx]
         playing = self.playing[idx]
         target = self.target[idx] * FRAME_BYTES  # in samples
@@ -408,12 +472,22 @@ class JitterBank:
             e = idx[empty]
             self.playing[e] = False
             self.counts[e, _UNDERRUNS] += 1
-            self.target[e] = self.depth
-            self.clean[e] = 0
+            self.jit16[e] += _UNDERRUN_JITTER
         go = playing & (end > 0)
         head = self.head[idx]
         have = self.filled[idx, head] > 0
         codes: npt.NDArray[np.uint8] = self.ring[idx, head]
+        # Below the target in a pause (this frame and the one played before it quiet): hold
+        # the cursor for one pop, a frame of pause more (the caller conceals a quiet frame).
+        shallow = go & have & ~starting & (end < target) & (self.deep_pops[idx] == 0)
+        if shallow.any():
+            k = np.flatnonzero(shallow)
+            hold = self._quiet(idx[k], head[k]) & self._quiet(idx[k], (head[k] - 1) % nf)
+            if hold.any():
+                held = np.zeros_like(go)
+                held[k[hold]] = True
+                self.counts[idx[held], _GROWN] += 1
+                go = go & ~held
         ok = go & have
         if not go.any():
             return codes, ok
@@ -424,15 +498,20 @@ class JitterBank:
         new_ts = (self.read_ts[g] + FRAME_BYTES) & _TS_MASK
         deep = new_end > target[go] - FRAME_BYTES
         pops = np.where(deep, self.deep_pops[g] + 1, 0)
-        shrink = pops >= _SHRINK_AFTER_POPS
-        if shrink.any():
-            s = g[shrink]
-            self.filled[s, new_head[shrink]] = 0
-            new_head[shrink] = (new_head[shrink] + 1) % nf
-            new_ts[shrink] = (new_ts[shrink] + FRAME_BYTES) & _TS_MASK
-            new_end[shrink] -= FRAME_BYTES
-            pops[shrink] = 0
-            self.counts[s, _SHRUNK] += 1
+        ready = (pops >= _SHRINK_AFTER_POPS) & (new_end > 0)
+        if ready.any():
+            k = np.flatnonzero(ready)
+            quiet = self._quiet(g[k], gh[k]) & self._quiet(g[k], new_head[k])
+            shrink = np.zeros_like(ready)
+            shrink[k[quiet]] = True
+            if shrink.any():
+                s = g[shrink]
+                self.filled[s, new_head[shrink]] = 0
+                new_head[shrink] = (new_head[shrink] + 1) % nf
+                new_ts[shrink] = (new_ts[shrink] + FRAME_BYTES) & _TS_MASK
+                new_end[shrink] -= FRAME_BYTES
+                pops[shrink] = _SHRINK_AFTER_POPS - _SHRINK_AGAIN  # the excess is known
+                self.counts[s, _SHRUNK] += 1
         self.deep_pops[g] = pops
         self.head[g] = new_head
         self.end[g] = new_end
@@ -440,22 +519,24 @@ class JitterBank:
         self.filled[g, gh] = 0
         lost = go & ~have
         if lost.any():
-            lo = idx[lost]
-            self.counts[lo, _LOST] += 1
-            self.target[lo] = self.depth
-            self.clean[lo] = 0
-        if self.min_depth < self.depth:
-            self._adapt(idx[ok])
+            self.counts[idx[lost], _LOST] += 1
         return codes, ok
 
-    def _adapt(self, played: npt.NDArray[np.intp]) -> None:
-        """Count frames played in time; 2 s of them lower the target by a frame."""
-        clean = self.clean[played] + 1
-        lower = (clean >= _LOWER_AFTER) & (self.target[played] > self.min_depth)
-        if lower.any():
-            self.target[played[lower]] -= 1
-            clean[lower] = 0
-        self.clean[played] = clean
+    def _quiet(self, streams: npt.NDArray[np.intp], slots: IntArray) -> npt.NDArray[np.bool_]:
+        """Whether the frames in ring `slots` of `streams` are a pause (an unfilled slot is:
+        it plays as concealment of the quiet frame before it, or as silence)."""
+        alaw = (self.fill[streams] == ALAW_SILENCE).astype(np.intp)
+        codes = self.ring[streams, slots]
+        level = _ABS_LEVEL[alaw[:, None], codes].sum(axis=1)
+        quiet: npt.NDArray[np.bool_] = (level < QUIET_LEVEL * FRAME_BYTES) | (
+            self.filled[streams, slots] == 0
+        )
+        return quiet
+
+    def _retarget(self, idx: npt.NDArray[np.intp]) -> None:
+        """Each stream's target from its jitter estimate (see the module docstring)."""
+        extra = -((_TICK_SLACK * 16 - _JITTER_K * self.jit16[idx]) // (16 * FRAME_BYTES))
+        self.target[idx] = np.clip(self.min_depth + extra, self.min_depth, self.max_target)
 
 
 class JitterBuffer:
@@ -482,6 +563,11 @@ class JitterBuffer:
     def target(self) -> int:
         """The stream's current target depth in frames (see "adaptive target")."""
         return int(self.bank.target[self.index])
+
+    @property
+    def jitter(self) -> float:
+        """The stream's inter-arrival jitter estimate in milliseconds."""
+        return self.bank.jitter(self.index)
 
     @property
     def fill(self) -> int:
