@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import wave
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -940,29 +940,41 @@ class RtpPeer:
         to: tuple[str, int],
         codec: str = "PCMU",
         ptime_ms: int = 20,
+        lost: Collection[int] = (),
+        delays_ms: Sequence[float] | None = None,
     ) -> int:
-        """Send PCM (8 kHz) as G.711 RTP, one packet per `ptime_ms`, paced by deadlines."""
+        """Send PCM (8 kHz) as G.711 RTP, one packet per `ptime_ms`, paced by deadlines.
+        An impaired network on the sender's side: packets numbered in `lost` (0 = the first)
+        are not sent (their sequence numbers and timestamps are used up all the same), packet
+        i leaves `delays_ms[i]` late (so packets can overtake each other)."""
         pt = CODECS[codec]
         samples = np.asarray(pcm, dtype=np.int16)
         step = 8 * ptime_ms
+        count = -(-len(samples) // step)
         sent = 0
         with self._send_lock:
-            start = time.monotonic()
-            for i, off in enumerate(range(0, len(samples), step)):
-                chunk = samples[off : off + step]
+            packets: list[tuple[float, int, bytes]] = []
+            for i in range(count):
+                chunk = samples[i * step : (i + 1) * step]
                 if len(chunk) < step:
                     chunk = np.pad(chunk, (0, step - len(chunk)))
-                deadline = start + i * ptime_ms / 1000
-                delay = deadline - time.monotonic()
+                if i not in lost:
+                    seq, ts = (self._seq + i) & 0xFFFF, (self._ts + i * step) & 0xFFFFFFFF
+                    pkt = build_rtp(pt, seq, ts, self._ssrc, g711_encode(chunk, pt),
+                                    marker=(i == 0))
+                    late = 0.0 if delays_ms is None else delays_ms[i]
+                    packets.append(((i * ptime_ms + late) / 1000, i, pkt))
+            self._seq = (self._seq + count) & 0xFFFF
+            self._ts = (self._ts + count * step) & 0xFFFFFFFF
+            packets.sort()
+            start = time.monotonic()
+            for at, _, pkt in packets:
+                delay = start + at - time.monotonic()
                 if delay > 0:
                     self._stop.wait(delay)
                 if self._stop.is_set():
                     break
-                pkt = build_rtp(pt, self._seq, self._ts, self._ssrc, g711_encode(chunk, pt),
-                                marker=(i == 0))
                 self.sock.sendto(pkt if self.protect is None else self.protect(pkt), to)
-                self._seq = (self._seq + 1) & 0xFFFF
-                self._ts = (self._ts + step) & 0xFFFFFFFF
                 sent += 1
         return sent
 

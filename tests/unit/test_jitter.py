@@ -188,13 +188,30 @@ def test_underrun_rebases_on_the_next_talk_spurt() -> None:
         jb.push(i, i * 160, frame(i))
     assert pops(jb, 2) == [0, 1]
     assert pops(jb, 5) == [None] * 5  # sender silent (e.g. silence suppression)
-    assert jb.stats.underruns == 1 and jb.stats.lost == 0
+    # the first three empty pops could be lost packets (the cursor runs on), then underrun
+    assert jb.stats.lost == 3 and jb.stats.underruns == 1
     # Talk resumes 500 ms of timestamps later: no stale gap is played out.
     jb.push(2, 160 * 2 + 4000, frame(7))
     assert jb.pop() is None
     jb.push(3, 160 * 3 + 4000, frame(8))
     assert pops(jb, 2) == [7, 8]
-    assert jb.stats.lost == 0 and jb.stats.resets == 0
+    assert jb.stats.lost == 3 and jb.stats.resets == 0
+
+
+def test_a_lost_packet_costs_no_latency() -> None:
+    """One frame buffered (a clean stream at min_depth) and its next packet lost: the pop
+    yields None and the cursor runs on, so the following packet plays on time (no underrun,
+    no prefill pause)."""
+    jb = JitterBuffer(depth=1)
+    jb.push(0, 0, frame(0))
+    out = [jb.pop()]
+    for i in range(1, 6):
+        if i != 3:
+            jb.push(i, i * 160, frame(i))
+        f = jb.pop()
+        out.append(None if f is None else f)
+    assert out == [frame(0), frame(1), frame(2), None, frame(4), frame(5)]
+    assert jb.stats.lost == 1 and jb.stats.underruns == 0
 
 
 def test_sequence_restart_with_continuous_timestamps() -> None:
@@ -390,8 +407,8 @@ def _random_streams(rng: random.Random, n_streams: int, ticks: int) -> list[list
 
 def _state(bank: JitterBank) -> list[np.ndarray]:
     names = ("ring", "filled", "ssrc", "started", "playing", "has_played", "head", "read_ts",
-             "end", "max_seq", "seq_bits", "deep_pops", "target", "jit16", "transit", "has_transit",
-             "clock", "counts")
+             "end", "max_seq", "seq_bits", "deep_pops", "shallow_pops", "starved", "target",
+             "jit16", "transit", "has_transit", "clock", "counts")
     return [getattr(bank, n).copy() for n in names]
 
 

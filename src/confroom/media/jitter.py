@@ -17,17 +17,22 @@ out as exactly one 20 ms frame per pop. Both paths implement one policy:
   clock: 160 samples per pop). The target is `min_depth` plus enough frames to cover 3 J beyond
   the half frame the 20 ms tick itself quantises (`ceil((3 J - 80) / 160)` frames), capped at
   `max(depth, max_depth - 4)`. (With `min_depth == depth` the target stays at `depth`.) A
-  stream starts with J set so that its target is `depth`; a
-  clean stream's J decays and its target falls to `min_depth`, while 0..80 ms of jitter
-  gives about 100 ms. An underrun adds a frame's worth to J.
-- the depth moves towards the target only where it cannot be heard: below the target, a pop
-  whose frame and the frame before it are both quiet (mean |sample| < `QUIET_LEVEL`) holds
-  the cursor and yields None instead (the engine's concealment of a quiet frame: one 20 ms
-  frame of pause inserted, `grown`); above it (see shrinking) a quiet frame after a quiet one
-  is skipped. Never a frame of speech: while a talker talks, the depth stays as it is.
-- underrun (nothing at all buffered): the cursor holds still and prefill starts again; the next
-  packet re-bases the cursor on itself, so a talk spurt after silence suppression or a burst
-  of loss does not add latency.
+  stream starts with J set so that its target is `depth`; a clean stream's J decays and its
+  target falls to `min_depth`, while 0..80 ms of uniform jitter gives 5-6 frames (100-120
+  ms). An underrun adds a frame's worth to J.
+- the depth moves towards the target only where it cannot be heard: below the target for
+  100 ms of pops (`_GROW_AFTER_POPS`), a pop whose frame and the frame before it are both
+  quiet (mean |sample| < `QUIET_LEVEL`) holds the cursor and yields None instead (the
+  engine's concealment of a quiet frame: one 20 ms frame of pause inserted, `grown`); above
+  it (see shrinking) a quiet frame after a quiet one is skipped. Never a frame of speech:
+  while a talker talks, the depth stays as it is.
+- nothing buffered at a pop (a lost or late packet): for up to 3 pops (`_COAST_FRAMES`, the
+  span of the engine's concealment) the cursor runs on and the frames pop as lost, so a lost
+  packet costs no latency and no pause; a packet arriving after its frame was passed is late
+  (dropped; its transit raises J).
+- underrun (still nothing after that): the cursor holds still and prefill starts again; the
+  next packet re-bases the cursor on itself, so a talk spurt after silence suppression or a
+  burst of loss does not add latency.
 - late packets (behind the cursor) are dropped; duplicates (by sequence number, 64-packet
   window) are dropped; reordering inside the buffer is free.
 - overflow: a packet ending more than `max_depth` frames ahead drops the oldest frames so that
@@ -59,6 +64,8 @@ FRAME_BYTES: Final = 160  # 20 ms of G.711 at 8 kHz
 _RESYNC_SAMPLES: Final = 8000  # a timestamp this far (1 s) from the cursor restarts the stream
 _SEQ_WINDOW: Final = 64
 _SHRINK_AFTER_POPS: Final = 25  # 0.5 s of pops leaving more than the steady level queued
+_COAST_FRAMES: Final = 3  # empty pops played as lost frames before an underrun (60 ms)
+_GROW_AFTER_POPS: Final = 5  # 100 ms of pops finding fewer frames than the target
 _SHRINK_AGAIN: Final = 5  # after a skip, 100 ms more of that skip the next frame
 QUIET_LEVEL: Final = 100  # mean |sample| of a frame this low (about -50 dBFS) is a pause
 _JITTER_K: Final = 3  # the target covers this many times the jitter estimate
@@ -191,6 +198,8 @@ class JitterBank:
     max_seq: npt.NDArray[np.int64]
     seq_bits: npt.NDArray[np.uint64]  # bit i set: sequence number (max_seq - i) was received
     deep_pops: npt.NDArray[np.int64]  # consecutive pops leaving more than target - 1 queued
+    shallow_pops: npt.NDArray[np.int64]  # consecutive pops finding fewer than target queued
+    starved: npt.NDArray[np.int64]  # consecutive pops that found nothing buffered (coasting)
     target: npt.NDArray[np.int64]  # the stream's target depth in frames
     jit16: npt.NDArray[np.int64]  # RFC 3550 jitter estimate in samples, times 16
     transit: npt.NDArray[np.int64]  # the last packet's transit (pop clock - RTP timestamp)
@@ -205,6 +214,7 @@ class JitterBank:
         ("has_played", np.bool_, 0), ("head", np.int64, 0), ("read_ts", np.int64, 0),
         ("end", np.int64, 0), ("max_seq", np.int64, 0), ("seq_bits", np.uint64, 0),
         ("deep_pops", np.int64, 0), ("target", np.int64, None), ("jit16", np.int64, 0),
+        ("shallow_pops", np.int64, 0), ("starved", np.int64, 0),
         ("transit", np.int64, 0), ("has_transit", np.bool_, 0), ("clock", np.int64, 0),
         ("counts", np.int64, 0), ("pt", np.int64, -1),
     )
@@ -252,6 +262,8 @@ class JitterBank:
         self.seq_bits[i] = 0
         self.ssrc[i] = -1
         self.deep_pops[i] = 0
+        self.shallow_pops[i] = 0
+        self.starved[i] = 0
         self.target[i] = self.depth
         self.jit16[i] = self.jit16_start
         self.has_transit[i] = False
@@ -468,25 +480,37 @@ class JitterBank:
             self.has_played[idx[starting]] = True
             playing = playing | starting
         empty = playing & (end <= 0)
-        if empty.any():
-            e = idx[empty]
-            self.playing[e] = False
-            self.counts[e, _UNDERRUNS] += 1
-            self.jit16[e] += _UNDERRUN_JITTER
         go = playing & (end > 0)
+        if empty.any():
+            # Nothing buffered: a lost (or late) packet. For up to `_COAST_FRAMES` pops the
+            # cursor runs on (the frame pops as lost and is concealed, the latency stays);
+            # after that it is an underrun: the cursor stops and prefill starts again.
+            starved = self.starved[idx]
+            coast = empty & (starved < _COAST_FRAMES)
+            self.starved[idx[empty]] = starved[empty] + 1
+            stop = idx[empty & ~coast]
+            if len(stop):
+                self.playing[stop] = False
+                self.counts[stop, _UNDERRUNS] += 1
+                self.jit16[stop] += _UNDERRUN_JITTER
+            go = go | coast
         head = self.head[idx]
         have = self.filled[idx, head] > 0
         codes: npt.NDArray[np.uint8] = self.ring[idx, head]
         # Below the target in a pause (this frame and the one played before it quiet): hold
         # the cursor for one pop, a frame of pause more (the caller conceals a quiet frame).
-        shallow = go & have & ~starting & (end < target) & (self.deep_pops[idx] == 0)
-        if shallow.any():
-            k = np.flatnonzero(shallow)
+        low = go & (end < target)
+        shallow = np.where(low, self.shallow_pops[idx] + 1, 0)
+        self.shallow_pops[idx] = shallow
+        grow = go & have & ~starting & (shallow >= _GROW_AFTER_POPS)
+        if grow.any():
+            k = np.flatnonzero(grow)
             hold = self._quiet(idx[k], head[k]) & self._quiet(idx[k], (head[k] - 1) % nf)
             if hold.any():
                 held = np.zeros_like(go)
                 held[k[hold]] = True
                 self.counts[idx[held], _GROWN] += 1
+                self.shallow_pops[idx[held]] = 0
                 go = go & ~held
         ok = go & have
         if not go.any():
@@ -494,7 +518,7 @@ class JitterBank:
         g = idx[go]
         gh = head[go]
         new_head = (gh + 1) % nf
-        new_end = end[go] - FRAME_BYTES
+        new_end = np.maximum(end[go] - FRAME_BYTES, 0)
         new_ts = (self.read_ts[g] + FRAME_BYTES) & _TS_MASK
         deep = new_end > target[go] - FRAME_BYTES
         pops = np.where(deep, self.deep_pops[g] + 1, 0)
@@ -517,6 +541,7 @@ class JitterBank:
         self.end[g] = new_end
         self.read_ts[g] = new_ts
         self.filled[g, gh] = 0
+        self.starved[idx[go & (end > 0)]] = 0
         lost = go & ~have
         if lost.any():
             self.counts[idx[lost], _LOST] += 1
