@@ -12,7 +12,7 @@ if [ "${1:-}" = "--test" ]; then want_test=1; fi
 if [ "${1:-}" = "--bench" ]; then want_bench=1; fi
 
 apt_pkgs=(espeak-ng)
-if [ "$want_test" = 1 ]; then apt_pkgs+=(sip-tester sox baresip); fi
+if [ "$want_test" = 1 ]; then apt_pkgs+=(sip-tester sox baresip build-essential python3-dev); fi  # C: pesq
 if [ "$want_bench" = 1 ]; then apt_pkgs+=(sip-tester janus); fi
 
 missing=()

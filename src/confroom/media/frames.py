@@ -59,6 +59,7 @@ class FrameTable:
         self.plc_pitch = np.zeros(0, dtype=np.int64)  # pitch period of the concealment
         self.plc_done = np.zeros(0, dtype=np.int64)  # samples concealed in the current loss
         self.plc_period = np.zeros((0, _PITCH_MAX), dtype=np.float32)  # the repeated period
+        self.plc_decay = np.ones(0, dtype=np.float32)  # level trend per 10 ms before the loss
         self.alaw = np.zeros(0, dtype=bool)  # the row's codec is PCMA (else PCMU)
         self._free: list[int] = []
         self.version = 0  # changes whenever a row is given out or taken back
@@ -69,7 +70,7 @@ class FrameTable:
         old = self.capacity
         for name in (
             "inbound", "has_inbound", "outbound", "has_outbound", "plc_left", "alaw", "prev",
-            "plc_pitch", "plc_done", "plc_period",
+            "plc_pitch", "plc_done", "plc_period", "plc_decay",
         ):
             a = getattr(self, name)
             new = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
@@ -155,8 +156,9 @@ class FrameTable:
         pos = self.plc_done[rows][:, None] + np.arange(n)
         pitch = self.plc_pitch[rows][:, None]
         out = np.take_along_axis(self.plc_period[rows], pos % pitch, axis=1)
-        gain = np.clip(1.0 - (pos - _FULL) * _FADE_PER_SAMPLE, 0.0, 1.0).astype(np.float32)
-        result: npt.NDArray[np.float32] = out * gain
+        gain = np.clip(1.0 - (pos - _FULL) * _FADE_PER_SAMPLE, 0.0, 1.0)
+        gain *= self.plc_decay[rows][:, None] ** ((pos + 1) / _FULL)
+        result: npt.NDArray[np.float32] = out * gain.astype(np.float32)
         return result
 
     def _conceal(self, rows: npt.NDArray[np.intp]) -> None:
@@ -191,6 +193,10 @@ class FrameTable:
         before = np.take_along_axis(hist, np.clip(idx - pitch[:, None], 0, _HIST - 1), axis=1)
         period = np.where(seam, period * (1 - w) + before * w, period)
         self.plc_period[rows] = period
+        # A level already falling (the end of a word) keeps falling at that rate.
+        last = np.sqrt(np.mean(hist[:, -_FULL:] ** 2, axis=1))
+        before = np.maximum(np.sqrt(np.mean(hist[:, -2 * _FULL : -_FULL] ** 2, axis=1)), 1.0)
+        self.plc_decay[rows] = np.clip(last / before, 0.0, 1.0)
         self.plc_done[rows] = 0
 
     def _recover(self, rows: npt.NDArray[np.intp]) -> None:
