@@ -221,8 +221,16 @@ class ServerCollector(Collector):
             "confroom_frames_concealed",
             "Missing 20 ms frames replaced by loss concealment (pitch repetition).",
             value=engine.frames.concealed)
-        yield CounterMetricFamily("confroom_jitter_underruns",
-                                  "Jitter buffer pops that found it empty.", value=jt.underruns)
+        yield CounterMetricFamily(
+            "confroom_jitter_underruns",
+            "Jitter buffer pops that found it empty for more than 60 ms (prefill restarted).",
+            value=jt.underruns)
+        yield CounterMetricFamily(
+            "confroom_jitter_frames_skipped",
+            "Quiet frames skipped in pauses to lower a jitter buffer's latency.", value=jt.shrunk)
+        yield CounterMetricFamily(
+            "confroom_jitter_frames_inserted",
+            "Quiet frames inserted in pauses to deepen a jitter buffer.", value=jt.grown)
 
     def _hooks(self) -> Iterator[Metric]:
         hs = self.server.hooks.stats
