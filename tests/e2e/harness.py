@@ -63,22 +63,44 @@ def free_udp_port(host: str = HOST) -> int:
         return int(s.getsockname()[1])
 
 
-def free_sip_port(host: str = HOST, attempts: int = 200) -> int:
-    """A port number free for both TCP (listening) and UDP on `host` (SIP uses both)."""
+# Ports for servers the tests start are drawn below Linux's ephemeral range (32768+), where the
+# kernel never puts a client socket: a port found free stays free until the server binds it
+# (a port taken from bind(0) can be handed to somebody's outgoing connection meanwhile).
+_SERVER_PORTS = (20000, 32000)
+
+
+def _bindable(host: str, port: int, kinds: Iterable[int]) -> bool:
+    socks: list[socket.socket] = []
+    try:
+        for kind in kinds:
+            s = socket.socket(socket.AF_INET, kind)
+            socks.append(s)
+            s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_tcp_port(host: str = HOST, attempts: int = 500) -> int:
+    """A TCP port free now (for a listener the test starts: HTTP, SIP over TLS)."""
+    rng = random.Random()
     for _ in range(attempts):
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            try:
-                udp.bind((host, port))
-            except OSError:
-                continue
+        port = rng.randrange(*_SERVER_PORTS)
+        if _bindable(host, port, (socket.SOCK_STREAM,)):
             return port
-        finally:
-            tcp.close()
-            udp.close()
+    raise RuntimeError("no free TCP port")
+
+
+def free_sip_port(host: str = HOST, attempts: int = 500) -> int:
+    """A port number free for both TCP (listening) and UDP on `host` (SIP uses both)."""
+    rng = random.Random()
+    for _ in range(attempts):
+        port = rng.randrange(*_SERVER_PORTS)
+        if _bindable(host, port, (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+            return port
     raise RuntimeError("no port free for both TCP and UDP")
 
 

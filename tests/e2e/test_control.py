@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +30,7 @@ from harness import (
     RtpPeer,
     SippRun,
     SippRunner,
+    free_tcp_port,
     loud_frames,
     rms,
     tone_power,
@@ -45,12 +45,6 @@ MARGIN = 0.35  # seconds after a change before its effect is measured (jitter + 
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 class Rest:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
 import ssl
 import time
 import urllib.error
@@ -31,6 +30,7 @@ from harness import (
     HookApp,
     RtpPeer,
     SippRunner,
+    free_tcp_port,
     g711_decode,
     tone_power,
 )
@@ -39,12 +39,6 @@ from siptls import TlsSipCall, answer_key, new_key, sdp_offer, srtp_pair
 pytestmark = pytest.mark.e2e
 
 TOKEN = "e2e-tls-token-5e4d3c"
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def pki(tmp_path: Path) -> tuple[Path, Path, Path]:
