@@ -214,8 +214,9 @@ def scripted(pattern: str, **kwargs: int) -> list[tuple[int, bool]]:
 
     def fake_classify(
         frames: I16, members: npt.NDArray[np.intp]
-    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
-        return np.array([flags[state["i"]]]), np.zeros(1, dtype=np.float32)
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        zero = np.zeros(1, dtype=np.float32)
+        return np.array([flags[state["i"]]]), zero, zero
 
     det.classify = fake_classify  # type: ignore[method-assign]
     out: list[tuple[int, bool]] = []
@@ -255,6 +256,7 @@ def test_absent_member_is_stopped_after_hangover() -> None:
     det = TalkDetector()
     det.classify = lambda frames, members: (  # type: ignore[method-assign]
         np.ones(len(members), dtype=np.bool_),
+        np.zeros(len(members), dtype=np.float32),
         np.zeros(len(members), dtype=np.float32),
     )
     ids = np.array([3])

@@ -35,7 +35,7 @@ State lives in numpy arrays indexed by member id (small stable ints), grown by d
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -53,18 +53,41 @@ _BIN_HZ: Final = SAMPLE_RATE / FRAME_SAMPLES  # 50 Hz per rfft bin
 _BAND_LO: Final = round(300 / _BIN_HZ)  # bin 6
 _BAND_HI: Final = round(3400 / _BIN_HZ) + 1  # bins 6..68 inclusive
 _TONE_HALF_WIDTH: Final = 2  # bins either side of the peak counted as "the tone"
-_TONE_OFFSETS: Final = np.arange(-_TONE_HALF_WIDTH, _TONE_HALF_WIDTH + 1)
+_BINS: Final = np.arange(_BAND_HI - _BAND_LO)
+# DTMF groups (697-941 Hz and 1209-1633 Hz) as band-relative bin ranges, one bin of slack
+_DTMF_LOW: Final = (round(697 / _BIN_HZ) - 1 - _BAND_LO, round(941 / _BIN_HZ) + 1 - _BAND_LO)
+_DTMF_HIGH: Final = (round(1209 / _BIN_HZ) - 1 - _BAND_LO, round(1633 / _BIN_HZ) + 1 - _BAND_LO)
+DUAL_TONE_SHARE: Final = 0.90
+_SIMILARITY_LAG: Final = 3  # frames: spectra compared 60 ms apart
 _WINDOW: Final = np.hanning(FRAME_SAMPLES).astype(np.float32)
 
 DEFAULT_MAX_FLATNESS: Final = 0.40
 DEFAULT_MAX_TONALITY: Final = 0.985
 DEFAULT_MAX_RUN_FLATNESS: Final = 0.27
+DEFAULT_MAX_RUN_SIMILARITY: Final = 0.82
+_RECENT_START: Final = 0.8  # a new member's recent similarity: between speech and music
+_RECENT_WEIGHT: Final = 0.05  # per speech frame: about a 0.4 s memory
 
 
 def spectral_features(
     frames: npt.NDArray[np.int16],
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """(flatness, tonality) for each row of a (K, 160) int16 array, both in [0, 1]."""
+    f = analyse(frames)
+    return f.flatness, f.tonality
+
+
+class Features(NamedTuple):
+    """Per-frame spectral features of K frames (see the module docstring)."""
+
+    flatness: npt.NDArray[np.float32]
+    tonality: npt.NDArray[np.float32]
+    dual_tone: npt.NDArray[np.bool_]  # DTMF-like: two tones, one per DTMF group, dominate
+    shape: npt.NDArray[np.float32]  # (K, bins) unit-norm amplitude spectrum (for similarity)
+
+
+def analyse(frames: npt.NDArray[np.int16]) -> Features:
+    """Spectral features of each row of a (K, 160) int16 array (one batched FFT)."""
     x = frames.astype(np.float32)
     x *= _WINDOW
     spec = np.fft.rfft(x, axis=1)[:, _BAND_LO:_BAND_HI]
@@ -76,14 +99,29 @@ def spectral_features(
     geo = np.exp(np.log(power).mean(axis=1))
     flatness = (geo / mean).astype(np.float32)
 
-    peak = np.argmax(power, axis=1)
     width = power.shape[1]
-    near = peak[:, None] + _TONE_OFFSETS[None, :]
-    inside = (near >= 0) & (near < width)
-    around = np.take_along_axis(power, np.clip(near, 0, width - 1), axis=1)
-    around_peak = np.where(inside, around, np.float32(0.0)).sum(axis=1)
-    tonality = (around_peak / (mean * np.float32(width))).astype(np.float32)
-    return flatness, tonality
+    total = mean * np.float32(width)
+    peak = np.argmax(power, axis=1)
+    near = np.abs(_BINS[None, :] - peak[:, None]) <= _TONE_HALF_WIDTH
+    around_peak = np.where(near, power, np.float32(0.0))
+    first = around_peak.sum(axis=1)
+    tonality = (first / total).astype(np.float32)
+
+    # second strongest tone, away from the first
+    rest = np.where(near, np.float32(0.0), power)
+    peak2 = np.argmax(rest, axis=1)
+    near2 = np.abs(_BINS[None, :] - peak2[:, None]) <= _TONE_HALF_WIDTH
+    second = np.where(near2, rest, np.float32(0.0)).sum(axis=1)
+    lo = np.minimum(peak, peak2)
+    hi = np.maximum(peak, peak2)
+    dual_tone = (
+        ((first + second) >= np.float32(DUAL_TONE_SHARE) * total)
+        & (lo >= _DTMF_LOW[0]) & (lo <= _DTMF_LOW[1])
+        & (hi >= _DTMF_HIGH[0]) & (hi <= _DTMF_HIGH[1])
+    )
+    amp = np.sqrt(power)
+    amp /= np.sqrt(np.einsum("ij,ij->i", amp, amp))[:, None]
+    return Features(flatness, tonality, dual_tone, amp)
 
 
 class TalkDetector:
@@ -101,6 +139,7 @@ class TalkDetector:
         max_flatness: float = DEFAULT_MAX_FLATNESS,
         max_tonality: float = DEFAULT_MAX_TONALITY,
         max_run_flatness: float = DEFAULT_MAX_RUN_FLATNESS,
+        max_run_similarity: float = DEFAULT_MAX_RUN_SIMILARITY,
         floor_margin_db: float = 6.0,
         floor_rise_db: float = 0.2,
     ) -> None:
@@ -119,6 +158,13 @@ class TalkDetector:
         self._max_flatness = float(max_flatness)
         self._max_tonality = float(max_tonality)
         self._max_run_flatness = float(max_run_flatness)
+        self._max_run_similarity = float(max_run_similarity)
+        # each member's recent similarity (exponential average over its speech frames)
+        self._recent_similarity = np.full(capacity, _RECENT_START, dtype=np.float32)
+        self._bins = _BAND_HI - _BAND_LO
+        # each member's last analysed spectrum shape (unit norm) and its run's similarity sum
+        self._prev_shape = np.zeros((capacity, _SIMILARITY_LAG, self._bins), dtype=np.float32)
+        self._run_similarity = np.zeros(capacity, dtype=np.float32)
         self._talking = np.zeros(capacity, dtype=np.bool_)
         self._last_speech = np.full(capacity, -math.inf, dtype=np.float64)
         self._run_frames = np.zeros(capacity, dtype=np.int32)
@@ -155,6 +201,15 @@ class TalkDetector:
         self._run_frames = np.concatenate([self._run_frames, np.zeros(extra, dtype=np.int32)])
         self._run_flatness = np.concatenate([self._run_flatness, np.zeros(extra, dtype=np.float32)])
         self._vads.extend([None] * extra)
+        self._prev_shape = np.concatenate(
+            [self._prev_shape, np.zeros((extra, _SIMILARITY_LAG, self._bins), dtype=np.float32)]
+        )
+        self._run_similarity = np.concatenate(
+            [self._run_similarity, np.zeros(extra, dtype=np.float32)]
+        )
+        self._recent_similarity = np.concatenate(
+            [self._recent_similarity, np.full(extra, _RECENT_START, dtype=np.float32)]
+        )
         self._floor_ms = np.concatenate([self._floor_ms, np.full(extra, self._min_ms)])
 
     def remove(self, member_id: int) -> None:
@@ -165,6 +220,9 @@ class TalkDetector:
             self._run_frames[member_id] = 0
             self._run_flatness[member_id] = 0.0
             self._vads[member_id] = None
+            self._prev_shape[member_id] = 0.0
+            self._run_similarity[member_id] = 0.0
+            self._recent_similarity[member_id] = _RECENT_START
             self._floor_ms[member_id] = self._min_ms
 
     def talking(self, member_id: int) -> bool:
@@ -174,16 +232,18 @@ class TalkDetector:
 
     def classify(
         self, frames: npt.NDArray[np.int16], members: npt.NDArray[np.intp]
-    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
-        """Per-frame (is_speech, spectral flatness) for K frames of the given members: energy
-        gate, then spectral features, then webrtcvad. Flatness is 1.0 for gated-out frames."""
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Per-frame (is_speech, spectral flatness, similarity to the member's previous
+        analysed frame) for K frames of the given members: energy gate, then spectral
+        features, then webrtcvad. Flatness and similarity are 1.0 for gated-out frames."""
         k = int(frames.shape[0])
         speech = np.zeros(k, dtype=np.bool_)
         frame_flatness = np.ones(k, dtype=np.float32)
+        similarity = np.ones(k, dtype=np.float32)
         self.last_gated = 0
         self.last_vad_calls = 0
         if k == 0:
-            return speech, frame_flatness
+            return speech, frame_flatness, similarity
         x = frames.astype(np.float32)
         mean_square = (np.einsum("ij,ij->i", x, x) / np.float32(FRAME_SAMPLES)).astype(np.float64)
         floor = self._floor_ms[members]
@@ -192,13 +252,27 @@ class TalkDetector:
         gated = np.flatnonzero(mean_square > gate)
         self.last_gated = int(gated.size)
         if gated.size == 0:
-            return speech, frame_flatness
-        flatness, tonality = spectral_features(frames[gated])
-        frame_flatness[gated] = flatness
-        candidates = gated[(flatness < self._max_flatness) & (tonality < self._max_tonality)]
+            return speech, frame_flatness, similarity
+        feats = analyse(frames[gated])
+        frame_flatness[gated] = feats.flatness
+        gated_members = members[gated]
+        history = self._prev_shape[gated_members]  # (G, lag, bins), newest first
+        prev = history[:, -1]
+        # a member's first analysed frames have no predecessor: count them as similar (1.0)
+        similarity[gated] = np.einsum("ij,ij->i", feats.shape, prev) + (
+            1.0 - np.einsum("ij,ij->i", prev, prev)
+        )
+        history[:, 1:] = history[:, :-1]
+        history[:, 0] = feats.shape
+        self._prev_shape[gated_members] = history
+        candidates = gated[
+            (feats.flatness < self._max_flatness)
+            & (feats.tonality < self._max_tonality)
+            & ~feats.dual_tone
+        ]
         self.last_vad_calls = int(candidates.size)
         if candidates.size == 0:
-            return speech, frame_flatness
+            return speech, frame_flatness, similarity
         pcm = np.ascontiguousarray(frames, dtype="<i2")
         vads = self._vads
         for row in candidates.tolist():
@@ -209,7 +283,7 @@ class TalkDetector:
                 vads[mid] = vad
             if vad.is_speech(pcm[row].tobytes(), SAMPLE_RATE):
                 speech[row] = True
-        return speech, frame_flatness
+        return speech, frame_flatness, similarity
 
     def update(
         self, frames: npt.NDArray[np.int16], members: npt.NDArray[np.integer], now: float
@@ -233,7 +307,7 @@ class TalkDetector:
                 raise ValueError("member ids must be non-negative")
             self._grow(int(ids.max()) + 1)
 
-        speech, frame_flatness = self.classify(frames, ids)
+        speech, frame_flatness, similarity = self.classify(frames, ids)
         speaking_ids = ids[speech]
         events: list[tuple[int, bool]] = []
 
@@ -241,8 +315,16 @@ class TalkDetector:
             fresh = (now - self._last_speech[speaking_ids]) > self._gap_s
             self._run_frames[speaking_ids[fresh]] = 0
             self._run_flatness[speaking_ids[fresh]] = 0.0
+            self._run_similarity[speaking_ids[fresh]] = 0.0
+            # similarity counts from the run's 4th frame on: the first ones are compared
+            # with frames from before the run (a pause, another note, another word)
+            within = self._run_frames[speaking_ids] >= _SIMILARITY_LAG
             self._run_frames[speaking_ids] += 1
             self._run_flatness[speaking_ids] += frame_flatness[speech]
+            self._run_similarity[speaking_ids] += similarity[speech] * within
+            recent = self._recent_similarity[speaking_ids]
+            recent += np.float32(_RECENT_WEIGHT) * (similarity[speech] - recent)
+            self._recent_similarity[speaking_ids] = recent
             self._last_speech[speaking_ids] = now
 
         stopping = np.flatnonzero(
@@ -252,14 +334,18 @@ class TalkDetector:
             self._talking[stopping] = False
             self._run_frames[stopping] = 0
             self._run_flatness[stopping] = 0.0
+            self._run_similarity[stopping] = 0.0
             events.extend((mid, False) for mid in stopping.tolist())
 
         if speaking_ids.size:
             run_frames = self._run_frames[speaking_ids]
+            compared = run_frames - _SIMILARITY_LAG
             ready = (
                 ~self._talking[speaking_ids]
                 & (run_frames >= self._start_frames)
                 & (self._run_flatness[speaking_ids] < self._max_run_flatness * run_frames)
+                & (self._run_similarity[speaking_ids] < self._max_run_similarity * compared)
+                & (self._recent_similarity[speaking_ids] < self._max_run_similarity)
             )
             starting = np.sort(speaking_ids[ready])
             if starting.size:
