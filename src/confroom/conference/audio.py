@@ -10,8 +10,9 @@ once with the `MediaEngine` as its mixer. Each tick the bus:
    sessions are not in one table, as in unit tests, are copied one by one);
 2. runs one talk detector over every member heard this tick (held members are not reported);
 3. mixes all conferences in one `mix_conferences` call (muted and held members are not summed;
-   nobody hears itself); conferences with a coach/whisper member (`speakOnlyTo`) are mixed
-   again on their own rows with `mix_with_audience`;
+   nobody hears itself; with the talk gate on, the default, a member is summed only while its
+   gate is open: see `TalkGate`); conferences with a coach/whisper member (`speakOnlyTo`) are
+   mixed again on their own rows with `mix_with_audience`;
 4. writes each listening member's row to its `mix_out` (one scatter into the table), feeds
    the recorders (what a silent
    listener without a tag hears) and reports talking changes.
@@ -22,6 +23,7 @@ So the number of numpy passes per tick does not grow with the number of conferen
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +36,22 @@ from confroom.media.sources import FRAME_SAMPLES, Frame
 from confroom.media.talk import TalkDetector
 
 _BEEP = beep_frames()
+
+
+@dataclass(frozen=True)
+class TalkGate:
+    """Talk-gated mixing: who is summed into the mix.
+
+    With `enabled`, a member is summed while the talk detector says it talks (until 800 ms
+    after its last speech frame), from its first speech frame on (before the start-talking
+    event, so the onset of a word is not cut), and for `hang_ms` after its last frame that
+    was speech or at least `level_dbfs` loud (a loud steady signal such as a tone is mixed;
+    quiet room noise is not, so it no longer adds up over many members). Disabled: every
+    unmuted, unheld member is summed all the time."""
+
+    enabled: bool = True
+    hang_ms: int = 400
+    level_dbfs: float = -35.0
 
 
 class ConferenceAudio:
@@ -108,9 +126,11 @@ class ConferenceAudio:
 class MixBus:
     """Mixes every attached conference per tick (see the module docstring)."""
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int = 64, gate: TalkGate | None = None) -> None:
         self._confs: list[ConferenceAudio] = []
-        self._talk = TalkDetector(capacity)
+        self._gate = gate or TalkGate()
+        self._hang_s = self._gate.hang_ms / 1000.0
+        self._talk = TalkDetector(capacity, loud_dbfs=self._gate.level_dbfs)
         self._slots: dict[int, int] = {}  # member_id -> talk-detector slot (small, reused)
         self._free_slots: list[int] = []
         self._buf = np.zeros((capacity, FRAME_SAMPLES), dtype=np.int16)
@@ -250,6 +270,8 @@ class MixBus:
         changes = self._talk.update(buf[detect], self._slot_ids[detect], now)
 
         speaking = present & self._speak_ok
+        if self._gate.enabled:
+            speaking &= self._talk.open_mask(self._slot_ids, now, self._hang_s)
         overlays: dict[int, Frame] = {}
         for c, conf in enumerate(self._mixed):
             if conf._overlay:

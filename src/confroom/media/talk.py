@@ -142,6 +142,7 @@ class TalkDetector:
         max_run_similarity: float = DEFAULT_MAX_RUN_SIMILARITY,
         floor_margin_db: float = 6.0,
         floor_rise_db: float = 0.2,
+        loud_dbfs: float = -35.0,
     ) -> None:
         if not 0 <= vad_mode <= 3:
             raise ValueError("vad_mode must be 0..3")
@@ -166,6 +167,11 @@ class TalkDetector:
         self._prev_shape = np.zeros((capacity, _SIMILARITY_LAG, self._bins), dtype=np.float32)
         self._run_similarity = np.zeros(capacity, dtype=np.float32)
         self._talking = np.zeros(capacity, dtype=np.bool_)
+        # for the mix gate (`open_mask`): each member's last "active" frame (a speech frame
+        # or one at least `loud_dbfs` loud) and the mean square of the frames last classified
+        self._loud_ms = float((32768.0 * 10.0 ** (loud_dbfs / 20.0)) ** 2)
+        self._last_active = np.full(capacity, -math.inf, dtype=np.float64)
+        self._mean_square = np.zeros(0, dtype=np.float64)
         self._last_speech = np.full(capacity, -math.inf, dtype=np.float64)
         self._run_frames = np.zeros(capacity, dtype=np.int32)
         self._run_flatness = np.zeros(capacity, dtype=np.float32)  # sum over the run
@@ -195,6 +201,9 @@ class TalkDetector:
             cap *= 2
         extra = cap - self.capacity
         self._talking = np.concatenate([self._talking, np.zeros(extra, dtype=np.bool_)])
+        self._last_active = np.concatenate(
+            [self._last_active, np.full(extra, -math.inf, dtype=np.float64)]
+        )
         self._last_speech = np.concatenate(
             [self._last_speech, np.full(extra, -math.inf, dtype=np.float64)]
         )
@@ -216,6 +225,7 @@ class TalkDetector:
         """Forget everything about a member (no event is emitted)."""
         if 0 <= member_id < self.capacity:
             self._talking[member_id] = False
+            self._last_active[member_id] = -math.inf
             self._last_speech[member_id] = -math.inf
             self._run_frames[member_id] = 0
             self._run_flatness[member_id] = 0.0
@@ -227,6 +237,21 @@ class TalkDetector:
 
     def talking(self, member_id: int) -> bool:
         return 0 <= member_id < self.capacity and bool(self._talking[member_id])
+
+    def open_mask(
+        self, members: npt.NDArray[np.intp], now: float, hang_s: float
+    ) -> npt.NDArray[np.bool_]:
+        """The mix gate of each given member: True while it talks, or until `hang_s` after
+        its last active frame (a frame classified as speech, so a talker is mixed from its
+        first speech frame, before the start event; or a frame at least `loud_dbfs` loud,
+        so a loud steady signal such as a tone is mixed while quiet room noise is not)."""
+        ids = np.asarray(members, dtype=np.intp)
+        inside = ids < self.capacity
+        safe = np.where(inside, ids, 0)
+        mask: npt.NDArray[np.bool_] = inside & (
+            self._talking[safe] | ((now - self._last_active[safe]) < hang_s - _EPS)
+        )
+        return mask
 
     # --- per tick ----------------------------------------------------------------------------
 
@@ -246,6 +271,7 @@ class TalkDetector:
             return speech, frame_flatness, similarity
         x = frames.astype(np.float32)
         mean_square = (np.einsum("ij,ij->i", x, x) / np.float32(FRAME_SAMPLES)).astype(np.float64)
+        self._mean_square = mean_square
         floor = self._floor_ms[members]
         gate = np.maximum(floor * self._floor_margin, self._min_ms)
         self._floor_ms[members] = np.minimum(mean_square, floor * self._floor_rise)
@@ -307,8 +333,13 @@ class TalkDetector:
                 raise ValueError("member ids must be non-negative")
             self._grow(int(ids.max()) + 1)
 
+        self._mean_square = np.zeros(0, dtype=np.float64)
         speech, frame_flatness, similarity = self.classify(frames, ids)
         speaking_ids = ids[speech]
+        active = speech
+        if self._mean_square.shape == speech.shape:
+            active = speech | (self._mean_square >= self._loud_ms)
+        self._last_active[ids[active]] = now
         events: list[tuple[int, bool]] = []
 
         if speaking_ids.size:
