@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outbound calls in progress per account; default 10 (0: none)")
     s.add_argument("--outbound-cps", type=float, metavar="RATE",
                    help="new outbound calls per second (a dial to N targets counts N); default 5")
+    s.add_argument("--talk-gate", action=argparse.BooleanOptionalAction, default=None,
+                   help="sum a conference member into the mix only while it talks; default on "
+                   "(CONFROOM_TALK_GATE, [conference] talk_gate)")
     s.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -104,6 +107,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "outbound_allowed_domains": args.outbound_allowed_domains,
         "outbound_max_concurrent_calls": args.outbound_max_calls,
         "outbound_calls_per_second": args.outbound_cps,
+        "talk_gate": args.talk_gate,
     }
     try:
         config = load(args.config, overrides=overrides)

@@ -58,6 +58,10 @@ TOML layout::
     cache_dir = ""              # TTS and downloaded audio (default: <dir>/.cache)
     [tts]
     voice = "en-us"
+    [conference]
+    talk_gate = true            # sum a member into the mix only while it talks (README Media)
+    talk_gate_hang_ms = 400     # keep mixing this long after its last speech/loud frame
+    talk_gate_level_dbfs = -35.0  # a frame this loud keeps the gate open even if not speech
     [webhooks]
     timeout = 10.0
     max_body = 1048576          # bytes of a hook's answer read at most; a longer one fails
@@ -96,7 +100,8 @@ CONFROOM_HTTP_BODY_TIMEOUT, CONFROOM_HTTP_KEEPALIVE_TIMEOUT (see `LIMIT_KEYS`); 
 control and draining CONFROOM_SIP_UDP_RCVBUF, CONFROOM_DRAIN_TIME, and CONFROOM_LIMITS_<KEY>
 for every other [limits] key (e.g. CONFROOM_LIMITS_SOURCE_RATE); for outbound calls
 CONFROOM_OUTBOUND_ALLOWED_DOMAINS (comma-separated), CONFROOM_OUTBOUND_MAX_CONCURRENT_CALLS,
-CONFROOM_OUTBOUND_CALLS_PER_SECOND.
+CONFROOM_OUTBOUND_CALLS_PER_SECOND; for talk-gated mixing CONFROOM_TALK_GATE
+(true/false), CONFROOM_TALK_GATE_HANG_MS, CONFROOM_TALK_GATE_LEVEL_DBFS.
 """
 
 from __future__ import annotations
@@ -254,6 +259,9 @@ class Config:
     media_dir: Path = Path("media")
     cache_dir: Path | None = None
     tts_voice: str = "en-us"
+    talk_gate: bool = True
+    talk_gate_hang_ms: int = 400
+    talk_gate_level_dbfs: float = -35.0
     webhook_timeout: float = 10.0
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
     # connection limits and identity (LIMIT_KEYS); 0 caps are sized from the descriptor limit
@@ -480,6 +488,9 @@ def _num(t: Mapping[str, Any], key: str, where: str, kind: type = float) -> Any:
     return kind(v)
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
 # [limits] keys that are not AdmissionLimits fields
 _OTHER_LIMITS = {"drain_time": "drain_time", "log_interval": "shed_log_interval"}
 _INT_LIMITS = {"max_calls_in_setup", "source_max_in_setup", "min_free_ports", "min_free_fds",
@@ -587,6 +598,15 @@ def load(
         kw["cache_dir"] = Path(media["cache_dir"])
     if "voice" in data.get("tts", {}):
         kw["tts_voice"] = str(data["tts"]["voice"])
+    conference = data.get("conference", {})
+    if "talk_gate" in conference:
+        if not isinstance(conference["talk_gate"], bool):
+            raise ConfigError("conference.talk_gate: expected true or false")
+        kw["talk_gate"] = conference["talk_gate"]
+    if "talk_gate_hang_ms" in conference:
+        kw["talk_gate_hang_ms"] = _num(conference, "talk_gate_hang_ms", "conference", int)
+    if "talk_gate_level_dbfs" in conference:
+        kw["talk_gate_level_dbfs"] = _num(conference, "talk_gate_level_dbfs", "conference")
     if "timeout" in data.get("webhooks", {}):
         kw["webhook_timeout"] = _num(data["webhooks"], "timeout", "webhooks")
     if "max_body" in data.get("webhooks", {}):
@@ -637,6 +657,18 @@ def load(
         kw["webhook_max_body"] = n
     if (p := env_int("CONFROOM_SIP_UDP_RCVBUF")) is not None:
         kw["sip_udp_rcvbuf"] = p
+    if env.get("CONFROOM_TALK_GATE"):
+        flag = env["CONFROOM_TALK_GATE"].strip().lower()
+        if flag not in _BOOLS:
+            raise ConfigError(f"CONFROOM_TALK_GATE: expected true or false, got {flag!r}")
+        kw["talk_gate"] = _BOOLS[flag]
+    if (p := env_int("CONFROOM_TALK_GATE_HANG_MS")) is not None:
+        kw["talk_gate_hang_ms"] = p
+    if env.get("CONFROOM_TALK_GATE_LEVEL_DBFS"):
+        try:
+            kw["talk_gate_level_dbfs"] = float(env["CONFROOM_TALK_GATE_LEVEL_DBFS"])
+        except ValueError:
+            raise ConfigError("CONFROOM_TALK_GATE_LEVEL_DBFS: expected a number") from None
     for name, value in env.items():
         limit_key = ("drain_time" if name == "CONFROOM_DRAIN_TIME"
                      else name[len("CONFROOM_LIMITS_"):].lower()
@@ -719,6 +751,16 @@ def validate(cfg: Config) -> None:
     names = [t.name for t in cfg.trunks]
     if len(set(names)) != len(names):
         raise ConfigError(f"trunks: duplicate trunk names in {names}")
+    if not (0 <= cfg.talk_gate_hang_ms <= 10000):
+        raise ConfigError(
+            f"conference.talk_gate_hang_ms (CONFROOM_TALK_GATE_HANG_MS) must be 0-10000 ms, "
+            f"not {cfg.talk_gate_hang_ms}"
+        )
+    if not (-96.0 <= cfg.talk_gate_level_dbfs <= 0.0):
+        raise ConfigError(
+            f"conference.talk_gate_level_dbfs (CONFROOM_TALK_GATE_LEVEL_DBFS) must be "
+            f"-96..0 dBFS, not {cfg.talk_gate_level_dbfs}"
+        )
     for app in cfg.apps:
         if (app.call_hook is None) == (app.verbs_file is None):
             raise ConfigError(f"app {app.name!r}: needs exactly one of a call hook or a verb file")

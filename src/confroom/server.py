@@ -36,6 +36,7 @@ from confroom.app.hooks import WebhookClient
 from confroom.app.session import CallSession, notify_call_status
 from confroom.app.verbs import parse_verb_list
 from confroom.call import Call, log_call_end
+from confroom.conference.audio import TalkGate
 from confroom.conference.service import ConferenceService
 from confroom.conference.verb import verb_table
 from confroom.config import Config
@@ -136,7 +137,9 @@ class Server:
         self.hooks = WebhookClient(timeout=config.webhook_timeout,
                                    max_body=config.webhook_max_body)
         self.conferences = ConferenceService(
-            self.engine, self.hooks, self._spawn, media_dir=config.media_dir
+            self.engine, self.hooks, self._spawn, media_dir=config.media_dir,
+            gate=TalkGate(config.talk_gate, config.talk_gate_hang_ms,
+                          config.talk_gate_level_dbfs),
         )
         self.verbs = verb_table(self.conferences)  # what each verb name runs
         self.calls: dict[str, Call] = {}  # call_sid -> call

@@ -22,7 +22,7 @@ from confroom.app.hooks import WebhookClient
 from confroom.app.payload import call_fields
 from confroom.app.session import to_hook
 from confroom.app.verbs_impl import positive_int
-from confroom.conference.audio import ConferenceAudio, MixBus
+from confroom.conference.audio import ConferenceAudio, MixBus, TalkGate
 from confroom.conference.model import Conference, ConferenceRegistry, Member
 from confroom.conference.recorder import MixRecorder, RecordPathError, resolve_record_path
 from confroom.media.engine import MediaEngine
@@ -44,6 +44,7 @@ class ConferenceService:
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         registry: ConferenceRegistry | None = None,
         media_dir: Path | None = None,
+        gate: TalkGate | None = None,
     ) -> None:
         self.engine = engine
         self.media_dir = media_dir  # where recordings go (None: recording disabled)
@@ -52,7 +53,7 @@ class ConferenceService:
         self._spawn = spawn
         self._ordered = KeyedSerial(spawn)
         self._audio: dict[str, ConferenceAudio] = {}  # conference sid -> its mix
-        self.bus = MixBus()  # mixes every conference of this node, once per tick
+        self.bus = MixBus(gate=gate)  # mixes every conference of this node, once per tick
         engine.mixers.append(self.bus)
         self._end_timers: dict[str, asyncio.TimerHandle] = {}
 
