@@ -170,3 +170,19 @@ def music(seconds: float, seed: int, dbfs: float = -20.0, drums: bool = True) ->
                     out[s : s + m] += kick
         t0 += bar
     return at_dbfs(out, dbfs)
+
+
+def sox_noise(color: str, dbfs: float, seconds: float) -> I16:
+    """Noise from sox's own generator (`synth whitenoise|pinknoise|brownnoise`; sox's brown
+    noise is a random walk, which fooled the detector where spectrally shaped noise did not),
+    normalised to an RMS level. Needs the sox binary."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "n.wav"
+        subprocess.run(
+            ["sox", "-n", "-r", str(SAMPLE_RATE), "-b", "16", "-c", "1", str(path),
+             "synth", str(seconds), f"{color}noise"],
+            check=True,
+        )
+        with wave.open(str(path)) as w:
+            raw = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return at_dbfs(raw.astype(np.float64), dbfs)

@@ -18,7 +18,7 @@ from confroom.conference.model import Member
 from confroom.config import ConfigError, load
 from confroom.media.sources import FRAME_SAMPLES, SAMPLE_RATE
 from confroom.media.talk import TalkDetector
-from talk_signals import I16, dtmf, espeak, music, noise, to_i16
+from talk_signals import I16, dtmf, espeak, music, noise, sox_noise, to_i16
 from toolcheck import require_tool
 
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
@@ -60,11 +60,14 @@ NOT_SPEECH: dict[str, Callable[[], I16]] = {
     "pink-20": lambda: noise("pink", -20.0, 60.0, seed=25),
     "brown-10": lambda: noise("brown", -10.0, 60.0, seed=26),
     "brown-30": lambda: noise("brown", -30.0, 60.0, seed=27),
+    "sox-brown-15": lambda: sox_noise("brown", -15.0, 60.0),
+    "sox-brown-25": lambda: sox_noise("brown", -25.0, 60.0),
 }
 
 
 @pytest.fixture(scope="module")
 def false_starts() -> dict[str, list[float]]:
+    require_tool("sox")
     names = list(NOT_SPEECH)
     starts = starts_per_member([NOT_SPEECH[n]() for n in names])
     return dict(zip(names, starts, strict=True))

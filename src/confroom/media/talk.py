@@ -58,6 +58,9 @@ _BINS: Final = np.arange(_BAND_HI - _BAND_LO)
 _DTMF_LOW: Final = (round(697 / _BIN_HZ) - 1 - _BAND_LO, round(941 / _BIN_HZ) + 1 - _BAND_LO)
 _DTMF_HIGH: Final = (round(1209 / _BIN_HZ) - 1 - _BAND_LO, round(1633 / _BIN_HZ) + 1 - _BAND_LO)
 DUAL_TONE_SHARE: Final = 0.90
+# +6 dB/octave power weighting (f^2, normalised at 1 kHz): a 1/f^2 (brown) spectrum comes out
+# flat, speech keeps its harmonic peaks and valleys
+_TILT: Final = ((np.arange(_BAND_LO, _BAND_HI) * _BIN_HZ / 1000.0) ** 2).astype(np.float32)
 _SIMILARITY_LAG: Final = 3  # frames: spectra compared 60 ms apart
 _WINDOW: Final = np.hanning(FRAME_SAMPLES).astype(np.float32)
 
@@ -81,6 +84,7 @@ class Features(NamedTuple):
     """Per-frame spectral features of K frames (see the module docstring)."""
 
     flatness: npt.NDArray[np.float32]
+    tilted_flatness: npt.NDArray[np.float32]  # of the power x f^2 (brown noise looks white)
     tonality: npt.NDArray[np.float32]
     dual_tone: npt.NDArray[np.bool_]  # DTMF-like: two tones, one per DTMF group, dominate
     shape: npt.NDArray[np.float32]  # (K, bins) unit-norm amplitude spectrum (for similarity)
@@ -98,6 +102,10 @@ def analyse(frames: npt.NDArray[np.int16]) -> Features:
     mean = power.mean(axis=1)
     geo = np.exp(np.log(power).mean(axis=1))
     flatness = (geo / mean).astype(np.float32)
+    tilted = power * _TILT
+    tilted_flatness = (
+        np.exp(np.log(tilted).mean(axis=1)) / tilted.mean(axis=1)
+    ).astype(np.float32)
 
     width = power.shape[1]
     total = mean * np.float32(width)
@@ -121,7 +129,7 @@ def analyse(frames: npt.NDArray[np.int16]) -> Features:
     )
     amp = np.sqrt(power)
     amp /= np.sqrt(np.einsum("ij,ij->i", amp, amp))[:, None]
-    return Features(flatness, tonality, dual_tone, amp)
+    return Features(flatness, tilted_flatness, tonality, dual_tone, amp)
 
 
 class TalkDetector:
@@ -280,7 +288,8 @@ class TalkDetector:
         if gated.size == 0:
             return speech, frame_flatness, similarity
         feats = analyse(frames[gated])
-        frame_flatness[gated] = feats.flatness
+        # the run test uses the larger of the two flatnesses (white/pink: plain; brown: tilted)
+        frame_flatness[gated] = np.maximum(feats.flatness, feats.tilted_flatness)
         gated_members = members[gated]
         history = self._prev_shape[gated_members]  # (G, lag, bins), newest first
         prev = history[:, -1]
