@@ -53,7 +53,7 @@ _BIN_HZ: Final = SAMPLE_RATE / FRAME_SAMPLES  # 50 Hz per rfft bin
 _BAND_LO: Final = round(300 / _BIN_HZ)  # bin 6
 _BAND_HI: Final = round(3400 / _BIN_HZ) + 1  # bins 6..68 inclusive
 _TONE_HALF_WIDTH: Final = 2  # bins either side of the peak counted as "the tone"
-_BINS: Final = np.arange(_BAND_HI - _BAND_LO)
+_TONE_OFFSETS: Final = np.arange(-_TONE_HALF_WIDTH, _TONE_HALF_WIDTH + 1)
 # DTMF groups (697-941 Hz and 1209-1633 Hz) as band-relative bin ranges, one bin of slack
 _DTMF_LOW: Final = (round(697 / _BIN_HZ) - 1 - _BAND_LO, round(941 / _BIN_HZ) + 1 - _BAND_LO)
 _DTMF_HIGH: Final = (round(1209 / _BIN_HZ) - 1 - _BAND_LO, round(1633 / _BIN_HZ) + 1 - _BAND_LO)
@@ -61,6 +61,7 @@ DUAL_TONE_SHARE: Final = 0.90
 # +6 dB/octave power weighting (f^2, normalised at 1 kHz): a 1/f^2 (brown) spectrum comes out
 # flat, speech keeps its harmonic peaks and valleys
 _TILT: Final = ((np.arange(_BAND_LO, _BAND_HI) * _BIN_HZ / 1000.0) ** 2).astype(np.float32)
+_TILT_GEO: Final = np.float32(np.exp(np.log(_TILT).mean()))
 _SIMILARITY_LAG: Final = 3  # frames: spectra compared 60 ms apart
 _WINDOW: Final = np.hanning(FRAME_SAMPLES).astype(np.float32)
 
@@ -86,8 +87,9 @@ class Features(NamedTuple):
     flatness: npt.NDArray[np.float32]
     tilted_flatness: npt.NDArray[np.float32]  # of the power x f^2 (brown noise looks white)
     tonality: npt.NDArray[np.float32]
-    dual_tone: npt.NDArray[np.bool_]  # DTMF-like: two tones, one per DTMF group, dominate
-    shape: npt.NDArray[np.float32]  # (K, bins) unit-norm amplitude spectrum (for similarity)
+    power: npt.NDArray[np.float32]  # (K, bins) band power spectrum
+    peak: npt.NDArray[np.intp]  # strongest bin
+    total: npt.NDArray[np.float32]  # band power
 
 
 def analyse(frames: npt.NDArray[np.int16]) -> Features:
@@ -95,41 +97,65 @@ def analyse(frames: npt.NDArray[np.int16]) -> Features:
     x = frames.astype(np.float32)
     x *= _WINDOW
     spec = np.fft.rfft(x, axis=1)[:, _BAND_LO:_BAND_HI]
-    power = spec.real * spec.real
-    power += spec.imag * spec.imag
-    power = power.astype(np.float32, copy=False)
+    re = spec.real * spec.real
+    re += spec.imag * spec.imag
+    power: npt.NDArray[np.float32] = re.astype(np.float32, copy=False)
     power += np.float32(1e-3)  # floor: keeps log finite on digital silence
-    mean = power.mean(axis=1)
-    geo = np.exp(np.log(power).mean(axis=1))
-    flatness = (geo / mean).astype(np.float32)
-    tilted = power * _TILT
-    tilted_flatness = (
-        np.exp(np.log(tilted).mean(axis=1)) / tilted.mean(axis=1)
-    ).astype(np.float32)
-
     width = power.shape[1]
-    total = mean * np.float32(width)
-    peak = np.argmax(power, axis=1)
-    near = np.abs(_BINS[None, :] - peak[:, None]) <= _TONE_HALF_WIDTH
-    around_peak = np.where(near, power, np.float32(0.0))
-    first = around_peak.sum(axis=1)
-    tonality = (first / total).astype(np.float32)
+    total = power.sum(axis=1)
+    geo = np.exp(np.log(power).mean(axis=1))
+    flatness = (geo * np.float32(width) / total).astype(np.float32)
+    # the tilted spectrum's geometric mean is geo x a constant: no second log
+    tilted_flatness = (geo * _TILT_GEO * np.float32(width) / (power @ _TILT)).astype(np.float32)
 
-    # second strongest tone, away from the first
-    rest = np.where(near, np.float32(0.0), power)
+    peak = np.argmax(power, axis=1)
+    near = np.clip(peak[:, None] + _TONE_OFFSETS[None, :], 0, width - 1)
+    inside = (peak[:, None] + _TONE_OFFSETS[None, :] >= 0) & (
+        peak[:, None] + _TONE_OFFSETS[None, :] < width
+    )
+    around = np.where(inside, np.take_along_axis(power, near, axis=1), np.float32(0.0))
+    tonality = (around.sum(axis=1) / total).astype(np.float32)
+    return Features(flatness, tilted_flatness, tonality, power, peak, total)
+
+
+def dual_tone_and_shape(
+    feats: Features, rows: npt.NDArray[np.intp]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
+    """For the given rows of `feats`: whether the frame is DTMF-like (two tones, one in each
+    DTMF group, own `DUAL_TONE_SHARE` of the band power) and its unit-norm amplitude spectrum
+    (for the similarity of frames 60 ms apart)."""
+    power = feats.power[rows]
+    total = feats.total[rows]
+    peak = feats.peak[rows]
+    width = power.shape[1]
+    first_bins = np.clip(peak[:, None] + _TONE_OFFSETS[None, :], 0, width - 1)
+    rest = power.copy()
+    np.put_along_axis(rest, first_bins, np.float32(0.0), axis=1)
     peak2 = np.argmax(rest, axis=1)
-    near2 = np.abs(_BINS[None, :] - peak2[:, None]) <= _TONE_HALF_WIDTH
-    second = np.where(near2, rest, np.float32(0.0)).sum(axis=1)
+    second_bins = np.clip(peak2[:, None] + _TONE_OFFSETS[None, :], 0, width - 1)
+    first = total - rest.sum(axis=1)  # the zeroed bins: the first tone's power
+    second = np.take_along_axis(rest, second_bins, axis=1)
+    second_sum = second.sum(axis=1) - _repeats(second_bins, second)
     lo = np.minimum(peak, peak2)
     hi = np.maximum(peak, peak2)
-    dual_tone = (
-        ((first + second) >= np.float32(DUAL_TONE_SHARE) * total)
+    dual = (
+        ((first + second_sum) >= np.float32(DUAL_TONE_SHARE) * total)
         & (lo >= _DTMF_LOW[0]) & (lo <= _DTMF_LOW[1])
         & (hi >= _DTMF_HIGH[0]) & (hi <= _DTMF_HIGH[1])
     )
     amp = np.sqrt(power)
     amp /= np.sqrt(np.einsum("ij,ij->i", amp, amp))[:, None]
-    return Features(flatness, tilted_flatness, tonality, dual_tone, amp)
+    return dual, amp
+
+
+def _repeats(
+    bins: npt.NDArray[np.intp], values: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """Sum of the values at repeated (clipped) indices of each row, to subtract once."""
+    dup = np.zeros(values.shape, dtype=np.bool_)
+    dup[:, 1:] = bins[:, 1:] == bins[:, :-1]
+    out: npt.NDArray[np.float32] = np.where(dup, values, np.float32(0.0)).sum(axis=1)
+    return out
 
 
 class TalkDetector:
@@ -290,21 +316,24 @@ class TalkDetector:
         feats = analyse(frames[gated])
         # the run test uses the larger of the two flatnesses (white/pink: plain; brown: tilted)
         frame_flatness[gated] = np.maximum(feats.flatness, feats.tilted_flatness)
-        gated_members = members[gated]
-        history = self._prev_shape[gated_members]  # (G, lag, bins), newest first
+        passed = np.flatnonzero(
+            (feats.flatness < self._max_flatness) & (feats.tonality < self._max_tonality)
+        )
+        if passed.size == 0:
+            return speech, frame_flatness, similarity
+        dual, shape = dual_tone_and_shape(feats, passed)
+        rows = gated[passed]
+        ids = members[rows]
+        history = self._prev_shape[ids]  # (P, lag, bins), newest first
         prev = history[:, -1]
         # a member's first analysed frames have no predecessor: count them as similar (1.0)
-        similarity[gated] = np.einsum("ij,ij->i", feats.shape, prev) + (
+        similarity[rows] = np.einsum("ij,ij->i", shape, prev) + (
             1.0 - np.einsum("ij,ij->i", prev, prev)
         )
         history[:, 1:] = history[:, :-1]
-        history[:, 0] = feats.shape
-        self._prev_shape[gated_members] = history
-        candidates = gated[
-            (feats.flatness < self._max_flatness)
-            & (feats.tonality < self._max_tonality)
-            & ~feats.dual_tone
-        ]
+        history[:, 0] = shape
+        self._prev_shape[ids] = history
+        candidates = rows[~dual]
         self.last_vad_calls = int(candidates.size)
         if candidates.size == 0:
             return speech, frame_flatness, similarity
