@@ -17,17 +17,34 @@ A frame counts as *speech* only if it passes, in order (cheapest and most select
    * tonality: fraction of the band's power within +-2 bins (+-100 Hz) of the strongest bin.
      A pure tone scores > 0.999, speech at most ~0.97. Frames with tonality >=
      `max_tonality` are not speech (webrtcvad calls a 1 kHz tone speech);
+   * dual tone (only for frames that passed flatness and tonality): the two strongest
+     peaks (+-2 bins each) hold >= 90% of the band's power, one in the DTMF low group
+     (697-941 Hz) and one in the high group (1209-1633 Hz): in-band DTMF, not speech
+     (webrtcvad calls it speech);
 3. webrtcvad (per-member instance, since the VAD adapts to its input), called only for the
    frames that passed 1 and 2, so stationary white noise and tones cost no Python per member.
+
+Frames that passed flatness and tonality also keep their unit-norm amplitude spectrum per
+member; a frame's *similarity* is the cosine between its spectrum and the member's spectrum
+three analysed frames (60 ms) earlier. Speech changes within tens of ms (espeak-ng: median
+0.64), music holds notes and chords (median ~0.96).
 
 Hysteresis (`now` is the tick time in seconds, passed in; no clock here): a member starts
 talking once a run of speech frames adds up to `start_ms` (10 frames by default) and the run's
 mean flatness is below `max_run_flatness` (rejects loud pink/coloured noise, whose individual
-frames can pass). Gaps of up to `max_gap_ms` (120 ms) of non-speech or missing frames between
+frames can pass; each frame counts with the larger of its flatness and its flatness after a
++6 dB/octave tilt, which makes brown noise look white), the run's mean similarity (from its
+4th frame: the first ones compare with frames before the run) is below `max_run_similarity`,
+and so is the member's recent similarity (an exponential average over its speech frames, ~0.4 s
+memory: a run that starts at a chord change inside music is still rejected).
+Gaps of up to `max_gap_ms` (120 ms) of non-speech or missing frames between
 speech frames do not break a run (they do not count towards it either): speech has stop
 closures and word gaps of 60-120 ms, and with a one-frame tolerance espeak-ng speech took up
 to 0.7 s (2 s when quiet) to start. A member stops once no speech frame has been seen for
 `stop_ms` (hang-over); members that stop sending frames altogether are stopped the same way.
+
+For talk-gated mixing `open_mask` says whose gate is open: talking, or within a hang time
+of the last frame that was speech or at least `loud_dbfs` loud.
 
 State lives in numpy arrays indexed by member id (small stable ints), grown by doubling.
 """
