@@ -69,13 +69,15 @@ def free_udp_port(host: str = HOST) -> int:
 _SERVER_PORTS = (20000, 32000)
 
 
-def _bindable(host: str, port: int, kinds: Iterable[int]) -> bool:
+def _bindable(host: str, ports: Iterable[int], kinds: Iterable[int]) -> bool:
+    """Can every port of `ports` be bound now, for every socket type of `kinds`?"""
     socks: list[socket.socket] = []
     try:
-        for kind in kinds:
-            s = socket.socket(socket.AF_INET, kind)
-            socks.append(s)
-            s.bind((host, port))
+        for port in ports:
+            for kind in kinds:
+                s = socket.socket(socket.AF_INET, kind)
+                socks.append(s)
+                s.bind((host, port))
         return True
     except OSError:
         return False
@@ -84,39 +86,23 @@ def _bindable(host: str, port: int, kinds: Iterable[int]) -> bool:
             s.close()
 
 
-def free_tcp_port(host: str = HOST, attempts: int = 500) -> int:
+def _free_server_port(host: str, kinds: tuple[int, ...], attempts: int = 500) -> int:
+    rng = random.Random()
+    for _ in range(attempts):
+        port = rng.randrange(*_SERVER_PORTS)
+        if _bindable(host, (port,), kinds):
+            return port
+    raise RuntimeError(f"no port in {_SERVER_PORTS} free for socket types {kinds}")
+
+
+def free_tcp_port(host: str = HOST) -> int:
     """A TCP port free now (for a listener the test starts: HTTP, SIP over TLS)."""
-    rng = random.Random()
-    for _ in range(attempts):
-        port = rng.randrange(*_SERVER_PORTS)
-        if _bindable(host, port, (socket.SOCK_STREAM,)):
-            return port
-    raise RuntimeError("no free TCP port")
+    return _free_server_port(host, (socket.SOCK_STREAM,))
 
 
-def free_sip_port(host: str = HOST, attempts: int = 500) -> int:
+def free_sip_port(host: str = HOST) -> int:
     """A port number free for both TCP (listening) and UDP on `host` (SIP uses both)."""
-    rng = random.Random()
-    for _ in range(attempts):
-        port = rng.randrange(*_SERVER_PORTS)
-        if _bindable(host, port, (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
-            return port
-    raise RuntimeError("no port free for both TCP and UDP")
-
-
-def _udp_ports_free(host: str, ports: Iterable[int]) -> bool:
-    socks: list[socket.socket] = []
-    try:
-        for p in ports:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            socks.append(s)
-            s.bind((host, p))
-        return True
-    except OSError:
-        return False
-    finally:
-        for s in socks:
-            s.close()
+    return _free_server_port(host, (socket.SOCK_STREAM, socket.SOCK_DGRAM))
 
 
 def free_port_block(count: int, host: str = HOST, lo: int = 20000, hi: int = 32000) -> int:
@@ -128,7 +114,7 @@ def free_port_block(count: int, host: str = HOST, lo: int = 20000, hi: int = 320
     for _ in range(500):
         base = rng.randrange(lo, hi - count)
         base -= base % 2  # RTP ports are even by convention
-        if _udp_ports_free(host, range(base, base + count)):
+        if _bindable(host, range(base, base + count), (socket.SOCK_DGRAM,)):
             return base
     raise RuntimeError(f"no block of {count} free UDP ports in {lo}-{hi}")
 
