@@ -145,6 +145,19 @@ def window(peer: RtpPeer, t1: float, t2: float) -> Int16Array:
     return pcm
 
 
+def timed(change: Callable[[], object]) -> tuple[float, float]:
+    """Run a control request; return (sent, answered) monotonic times. The server applies a
+    change before it answers, so audio of the old state ends at `sent` and audio of the new
+    state starts at `answered` (+ MARGIN)."""
+    sent = time.monotonic()
+    change()
+    return sent, time.monotonic()
+
+
+def ok(answer: tuple[int, Any]) -> None:
+    assert answer[0] == 202, answer
+
+
 def hears(pcm: Int16Array, freq: float) -> bool:
     return tone_power(pcm, freq) > 0.15
 
@@ -180,24 +193,23 @@ def test_mute_via_rest_with_the_jambonz_sdk(
     room = ToneRoom.start(sipp, srv, hook_app, rtp_peer_factory, freqs, 11000, 7.5)
     peers, sids, t0 = room.peers, room.sids, room.t0
 
-    async def sdk(status: str) -> float:
+    async def sdk(status: str) -> None:
         # base_url is the server root: the SDK itself appends /v1/Accounts/<account_sid>/...
         async with JambonzClient(base_url=rest.base, account_sid=ACCOUNT_SID,
                                  api_key=TOKEN) as client:
             result = await client.calls.mute(sids["alice"], status)
             assert result["action"] == status and result["call_sids"] == [sids["alice"]]
-        return time.monotonic()
 
     time.sleep(2.0)
-    t_mute = asyncio.run(sdk("mute"))
+    mute_sent, t_mute = timed(lambda: asyncio.run(sdk("mute")))
     time.sleep(2.5)
-    t_unmute = asyncio.run(sdk("unmute"))
+    unmute_sent, t_unmute = timed(lambda: asyncio.run(sdk("unmute")))
     room.finish()
     t_end = t0 + 7.3
     for listener in ("bob", "carol"):
         peer = peers[listener]
-        before = window(peer, t0 + MARGIN, t_mute)
-        muted = window(peer, t_mute + MARGIN, t_unmute)
+        before = window(peer, t0 + MARGIN, mute_sent)
+        muted = window(peer, t_mute + MARGIN, unmute_sent)
         after = window(peer, t_unmute + MARGIN, t_end)
         assert hears(before, 440), f"{listener} does not hear alice before the mute"
         assert tone_power(muted, 440) < 0.01, f"{listener} still hears muted alice"
@@ -205,7 +217,7 @@ def test_mute_via_rest_with_the_jambonz_sdk(
         assert hears(muted, other), f"{listener} lost the unmuted member during the mute"
         assert hears(after, 440), f"{listener} does not hear alice after the unmute"
     # alice, muted, still hears the others
-    muted_alice = window(peers["alice"], t_mute + MARGIN, t_unmute)
+    muted_alice = window(peers["alice"], t_mute + MARGIN, unmute_sent)
     assert hears(muted_alice, 1000) and hears(muted_alice, 2200)
     hook_app.wait_for(lambda _: len(status_events(hook_app)) >= 2)
     assert status_events(hook_app) == [("mute", sids["alice"]), ("unmute", sids["alice"])]
@@ -225,18 +237,18 @@ def test_hold_plays_the_wait_hook_and_isolates_the_member(
     room = ToneRoom.start(sipp, srv, hook_app, rtp_peer_factory, freqs, 11000, 8.0)
     peers, sids, t0 = room.peers, room.sids, room.t0
     time.sleep(1.5)
-    assert rest.update(sids["bob"], {"conf_hold_status": "hold", "waitHook": "/moh"})[0] == 202
-    t_hold = time.monotonic()
+    hold_sent, t_hold = timed(lambda: ok(rest.update(
+        sids["bob"], {"conf_hold_status": "hold", "waitHook": "/moh"})))
     time.sleep(3.5)
-    assert rest.update(sids["bob"], {"conf_hold_status": "unhold"})[0] == 202
-    t_unhold = time.monotonic()
+    unhold_sent, t_unhold = timed(lambda: ok(rest.update(
+        sids["bob"], {"conf_hold_status": "unhold"})))
     room.finish()
     t_end = t0 + 7.8
     alice, bob = peers["alice"], peers["bob"]
-    assert hears(window(alice, t0 + MARGIN, t_hold), 1000)
-    assert hears(window(bob, t0 + MARGIN, t_hold), 440)
-    held_bob = window(bob, t_hold + MARGIN, t_unhold)
-    held_alice = window(alice, t_hold + MARGIN, t_unhold)
+    assert hears(window(alice, t0 + MARGIN, hold_sent), 1000)
+    assert hears(window(bob, t0 + MARGIN, hold_sent), 440)
+    held_bob = window(bob, t_hold + MARGIN, unhold_sent)
+    held_alice = window(alice, t_hold + MARGIN, unhold_sent)
     assert tone_power(held_bob, 3000) > 0.5, "held bob does not get the hold waitHook audio"
     assert silent_at(held_bob, 440), "held bob still hears alice"
     assert silent_at(held_alice, 1000), "alice still hears held bob"
@@ -268,15 +280,14 @@ def test_coach_is_heard_only_by_the_tagged_member(
     peers, sids, t0 = room.peers, room.sids, room.t0
     time.sleep(2.5)
     action = "conferenceParticipantAction"
-    assert rest.update(sids["coach"], {action: {"action": "uncoach"}})[0] == 202
-    t1 = time.monotonic()
+    t1_sent, t1 = timed(lambda: ok(rest.update(sids["coach"], {action: {"action": "uncoach"}})))
     time.sleep(2.5)
-    assert rest.update(sids["coach"], {action: {"action": "coach", "tag": "agent"}})[0] == 202
-    t2 = time.monotonic()
+    t2_sent, t2 = timed(lambda: ok(rest.update(
+        sids["coach"], {action: {"action": "coach", "tag": "agent"}})))
     room.finish()
     t_end = t0 + 8.3
     agent, customer, coach = peers["agent"], peers["customer"], peers["coach"]
-    for start_t, end_t, public in ((t0 + MARGIN, t1, False), (t1 + MARGIN, t2, True),
+    for start_t, end_t, public in ((t0 + MARGIN, t1_sent, False), (t1 + MARGIN, t2_sent, True),
                                    (t2 + MARGIN, t_end, False)):
         a = window(agent, start_t, end_t)
         c = window(customer, start_t, end_t)
