@@ -166,8 +166,111 @@ def process_cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
-class ConfroomProcess:
+class LoggedProcess:
+    """A subprocess whose merged stdout/stderr is read line by line in a thread: waits on log
+    lines with timeouts (`wait_log`), and the arrival time of every line (`line_times`,
+    time.monotonic()). Subclasses start `self.proc` and call `_start_reader()`."""
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self.line_times: list[float] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._reader: threading.Thread | None = None
+
+    def _start_reader(self) -> None:
+        self._reader = threading.Thread(target=self._read, name=f"{self.name}-log", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\r\n"))
+                self.line_times.append(time.monotonic())
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    # -- log -------------------------------------------------------------------------
+
+    def mark(self) -> int:
+        """A position in the log; pass it as `since` to only look at later lines."""
+        with self._cond:
+            return len(self.lines)
+
+    def log_text(self, last: int | None = None) -> str:
+        with self._cond:
+            lines = self.lines if last is None else self.lines[-last:]
+            return "\n".join(lines)
+
+    def find_logs(self, pattern: str, since: int = 0) -> list[re.Match[str]]:
+        rx = re.compile(pattern)
+        with self._cond:
+            return [m for line in self.lines[since:] if (m := rx.search(line))]
+
+    def find_timed_logs(self, pattern: str, since: int = 0) -> list[tuple[float, re.Match[str]]]:
+        """Like find_logs, with the time.monotonic() at which each line was read."""
+        rx = re.compile(pattern)
+        with self._cond:
+            return [(t, m) for t, line in zip(self.line_times[since:], self.lines[since:],
+                                              strict=True) if (m := rx.search(line))]
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, since: int = 0) -> re.Match[str]:
+        return self.wait_logs(pattern, 1, timeout=timeout, since=since)[0]
+
+    def wait_logs(
+        self, pattern: str, count: int, timeout: float = 10.0, since: int = 0
+    ) -> list[re.Match[str]]:
+        """Wait until `count` log lines (after `since`) match `pattern`; fail on timeout/exit."""
+        rx = re.compile(pattern)
+        found: list[re.Match[str]] = []
+        scanned = since
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines[scanned:]:
+                    if m := rx.search(line):
+                        found.append(m)
+                scanned = max(scanned, len(self.lines))
+                if len(found) >= count:
+                    return found
+                if self._eof:
+                    rc = None
+                    if self.proc is not None:
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            rc = self.proc.wait(timeout=2)
+                    raise AssertionError(
+                        f"{self.name} exited (rc={rc}) before {count} log line(s) matched "
+                        f"{pattern!r} (got {len(found)})\n--- log ---\n{self.log_text_unlocked()}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"timeout after {timeout}s waiting for {count} log line(s) matching "
+                        f"{pattern!r} (got {len(found)})\n--- log (last 80) ---\n"
+                        f"{self.log_text_unlocked(80)}"
+                    )
+                self._cond.wait(remaining)
+
+    def log_text_unlocked(self, last: int | None = None) -> str:
+        lines = self.lines if last is None else self.lines[-last:]
+        return "\n".join(lines)
+
+
+class ConfroomProcess(LoggedProcess):
     """A confroom server subprocess on 127.0.0.1 with its own config, media dir and log."""
+
+    name = "confroom"
 
     def __init__(
         self,
@@ -210,11 +313,7 @@ class ConfroomProcess:
                 config.setdefault(section, {}).update(values)
         config["apps"] = self.apps
         self.config = config
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._reader: threading.Thread | None = None
+        super().__init__()
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -222,11 +321,6 @@ class ConfroomProcess:
     def target(self) -> str:
         """host:port for SIPp."""
         return f"{HOST}:{self.sip_port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def command(self) -> list[str]:
         cmd = [
@@ -258,8 +352,7 @@ class ConfroomProcess:
             errors="replace",
             preexec_fn=self._limit_fds if self.fd_limit is not None else None,
         )
-        self._reader = threading.Thread(target=self._read, name="confroom-log", daemon=True)
-        self._reader.start()
+        self._start_reader()
         return self
 
     def _limit_fds(self) -> None:  # runs in the child between fork and exec
@@ -269,16 +362,6 @@ class ConfroomProcess:
     def open_fds(self) -> int:
         """Descriptors the server process has open now (from /proc)."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\r\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         try:
@@ -310,64 +393,6 @@ class ConfroomProcess:
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
-
-    # -- log -------------------------------------------------------------------------
-
-    def mark(self) -> int:
-        """A position in the log; pass it as `since` to only look at later lines."""
-        with self._cond:
-            return len(self.lines)
-
-    def log_text(self, last: int | None = None) -> str:
-        with self._cond:
-            lines = self.lines if last is None else self.lines[-last:]
-            return "\n".join(lines)
-
-    def find_logs(self, pattern: str, since: int = 0) -> list[re.Match[str]]:
-        rx = re.compile(pattern)
-        with self._cond:
-            return [m for line in self.lines[since:] if (m := rx.search(line))]
-
-    def wait_log(self, pattern: str, timeout: float = 10.0, since: int = 0) -> re.Match[str]:
-        return self.wait_logs(pattern, 1, timeout=timeout, since=since)[0]
-
-    def wait_logs(
-        self, pattern: str, count: int, timeout: float = 10.0, since: int = 0
-    ) -> list[re.Match[str]]:
-        """Wait until `count` log lines (after `since`) match `pattern`; fail on timeout/exit."""
-        rx = re.compile(pattern)
-        found: list[re.Match[str]] = []
-        scanned = since
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines[scanned:]:
-                    if m := rx.search(line):
-                        found.append(m)
-                scanned = max(scanned, len(self.lines))
-                if len(found) >= count:
-                    return found
-                if self._eof:
-                    rc = None
-                    if self.proc is not None:
-                        with contextlib.suppress(subprocess.TimeoutExpired):
-                            rc = self.proc.wait(timeout=2)
-                    raise AssertionError(
-                        f"confroom exited (rc={rc}) before {count} log line(s) matched "
-                        f"{pattern!r} (got {len(found)})\n--- log ---\n{self.log_text_unlocked()}"
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"timeout after {timeout}s waiting for {count} log line(s) matching "
-                        f"{pattern!r} (got {len(found)})\n--- log (last 80) ---\n"
-                        f"{self.log_text_unlocked(80)}"
-                    )
-                self._cond.wait(remaining)
-
-    def log_text_unlocked(self, last: int | None = None) -> str:
-        lines = self.lines if last is None else self.lines[-last:]
-        return "\n".join(lines)
 
 
 ConfroomFactory = Callable[..., ConfroomProcess]
