@@ -169,6 +169,89 @@ def test_options_out_of_dialog() -> None:
     assert resp.to_tag
 
 
+# Kamailio record-routes twice when the call changes transport (caller on TCP, node on UDP)
+LB = Peer("udp", "127.0.0.1", 5090)
+LB_RR = ("Record-Route: <sip:127.0.0.1:5090;r2=on;lr>\r\n"
+         "Record-Route: <sip:127.0.0.1:5090;transport=tcp;r2=on;lr>\r\n")
+
+
+def test_options_probe_from_a_load_balancer() -> None:
+    """Kamailio's dispatcher probes each node with an OPTIONS to the node's own address (no
+    user part, its own From, Max-Forwards) and takes only a 200 as 'up'."""
+    core = SipCore("127.0.0.1", 5060)
+    probe = (
+        "OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKprobe.0\r\n"
+        "To: <sip:127.0.0.1:5060>\r\n"
+        "From: <sip:front-door@confroom.invalid>;tag=f1\r\n"
+        "CSeq: 10 OPTIONS\r\nCall-ID: probe-1@127.0.0.1\r\nMax-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    core.receive_datagram(probe.encode(), LB, 0.0)
+    ((peer, data),) = core.datagrams_to_send()
+    resp = parse_message(data)
+    assert isinstance(resp, Response) and resp.status == 200
+    assert peer == LB and resp.call_id == "probe-1@127.0.0.1" and resp.cseq == (10, "OPTIONS")
+    assert events(core) == []  # a probe is no call
+
+
+def test_record_route_of_a_proxy_is_the_route_set_of_the_dialog() -> None:
+    """A call through a record-routing proxy (the cluster's front door): the 200 carries the
+    Record-Route back, and the BYE we send goes to the proxy with the route set as Route
+    headers (in order) and the caller's Contact as Request-URI, never straight to the caller."""
+    core = SipCore("127.0.0.1", 5060)
+    core.receive_datagram(req("INVITE", body=SDP, extra=LB_RR), LB, 0.0)
+    sent(core)
+    (ev,) = events(core)
+    assert isinstance(ev, IncomingCall)
+    assert core.answer(ev.leg, b"v=0\r\n", 0.1)
+    (ok,) = sent(core)
+    assert isinstance(ok, Response)
+    assert ok.headers.get_all("Record-Route") == [
+        "<sip:127.0.0.1:5090;r2=on;lr>", "<sip:127.0.0.1:5090;transport=tcp;r2=on;lr>"]
+    core.receive_datagram(
+        req("ACK", branch="z9hG4bKack", to_tag=ev.leg.local_tag, extra="Route: <sip:x;lr>\r\n"),
+        LB, 0.2)
+    assert isinstance(events(core)[0], CallConfirmed)
+    # a re-INVITE through the proxy is answered; the route set stays the INVITE's
+    core.receive_datagram(req("INVITE", branch="z9hG4bKre", cseq=2, to_tag=ev.leg.local_tag,
+                              body=SDP), LB, 1.0)
+    sent(core)
+    (re,) = events(core)
+    assert isinstance(re, ReInvite)
+    core.respond_reinvite(ev.leg, re.tx, 200, 1.1, b"v=0\r\n")
+    sent(core)
+    assert core.bye(ev.leg, 2.0)
+    ((peer, data),) = core.datagrams_to_send()
+    bye = parse_message(data)
+    assert isinstance(bye, Request) and bye.method == "BYE"
+    assert peer == LB  # the first Route hop, not the caller's Contact (port 5070)
+    assert bye.uri == "sip:alice@127.0.0.1:5070"
+    assert bye.headers.get_all("Route") == [
+        "<sip:127.0.0.1:5090;r2=on;lr>", "<sip:127.0.0.1:5090;transport=tcp;r2=on;lr>"]
+    assert bye.to_tag == "from1" and bye.from_tag == ev.leg.local_tag
+
+
+def test_route_set_with_a_host_name_goes_back_where_the_invite_came_from() -> None:
+    """A first Route hop that is a name (not resolved here) is reached at the address the
+    INVITE came from, which is that proxy; the Route headers still carry the route set."""
+    core = SipCore("127.0.0.1", 5060)
+    rr = "Record-Route: <sip:sbc.example.com;lr>\r\n"
+    core.receive_datagram(req("INVITE", body=SDP, extra=rr), LB, 0.0)
+    sent(core)
+    (ev,) = events(core)
+    assert isinstance(ev, IncomingCall)
+    assert core.answer(ev.leg, b"v=0\r\n", 0.1)
+    sent(core)
+    core.receive_datagram(req("ACK", branch="z9hG4bKack", to_tag=ev.leg.local_tag), LB, 0.2)
+    events(core)
+    assert core.bye(ev.leg, 1.0)
+    ((peer, data),) = core.datagrams_to_send()
+    bye = parse_message(data)
+    assert isinstance(bye, Request)
+    assert peer == LB and bye.headers.get_all("Route") == ["<sip:sbc.example.com;lr>"]
+
+
 def test_reinvite_event_and_answer() -> None:
     core = SipCore("127.0.0.1", 5060)
     ev = answer_and_ack(core)
