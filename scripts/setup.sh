@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what confroom needs on a Debian 12 machine (run as root, or with sudo available):
 #   scripts/setup.sh          apt packages for running + a virtualenv with confroom
-#   scripts/setup.sh --test   the same plus what the test suite needs (SIPp, sox, baresip, test extras)
+#   scripts/setup.sh --test   the same plus what the test suite needs (SIPp, sox, baresip, Kamailio,
+#                             test extras)
 #   scripts/setup.sh --bench  the same plus what `make bench` needs (Janus, SIPp, bench/requirements.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,10 @@ if [ "${1:-}" = "--test" ]; then want_test=1; fi
 if [ "${1:-}" = "--bench" ]; then want_bench=1; fi
 
 apt_pkgs=(espeak-ng)
-if [ "$want_test" = 1 ]; then apt_pkgs+=(sip-tester sox baresip build-essential python3-dev); fi  # C: pesq
+# kamailio: the cluster's SIP front door (deploy/kamailio/); the tests run their own instance
+if [ "$want_test" = 1 ]; then
+  apt_pkgs+=(sip-tester sox baresip kamailio build-essential python3-dev)  # C: pesq
+fi
 if [ "$want_bench" = 1 ]; then apt_pkgs+=(sip-tester janus); fi
 
 missing=()
@@ -28,6 +32,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing apt packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Debian enables and starts kamailio.service with its sample config on port 5060, where
+  # `make run` puts confroom: a Kamailio installed here only for the tests stays off.
+  if [[ " ${missing[*]} " == *" kamailio "* ]] && command -v systemctl >/dev/null \
+      && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now kamailio >/dev/null 2>&1 || true
+  fi
 fi
 
 VENV="${VENV:-.venv}"
