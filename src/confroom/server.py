@@ -244,6 +244,8 @@ class Server:
         seconds, then end every conference and give its members' actionHooks up to
         `_END_GRACE`; `abort` being set cuts either wait short. `stop()` does the rest."""
         self.admission.draining = True
+        if self.core is not None:  # OPTIONS probes of a front door get 503 too
+            self.core.draining_retry_after = self.admission.limits.drain_retry_after
         log.info("draining: new calls get 503; %d call(s) may finish for up to %gs",
                  len(self.calls), drain_time)
         if await self._wait_calls_gone(drain_time, abort):

@@ -9,6 +9,7 @@ DISPATCH log lines say where it sent each INVITE.
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,3 +210,32 @@ def test_killed_node_leaves_rotation(cluster: Cluster, sipp: SippRunner,
     assert more.ok(20), more.describe()
     assert {cluster.node_of_call()[c] for c in more.call_ids} == {0}
     assert [i for _, _, i in cluster.dispatched(mark)] == [0] * 20
+
+
+def test_draining_node_leaves_rotation_and_keeps_its_call(
+    cluster: Cluster, sipp: SippRunner, rtp_peer: RtpPeer,
+) -> None:
+    """SIGTERM (an upgrade): the node answers the probes 503 while its calls finish, so the
+    front door sends new calls elsewhere at once (not one 503 and a retry per call), and
+    in-dialog requests of the call it still has keep reaching it."""
+    kam, hooks = cluster.kamailio, cluster.hooks
+    long_call = sipp.start("uac_basic", kam.target, pause_ms=6000,
+                           keys={"rtp_port": rtp_peer.port}, timeout=30)
+    (first,) = hooks.wait_for(
+        lambda reqs: any(r.path.endswith("/call") for r in reqs), timeout=10)[:1]
+    idx = int(first.path[2])
+    node = cluster.nodes[idx]
+    mark = kam.mark()
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGTERM)
+    node.wait_log("draining", timeout=5)
+    kam.wait_log(rf"NODE-DOWN node=sip:{HOST}:{node.sip_port}\b", timeout=5, since=mark)
+    assert long_call.poll() is None, "the long call ended before the node left rotation"
+    more = sipp.run("uac_basic", kam.target, calls=10, rate=10, limit=10, pause_ms=100,
+                    keys={"rtp_port": rtp_peer.port}, timeout=30)
+    assert more.ok(10), more.describe()
+    assert idx not in {i for _, _, i in cluster.dispatched(mark)}
+    assert not kam.find_logs("FAILOVER", mark), "a new call was sent to the draining node"
+    res = long_call.wait()  # its BYE reached the draining node, which then exits
+    assert res.ok(), res.describe()
+    assert node.proc.wait(timeout=15) == 0

@@ -195,6 +195,25 @@ def test_options_probe_from_a_load_balancer() -> None:
     assert events(core) == []  # a probe is no call
 
 
+def test_options_while_draining_get_503_like_an_invite() -> None:
+    """RFC 3261 11.2: OPTIONS gets what an INVITE would. A draining node (SIGTERM) answers
+    probes 503 + Retry-After, so the front door stops sending it calls; in-dialog OPTIONS
+    (a keep-alive of a call still up) still get 200."""
+    core = SipCore("127.0.0.1", 5060)
+    ev = answer_and_ack(core)
+    core.draining_retry_after = 30
+    core.receive_datagram(req("OPTIONS", branch="z9hG4bKo1", call_id="probe@x"), LB, 1.0)
+    core.receive_datagram(req("OPTIONS", branch="z9hG4bKo2", cseq=5, to_tag=ev.leg.local_tag),
+                          PEER, 1.0)
+    out = [m for m in sent(core) if isinstance(m, Response)]
+    assert [(m.call_id, m.status) for m in out] == [("probe@x", 503), ("c1@test", 200)]
+    assert out[0].headers.get("Retry-After") == "30"
+    core.draining_retry_after = None
+    core.receive_datagram(req("OPTIONS", branch="z9hG4bKo3", call_id="probe2@x"), LB, 2.0)
+    (ok,) = sent(core)
+    assert isinstance(ok, Response) and ok.status == 200
+
+
 def test_record_route_of_a_proxy_is_the_route_set_of_the_dialog() -> None:
     """A call through a record-routing proxy (the cluster's front door): the 200 carries the
     Record-Route back, and the BYE we send goes to the proxy with the route set as Route

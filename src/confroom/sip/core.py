@@ -1,8 +1,9 @@
 """The sans-IO SIP user agent core: dialogs and call signalling on top of the transactions.
 
 `SipCore` is fed parsed-or-raw messages and the current time; it answers what it can on its own
-(OPTIONS, CANCEL, BYE, in-dialog INFO, errors such as 400/481/405/420/482/483) and reports
-call-level events (`IncomingCall`, `CallConfirmed`, `CallEnded`, ...) for the layer above, which
+(OPTIONS: 200, or 503 while draining; CANCEL, BYE, in-dialog INFO, errors such as
+400/481/405/420/482/483) and reports call-level events (`IncomingCall`, `CallConfirmed`,
+`CallEnded`, ...) for the layer above, which
 acts through `ring`, `answer`, `reject`, `bye` and `respond_reinvite`. Like the transaction layer
 it never touches a socket or a clock: the adapter drains `datagrams_to_send()`, arms
 `get_timer()` and calls `handle_timer(now)`.
@@ -285,6 +286,10 @@ class SipCore:
         # number refuses with 503 and that Retry-After (the transaction still answers
         # retransmissions and absorbs the ACK).
         self.gate: Callable[[Request, Peer, float], int | None] | None = None
+        # Set while the node drains (SIGTERM): out-of-dialog OPTIONS get 503 with this
+        # Retry-After, as an INVITE would (RFC 3261 11.2), so that a load balancer probing
+        # with OPTIONS takes the node out of rotation while its calls finish.
+        self.draining_retry_after: int | None = None
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -702,7 +707,11 @@ class SipCore:
                 self._events.append(CallEnded(leg, req))
         elif method == "OPTIONS":
             headers = [("Allow", ALLOW), ("Accept", "application/sdp"), *self._ua]
-            self._respond(tx, 200, now, headers=headers, to_tag=new_tag())
+            if self.draining_retry_after is not None and req.to_tag is None:
+                headers.append(("Retry-After", str(self.draining_retry_after)))
+                self._respond(tx, 503, now, headers=headers, to_tag=new_tag())
+            else:
+                self._respond(tx, 200, now, headers=headers, to_tag=new_tag())
         elif method == "INFO":
             leg = self._find_leg(req)
             if leg is None:
