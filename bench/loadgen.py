@@ -461,7 +461,8 @@ max_cpu = 1000.0
 
 
 def start_confroom(opts: Options, app: str, log_path: Path,
-                   config: str = NO_ADMISSION_LIMITS) -> subprocess.Popen[bytes]:
+                   config: str = NO_ADMISSION_LIMITS,
+                   rtp_ports: str = "20000-39999") -> subprocess.Popen[bytes]:
     cfg = log_path.with_suffix(".toml")
     cfg.write_text(config)
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the child
@@ -470,7 +471,7 @@ def start_confroom(opts: Options, app: str, log_path: Path,
     return subprocess.Popen(
         ["taskset", "-c", opts.server_cpu, sys.executable, str(probe), "serve",
          "--config", str(cfg), "--sip-host", "127.0.0.1", "--sip-port", str(opts.sip_port),
-         "--rtp-ports", "20000-39999", "--app", app, "--log-level", opts.confroom_log_level],
+         "--rtp-ports", rtp_ports, "--app", app, "--log-level", opts.confroom_log_level],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,

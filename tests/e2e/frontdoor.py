@@ -61,7 +61,7 @@ class KamailioProcess(LoggedProcess):
     name = "kamailio"
 
     def __init__(self, kamailio: str, workdir: Path, nodes: Sequence[str], *,
-                 node_timeout_ms: int = 2000, children: int = 2) -> None:
+                 node_timeout_ms: int = 2000, children: int = 2, shm_mb: int = 64) -> None:
         super().__init__()
         self.kamailio = kamailio
         self.workdir = workdir
@@ -73,6 +73,7 @@ class KamailioProcess(LoggedProcess):
         self.sip_port = free_sip_port()
         self.node_timeout_ms = node_timeout_ms
         self.children = children
+        self.shm_mb = shm_mb  # shared memory: every transaction lives there (~13 kB each)
 
     @property
     def target(self) -> str:
@@ -82,7 +83,7 @@ class KamailioProcess(LoggedProcess):
     def command(self) -> list[str]:
         return [
             self.kamailio, "-DD", "-E", "-f", str(KAMAILIO_CFG), "-Y", str(self.rundir),
-            "-m", "32", "-M", "4",
+            "-m", str(self.shm_mb), "-M", "8",
             "-A", f"SIP_IP={HOST}", "-A", f"SIP_PORT={self.sip_port}",
             "-A", f'DS_LIST="{self.list_path}"',
             "-A", f"NODE_TIMEOUT={self.node_timeout_ms}", "-A", f"CHILDREN={self.children}",
