@@ -216,7 +216,7 @@ def test_draining_node_leaves_rotation_and_keeps_its_call(
     front door sends new calls elsewhere at once (not one 503 and a retry per call), and
     in-dialog requests of the call it still has keep reaching it."""
     kam, hooks = cluster.kamailio, cluster.hooks
-    long_call = sipp.start("uac_basic", kam.target, pause_ms=6000,
+    long_call = sipp.start("uac_basic", kam.target, pause_ms=8000,
                            keys={"rtp_port": rtp_peer.port}, timeout=30)
     (first,) = hooks.wait_for(
         lambda reqs: any(r.path.endswith("/call") for r in reqs), timeout=10)[:1]
