@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,8 +105,9 @@ def cluster(confroom: ConfroomFactory, hook_app: HookApp, tmp_path: Path) -> Ite
 
 
 def test_calls_spread_and_dialogs_stay_on_their_node(
-    cluster: Cluster, sipp: SippRunner, rtp_peer: RtpPeer,
+    cluster: Cluster, sipp: SippRunner, rtp_peer_factory: Callable[[], RtpPeer],
 ) -> None:
+    rtp_peer, tone_peer = rtp_peer_factory(), rtp_peer_factory()
     kam = cluster.kamailio
     # 30 calls over UDP, each hung up by the caller (BYE through Kamailio)
     res = sipp.run("uac_basic", kam.target, calls=30, rate=15, limit=30, pause_ms=300,
@@ -121,15 +122,11 @@ def test_calls_spread_and_dialogs_stay_on_their_node(
                     timeout=20)
     assert hold.ok(), hold.describe()
     # one call the node hangs up: its BYE goes back through Kamailio; audio goes direct
-    tone_peer = RtpPeer()
-    try:
-        bye = sipp.run("uac_wait_bye", kam.target, service="2000",
-                       keys={"rtp_port": tone_peer.port}, timeout=30)
-        assert bye.ok(), bye.describe()
-        pcm = loud_frames(tone_peer.decoded_pcm(), threshold=1000)
-        sources = tone_peer.sources()
-    finally:
-        tone_peer.close()
+    bye = sipp.run("uac_wait_bye", kam.target, service="2000",
+                   keys={"rtp_port": tone_peer.port}, timeout=30)
+    assert bye.ok(), bye.describe()
+    pcm = loud_frames(tone_peer.decoded_pcm(), threshold=1000)
+    sources = tone_peer.sources()
 
     call_ids = res.call_ids + tcp.call_ids + hold.call_ids + bye.call_ids
     assert len(call_ids) == 33
