@@ -256,3 +256,26 @@ def test_2xx_without_to_tag_is_acked_and_fails() -> None:
     (ev,) = events(core)
     assert isinstance(ev, OutboundFailed) and ev.status == 502
     assert_clean(core, 100.0)
+
+
+def test_record_route_of_an_answered_invite_routes_ack_and_bye() -> None:
+    """Outbound call through two record-routing proxies: the UAC's route set is the 2xx's
+    Record-Route reversed (RFC 3261 12.1.2); ACK and BYE carry it as Route headers, go to the
+    first hop's address and keep the callee's Contact as Request-URI."""
+    core = SipCore("127.0.0.1", 5060)
+    leg, inv = start(core)
+    rr = [("Record-Route", "<sip:192.0.2.2:5080;lr>"), ("Record-Route", "<sip:192.0.2.1;lr>")]
+    reply(core, inv, 200, 0.2, body=ANSWER, headers=rr)
+    ((peer, data),) = core.datagrams_to_send()
+    ack = parse_message(data)
+    assert isinstance(ack, Request) and ack.method == "ACK"
+    assert peer == Peer("udp", "192.0.2.1", 5060)
+    assert ack.uri == "sip:bob@127.0.0.1:5070"
+    assert ack.headers.get_all("Route") == ["<sip:192.0.2.1;lr>", "<sip:192.0.2.2:5080;lr>"]
+    events(core)
+    assert core.bye(leg, 1.0)
+    ((peer, data),) = core.datagrams_to_send()
+    bye = parse_message(data)
+    assert isinstance(bye, Request) and bye.method == "BYE"
+    assert peer == Peer("udp", "192.0.2.1", 5060) and bye.uri == "sip:bob@127.0.0.1:5070"
+    assert bye.headers.get_all("Route") == ["<sip:192.0.2.1;lr>", "<sip:192.0.2.2:5080;lr>"]
