@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from confroom.app.control import CallInfo
 from confroom.config import AppConfig
@@ -32,6 +32,9 @@ from confroom.sip.sdp import (
     parse_sdp,
 )
 from confroom.sip.transaction import ServerTransaction
+
+if TYPE_CHECKING:
+    from confroom.app.session import CallSession
 
 log = logging.getLogger("confroom.call")
 
@@ -91,6 +94,7 @@ class Call:
         self.started_at = time.time()
         self.answered_at: float | None = None
         self.session_kill: Callable[[], None] | None = None  # set by the runner
+        self.session: CallSession | None = None  # the verb runner (live control reaches it)
         # who gets the caller's digits besides the log (a running `gather`)
         self.dtmf_listener: Callable[[str], None] | None = None
         media.on_play_done = self._on_play_done

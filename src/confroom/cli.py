@@ -49,13 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UDP port range for RTP, one port per call; default 20000-30000")
     s.add_argument("--app", metavar="URL-or-FILE",
                    help="the default application: a call-hook URL (http/https) that answers "
-                   "with a JSON verb list, or a local JSON verb file; default: the embedded app")
+                   "with a JSON verb list, a ws(s) URL of a jambonz WebSocket app, or a local "
+                   "JSON verb file; default: the embedded app")
     s.add_argument("--http-port", type=int, metavar="N",
                    help="port of the REST API and health endpoint; default off. Needs a "
                    "bearer token: [http] token in the config file or CONFROOM_API_TOKEN")
     s.add_argument("--webhook-max-body", type=int, metavar="BYTES",
                    help="largest webhook answer read; a longer one fails the hook "
                    "(default 1048576)")
+    s.add_argument("--ws-ack-timeout", type=float, metavar="SECONDS",
+                   help="how long a WebSocket app has to ack session:new and hooks "
+                   "(default 5)")
     s.add_argument("--user-agent", metavar="TEXT",
                    help="User-Agent of SIP messages and Server header of HTTP responses; "
                    "'' sends none; default confroom/0.1")
@@ -99,6 +103,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "app": args.app,
         "http_port": args.http_port,
         "webhook_max_body": args.webhook_max_body,
+        "ws_ack_timeout": args.ws_ack_timeout,
         "user_agent": args.user_agent,
         "sip_tcp_max_connections": args.tcp_max_connections,
         "sip_tcp_max_per_source": args.tcp_max_per_source,

@@ -65,6 +65,10 @@ TOML layout::
     [webhooks]
     timeout = 10.0
     max_body = 1048576          # bytes of a hook's answer read at most; a longer one fails
+    ws_ack_timeout = 5.0        # WebSocket apps: seconds to ack session:new / a hook
+    ws_max_payload = 24576      #   largest frame taken from an app (bigger: jambonz:error)
+    ws_max_reconnects = 5       #   reconnect tries after a drop (0-5), then the call ends
+    ws_handshake_timeout = 1.5  #   seconds for the WebSocket opening handshake
     [outbound]                  # outbound calls (REST create-call, dial)
     allowed_domains = []        # SIP domains/hosts `sip` targets may reach besides the trunks
     max_concurrent_calls = 10   # outbound calls in progress per account (0 = no outbound)
@@ -92,7 +96,9 @@ Environment: CONFROOM_SIP_HOST, CONFROOM_SIP_PORT, CONFROOM_SIP_TLS_PORT, CONFRO
 CONFROOM_TLS_KEY, CONFROOM_RTP_PORTS, CONFROOM_RTP_TIMEOUT,
 CONFROOM_HTTP_PORT, CONFROOM_API_TOKEN (the REST API's bearer token), CONFROOM_MEDIA_DIR,
 CONFROOM_APP (call hook of the default app), CONFROOM_WEBHOOK_SECRET (secret of the default app),
-CONFROOM_WEBHOOK_MAX_BODY, and for the connection limits CONFROOM_SIP_USER_AGENT,
+CONFROOM_WEBHOOK_MAX_BODY, CONFROOM_WS_ACK_TIMEOUT, CONFROOM_WS_MAX_PAYLOAD,
+CONFROOM_WS_MAX_RECONNECTS, CONFROOM_WS_HANDSHAKE_TIMEOUT, and for the connection limits
+CONFROOM_SIP_USER_AGENT,
 CONFROOM_SIP_TCP_MAX_CONNECTIONS, CONFROOM_SIP_TCP_MAX_PER_SOURCE,
 CONFROOM_SIP_TCP_MESSAGE_TIMEOUT, CONFROOM_SIP_TCP_IDLE_TIMEOUT, CONFROOM_SIP_MAX_MESSAGE_BYTES,
 CONFROOM_HTTP_MAX_CONNECTIONS, CONFROOM_HTTP_MAX_PER_SOURCE, CONFROOM_HTTP_HEADER_TIMEOUT,
@@ -147,8 +153,9 @@ class Hook:
             if not isinstance(url, str) or not url:
                 raise ConfigError(f"{where}: hook needs a non-empty 'url'")
             method = str(value.get("method", "POST")).upper()
-            if method not in ("GET", "POST"):
-                raise ConfigError(f"{where}: hook method must be GET or POST, not {method!r}")
+            if method not in ("GET", "POST", "WS"):
+                raise ConfigError(
+                    f"{where}: hook method must be GET, POST or WS, not {method!r}")
             user = value.get("username")
             pw = value.get("password")
             return cls(
@@ -264,6 +271,12 @@ class Config:
     talk_gate_level_dbfs: float = -35.0
     webhook_timeout: float = 10.0
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
+    # WebSocket apps (ws(s):// call hooks): ack wait, largest frame taken from an app,
+    # reconnect tries after a drop, opening handshake timeout
+    ws_ack_timeout: float = 5.0
+    ws_max_payload: int = 24 * 1024
+    ws_max_reconnects: int = 5
+    ws_handshake_timeout: float = 1.5
     # connection limits and identity (LIMIT_KEYS); 0 caps are sized from the descriptor limit
     user_agent: str = USER_AGENT
     sip_tcp_max_connections: int = 0
@@ -348,13 +361,21 @@ def parse_port_range(value: str, where: str) -> tuple[int, int]:
     return lo, hi
 
 
+_WS_KEYS: dict[str, type[int] | type[float]] = {
+    "ws_ack_timeout": float, "ws_max_payload": int, "ws_max_reconnects": int,
+    "ws_handshake_timeout": float,
+}
+
+
 def app_source(value: str, where: str) -> dict[str, Any]:
-    """`--app` / call_hook: an http(s) URL is a webhook, anything else a local verb file."""
-    if value.startswith(("http://", "https://")):
+    """`--app` / call_hook: an http(s) URL is a webhook, a ws(s) URL a WebSocket app,
+    anything else a local verb file."""
+    if value.startswith(("http://", "https://", "ws://", "wss://")):
         return {"call_hook": Hook(url=value), "verbs_file": None}
     path = Path(value)
     if not path.is_file():
-        raise ConfigError(f"{where}: {value!r} is neither an http(s) URL nor an existing file")
+        raise ConfigError(
+            f"{where}: {value!r} is neither an http(s) or ws(s) URL nor an existing file")
     return {"call_hook": None, "verbs_file": path}
 
 
@@ -611,6 +632,9 @@ def load(
         kw["webhook_timeout"] = _num(data["webhooks"], "timeout", "webhooks")
     if "max_body" in data.get("webhooks", {}):
         kw["webhook_max_body"] = _num(data["webhooks"], "max_body", "webhooks", int)
+    for key, cast in _WS_KEYS.items():
+        if key in data.get("webhooks", {}):
+            kw[key] = _num(data["webhooks"], key, "webhooks", cast)
     _limit_keys(data, env, kw)
     _outbound_keys(data, env, kw)
     if "apps" in data:
@@ -655,6 +679,14 @@ def load(
         kw["media_dir"] = Path(env["CONFROOM_MEDIA_DIR"])
     if (n := env_int("CONFROOM_WEBHOOK_MAX_BODY")) is not None:
         kw["webhook_max_body"] = n
+    for key, cast in _WS_KEYS.items():
+        name = "CONFROOM_" + key.upper()
+        if env.get(name):
+            try:
+                kw[key] = cast(env[name])
+            except ValueError:
+                raise ConfigError(f"{name}: expected {'an integer' if cast is int else 'a number'}"
+                                  f", got {env[name]!r}") from None
     if (p := env_int("CONFROOM_SIP_UDP_RCVBUF")) is not None:
         kw["sip_udp_rcvbuf"] = p
     if env.get("CONFROOM_TALK_GATE"):
@@ -738,6 +770,15 @@ def validate(cfg: Config) -> None:
             f"positive number of bytes, not {cfg.webhook_max_body}"
         )
     _validate_limits(cfg)
+    if cfg.ws_ack_timeout <= 0 or cfg.ws_handshake_timeout <= 0:
+        raise ConfigError("webhooks.ws_ack_timeout and webhooks.ws_handshake_timeout "
+                          "(CONFROOM_WS_ACK_TIMEOUT, CONFROOM_WS_HANDSHAKE_TIMEOUT) must be > 0")
+    if cfg.ws_max_payload < 1024:
+        raise ConfigError(f"webhooks.ws_max_payload (CONFROOM_WS_MAX_PAYLOAD) must be at least "
+                          f"1024 bytes, not {cfg.ws_max_payload}")
+    if not 0 <= cfg.ws_max_reconnects <= 5:
+        raise ConfigError(f"webhooks.ws_max_reconnects (CONFROOM_WS_MAX_RECONNECTS) must be "
+                          f"0-5 (jambonz's cap), not {cfg.ws_max_reconnects}")
     if cfg.drain_time < 0:
         raise ConfigError("limits.drain_time (--drain-time) must be >= 0")
     if cfg.sip_udp_rcvbuf < 0:

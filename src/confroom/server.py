@@ -33,9 +33,13 @@ from confroom.api import ApiServer
 from confroom.api.metrics import metrics_registry, open_fds
 from confroom.app.control import CallInfo
 from confroom.app.hooks import WebhookClient
+from confroom.app.payload import call_fields
 from confroom.app.session import CallSession, notify_call_status
 from confroom.app.verbs import parse_verb_list
+from confroom.app.wsclient import WsClient, WsSettings
+from confroom.app.wsproto import Command
 from confroom.call import Call, log_call_end
+from confroom.callupdate import ControlError, UpdateError, apply_update, command_update
 from confroom.conference.audio import TalkGate
 from confroom.conference.service import ConferenceService
 from confroom.conference.verb import verb_table
@@ -136,6 +140,10 @@ class Server:
         )
         self.hooks = WebhookClient(timeout=config.webhook_timeout,
                                    max_body=config.webhook_max_body)
+        self.ws = WsClient(WsSettings(
+            ack_timeout=config.ws_ack_timeout, max_payload=config.ws_max_payload,
+            max_reconnects=config.ws_max_reconnects,
+            handshake_timeout=config.ws_handshake_timeout), user_agent=config.user_agent)
         self.conferences = ConferenceService(
             self.engine, self.hooks, self._spawn, media_dir=config.media_dir,
             gate=TalkGate(config.talk_gate, config.talk_gate_hang_ms,
@@ -304,6 +312,7 @@ class Server:
         await self.transports.close()
         await self.engine.stop()
         await self.hooks.close()
+        await self.ws.close()
 
     # ---- SIP plumbing -------------------------------------------------------------------------
 
@@ -484,6 +493,7 @@ class Server:
 
     def call_finished(self, call: Call) -> None:
         call.session_kill = None  # the verb runner points back at the call: no cycle left
+        call.session = None
         self._setup_over(call.leg)
         self.calls.pop(call.info.call_sid, None)
         if self._by_leg.pop(id(call.leg), None) is not None:
@@ -610,14 +620,34 @@ class Server:
     async def run_verbs(self, call: Call) -> None:
         """Run the call's application (its verb list) to the end, inbound or outbound; a
         failure of the verb runner itself hangs the call up."""
-        session = CallSession(call, self.hooks, self.config, verbs=self.verbs)
+        session = CallSession(call, self.hooks, self.config, verbs=self.verbs, ws=self.ws,
+                              commands=self._ws_command)
         call.session_kill = session.kill
+        call.session = session
         try:
             await session.run()
         except Exception:
             log.exception("call_sid=%s: verb runner failed", call.info.call_sid)
             if not call.ended:
                 await call.hangup()
+
+    async def _ws_command(self, session: CallSession, cmd: Command) -> str | None:
+        """Carry out a WebSocket app's command on its call (or on the other leg it names, in
+        the same account) exactly as the REST call update does; what was wrong, else None."""
+        call: Call | None = self.calls.get(session.call_sid)
+        if cmd.call_sid is not None:
+            call = self.calls.get(cmd.call_sid)
+            if call is None or call.info.account_sid != session.call.info.account_sid:
+                return f"no call {cmd.call_sid}"
+        if call is None:
+            return "the call has ended"
+        try:
+            upd = command_update(cmd.name, cmd.data)
+            await apply_update(self.conferences, call, upd)
+        except (ControlError, UpdateError) as e:
+            return str(e)
+        log.info("call_sid=%s: ws command %s done", call.info.call_sid, cmd.name)
+        return None
 
     async def _answer_start(self, leg: Leg, req: Request) -> None:
         """`_start_call`, but whatever goes wrong, the INVITE still gets a final answer (503
@@ -671,6 +701,9 @@ class Server:
         self.call_statuses[call.info.call_status] += 1
         if call.answered or call.ended:
             self._setup_over(call.leg)
+        session = call.session
+        if session is not None and session.notify_status(call_fields(call.info)):
+            return  # a WebSocket app: over its socket
         if call.app.call_status_hook is None:
             return
         # the body is captured now, whenever it is sent

@@ -46,6 +46,14 @@ class Hooks:
 @dataclass
 class FakeCall:
     info: CallInfo
+    media: MediaSession = field(default_factory=lambda: MediaSession(0))
+    ended: bool = False
+    session: None = None
+    hangups: int = 0
+
+    async def hangup(self, headers: Mapping[str, str] | None = None) -> None:
+        self.hangups += 1
+        self.ended = True
 
 
 class FakeOutbound:
@@ -228,8 +236,16 @@ async def test_control_status_codes(api: Api) -> None:
     assert status == 400 and "not valid JSON" in body["error"]
     status, body = await api.req("POST", f"{CALL}/a", data=b"")
     assert status == 400 and "empty" in body["error"]
+    status, body = await api.req("PUT", f"{CALL}/a", json={"sip_request": {}})
+    assert status == 400 and "'sip_request' is not supported" in body["error"]
     status, body = await api.req("PUT", f"{CALL}/a", json={"call_hook": "/x"})
-    assert status == 400 and "'call_hook' is not supported" in body["error"]
+    assert status == 422 and "no running application" in body["error"]
+    status, body = await api.req("PUT", f"{CALL}/a", json={"call_status": "done"})
+    assert status == 400 and "call_status must be" in body["error"]
+    status, body = await api.req("PUT", f"{CALL}/a", json={"dtmf": {"digit": "x"}})
+    assert status == 400 and "dtmf.digit" in body["error"]
+    status, body = await api.req("PUT", f"{CALL}/a", json={"dtmf": {"digit": "1"}})
+    assert status == 422 and "telephone-event" in body["error"]  # none negotiated
 
     status, body = await api.req("PUT", f"{CALL}/b", json=ok)
     assert status == 202 and body["call_sids"] == ["b"] and body["action"] == "mute"

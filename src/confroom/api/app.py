@@ -8,7 +8,7 @@ otherwise); `/health` and `/openapi.json` are open. Every error is JSON:
 
 Routes (documented in `openapi.json`):
   POST     /v1/Accounts/{account_sid}/Calls              create an outbound call (201 {"sid"})
-  PUT|POST /v1/Accounts/{account_sid}/Calls/{call_sid}   live control of a conference member
+  PUT|POST /v1/Accounts/{account_sid}/Calls/{call_sid}   live call control (`confroom.callupdate`)
   GET      /v1/Accounts/{account_sid}/Conferences         names of the conferences in progress
   GET      /v1/Accounts/{account_sid}/Conferences/{name}  one conference with its participants
   DELETE   /v1/Accounts/{account_sid}/Conferences/{name}  end it (members go to actionHook)
@@ -36,13 +36,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from confroom.api.guard import GuardedListener, QuietHttpErrors
 from confroom.api.metrics import CONTENT_TYPE
-from confroom.app.control import CallInfo
-from confroom.conference.control import (
-    ControlError,
-    apply,
-    conference_detail,
-    parse_call_update,
-)
+from confroom.callupdate import LiveCall, UpdateError, apply_update, parse_update
+from confroom.conference.control import ControlError, conference_detail
 from confroom.conference.service import ConferenceService
 from confroom.connlimits import Limits
 from confroom.outbound import LimitExceeded, Refused
@@ -60,11 +55,6 @@ DEFAULT_LIMITS = Limits(max_total=256, max_per_source=32, message_timeout=10.0,
                         idle_timeout=15.0)
 
 
-class CallLike(Protocol):
-    @property
-    def info(self) -> CallInfo: ...
-
-
 class CallCreator(Protocol):
     def create(self, account_sid: str, req: CreateCall) -> str: ...
 
@@ -76,7 +66,7 @@ class ServerLike(Protocol):
     def outbound(self) -> CallCreator: ...
 
     @property
-    def calls(self) -> Mapping[str, CallLike]: ...
+    def calls(self) -> Mapping[str, LiveCall]: ...
 
     @property
     def conferences(self) -> ConferenceService: ...
@@ -169,18 +159,13 @@ async def update_call(request: web.Request) -> web.Response:
     if call is None or call.info.account_sid != account_sid:
         return error(404, f"no call {call_sid} in account {account_sid}")
     try:
-        req = parse_call_update(await _json_body(request))
+        upd = parse_update(await _json_body(request))
     except ControlError as e:
         return error(400, str(e))
-    svc = srv.conferences
-    found = svc.find_member(call_sid)
-    if found is None:
-        return error(422, f"call {call_sid} is not in a conference")
-    conf, member = found
     try:
-        summary = apply(svc, conf, member, req)
-    except ControlError as e:  # pragma: no cover - parse_call_update only yields known actions
-        return error(400, str(e))
+        summary = await apply_update(srv.conferences, call, upd)
+    except UpdateError as e:
+        return error(e.status, str(e))
     return web.json_response(summary, status=202)
 
 

@@ -23,6 +23,8 @@ from confroom.app.control import CallControl, CallInfo
 from confroom.app.hooks import HookResult, WebhookClient
 from confroom.app.payload import call_fields, session_new_body
 from confroom.app.verbs import VerbError, parse_verb_list
+from confroom.app.wsclient import CommandHandler, WsClient, WsRequestor, is_ws_hook
+from confroom.app.wsproto import Command
 from confroom.config import AppConfig, Config, Hook
 from confroom.media.sources import Source
 
@@ -94,8 +96,13 @@ class CallSession:
         *,
         http: aiohttp.ClientSession | None = None,
         verbs: Mapping[str, verbs_impl.VerbImpl] = verbs_impl.VERBS,
+        ws: WsClient | None = None,
+        commands: Callable[[CallSession, Command], Awaitable[str | None]] | None = None,
     ) -> None:
         self.call = call
+        self.ws_client = ws  # for ws(s):// call hooks
+        self._commands = commands  # carries out a WebSocket app's commands
+        self.ws: WsRequestor | None = None  # the call's socket, for a WebSocket app
         self.verbs = verbs  # what runs each verb name (the server adds `conference`)
         self.hooks = hooks
         self.config = config
@@ -104,10 +111,12 @@ class CallSession:
         self.killed = False
         self._interrupt = asyncio.Event()
         self._replacement: list[dict[str, Any]] | None = None
+        self._more = asyncio.Event()  # set by replace_verbs (an idle WebSocket app waits on it)
         self.current: dict[str, Any] | None = None
         # set by the conference verb while the call is in (or waiting for) a conference:
         # what the `leave` verb calls
         self.leave_conference: Callable[[], None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ state
 
@@ -136,13 +145,28 @@ class CallSession:
     def kill(self) -> None:
         """Stop the current verb (playback, pause, hook wait) and run no further verbs."""
         self.killed = True
+        self._more.set()
         self._stop_current()
 
     def replace_verbs(self, verbs: list[dict[str, Any]]) -> None:
         """Stop the current verb and continue with `verbs` (already validated) instead of
         the rest of the list (live call control)."""
         self._replacement = list(verbs)
+        self._more.set()
         self._stop_current()
+
+    def redirect_to_hook(self, hook_value: Any) -> None:
+        """Fetch a new verb list from `hook_value` (a `session:redirect` over the app's socket
+        when it is one, else an HTTP request) and continue with it (live call control)."""
+        async def fetch() -> None:
+            verbs = await self.call_hook(hook_value, self.fields(), what="redirect",
+                                         strict=False)
+            if verbs is not None and not self.done:
+                self.replace_verbs(verbs)
+
+        task = asyncio.get_running_loop().create_task(fetch())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _stop_current(self) -> None:
         self._interrupt.set()
@@ -197,11 +221,16 @@ class CallSession:
         except ValueError as e:
             logger.error("call_sid=%s: %s: bad hook %r: %s", self.call_sid, what, hook_value, e)
             return None
-        result = await self.guarded(
-            self.hooks.call(
-                hook, body, base_url=_base_url(self.app), secret=self.app.webhook_secret
+        ws = self.ws
+        if ws is not None and ws.handles(hook):
+            kind = "session:redirect" if what.startswith("redirect") else "verb:hook"
+            result = await self.guarded(ws.request(kind, body, ws.hook_name(hook)))
+        else:
+            result = await self.guarded(
+                self.hooks.call(
+                    hook, body, base_url=_base_url(self.app), secret=self.app.webhook_secret
+                )
             )
-        )
         if result is None:
             return None
         if not result.ok:
@@ -226,6 +255,15 @@ class CallSession:
     # ------------------------------------------------------------------ running
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self.ws is not None:
+                await self.ws.close()
+
+    async def _run(self) -> None:
         try:
             verbs = await self._first_verbs()
             await self._execute(verbs)
@@ -259,14 +297,17 @@ class CallSession:
         if app.call_hook is None:
             logger.error("call_sid=%s: app %r has no call hook", self.call_sid, app.name)
             raise SessionAbort(*HOOK_FAILED)
-        result = await self.guarded(
-            self.hooks.call(
-                app.call_hook,
-                session_new_body(self.call.info),
-                base_url=None,
-                secret=app.webhook_secret,
+        if is_ws_hook(app.call_hook):
+            result = await self.guarded(self._open_socket(app.call_hook))
+        else:
+            result = await self.guarded(
+                self.hooks.call(
+                    app.call_hook,
+                    session_new_body(self.call.info),
+                    base_url=None,
+                    secret=app.webhook_secret,
+                )
             )
-        )
         if result is None:
             return []
         if not result.ok:
@@ -286,6 +327,32 @@ class CallSession:
             )
             raise SessionAbort(*INVALID_VERBS) from e
 
+    def _open_socket(self, hook: Hook) -> Awaitable[HookResult]:
+        """Open the call's socket to its WebSocket app and send `session:new`."""
+        client = self.ws_client or WsClient()
+        self.ws_client = client
+        handler: CommandHandler = self._on_command
+        self.ws = WsRequestor(client, hook, self.call_sid, self.app.webhook_secret,
+                              handler, lambda why: self.kill(), self._more.set)
+        return self.ws.request("session:new", session_new_body(self.call.info))
+
+    async def _on_command(self, cmd: Command) -> str | None:
+        if self._commands is None:
+            return "this call takes no commands"
+        return await self._commands(self, cmd)
+
+    def notify_status(self, body: Mapping[str, Any]) -> bool:
+        """Send a `call:status` over the call's socket (True), unless the call has none or its
+        status hook is an absolute http(s) URL (False: the caller sends it by HTTP)."""
+        ws = self.ws
+        if ws is None:
+            return False
+        hook = self.app.call_status_hook
+        if hook is not None and not ws.handles(hook):
+            return False
+        ws.notify("call:status", dict(body))
+        return True
+
     async def _verbs_from_file(self, path: Path) -> list[dict[str, Any]]:
         try:
             text = await asyncio.to_thread(path.read_text, encoding="utf-8")
@@ -300,7 +367,18 @@ class CallSession:
 
     async def _execute(self, verbs: list[dict[str, Any]]) -> None:
         pending = list(verbs)
-        while pending and not self.done:
+        while not self.done:
+            if not pending:
+                # a WebSocket app's call stays up, waiting for commands (jambonz does this)
+                if self.ws is None or self.ws.gone:
+                    break
+                self._more.clear()
+                if self._replacement is None:
+                    logger.debug("call_sid=%s: verbs done; waiting for commands", self.call_sid)
+                    await self._more.wait()
+                if self._replacement is not None:
+                    pending, self._replacement = self._replacement, None
+                continue
             verb = pending.pop(0)
             self._interrupt.clear()
             self.current = verb

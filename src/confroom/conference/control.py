@@ -30,8 +30,8 @@ CONTROL_KEYS = ("conf_mute_status", "conf_hold_status", "mute_status",
                 "conferenceParticipantAction")
 # Call-update keys jambonz knows that confroom does not implement (a clear 400, not a shrug).
 UNSUPPORTED_JAMBONZ_KEYS = frozenset({
-    "call_hook", "child_call_hook", "call_status", "listen_status", "transcribe_status",
-    "whisper", "sip_request", "record", "dtmf", "tag", "agent_update", "noiseIsolation_status",
+    "child_call_hook", "listen_status", "transcribe_status",
+    "whisper", "sip_request", "record", "tag", "agent_update", "noiseIsolation_status",
     "conferenceParticipantAction_status", "dub",
 })
 
@@ -77,7 +77,8 @@ def parse_call_update(body: object) -> ControlRequest:
     for key in body:
         if key in UNSUPPORTED_JAMBONZ_KEYS:
             raise ControlError(
-                f"{key!r} is not supported by confroom; supported: {', '.join(CONTROL_KEYS)}"
+                f"{key!r} is not supported by confroom; supported: {', '.join(CONTROL_KEYS)}, "
+                "call_status, call_hook, dtmf"
             )
         if key not in CONTROL_KEYS and key != "waitHook":
             raise ControlError(

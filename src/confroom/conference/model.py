@@ -15,11 +15,14 @@ import itertools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confroom.app.control import CallInfo
 from confroom.config import AppConfig
 from confroom.media.session import MediaSession
+
+if TYPE_CHECKING:
+    from confroom.app.wsclient import WsRequestor
 
 _member_ids = itertools.count(1)
 
@@ -51,6 +54,8 @@ class Member:
     on_leave: Callable[[str], None] | None = None
     # Called after live control changed on_hold (the verb starts/stops the hold loop).
     on_change: Callable[[], None] | None = None
+    # the socket of the member's WebSocket app, if it has one
+    ws: WsRequestor | None = None
 
 
 @dataclass(eq=False)
@@ -62,6 +67,8 @@ class Conference:
     status_hook: Any = None
     status_events: frozenset[str] = frozenset()
     host_app: AppConfig | None = None
+    # the starter's WebSocket app socket: its statusHook events go over it
+    host_ws: WsRequestor | None = None
     max_participants: int | None = None
     sid: str = field(default_factory=lambda: str(uuid.uuid4()))
     members: dict[str, Member] = field(default_factory=dict)  # call_sid -> member (admitted)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,10 @@ from confroom.media.engine import MediaEngine
 from confroom.ordered import KeyedSerial
 
 log = logging.getLogger("confroom.conference")
+
+
+async def _awaited(aw: Awaitable[Any]) -> Any:
+    return await aw
 
 
 def iso_now() -> str:
@@ -68,6 +72,7 @@ class ConferenceService:
             status_hook=verb.get("statusHook"),
             status_events=frozenset(str(e) for e in verb.get("statusEvents") or ()),
             host_app=member.app,
+            host_ws=member.ws,
             max_participants=positive_int(verb.get("maxParticipants")),
         )
         self.registry.create(conf)
@@ -250,6 +255,18 @@ class ConferenceService:
         body.update(self.conference_fields(conf))
         body.update(event=name, time=iso_now(), members=len(conf.members))
         app = conf.host_app
+        ws = conf.host_ws
+        if ws is None or ws.gone or ws.closing:  # the starter's socket is gone: the member's
+            ws = member.ws if member is not None else None
+        if ws is not None and not ws.gone and not ws.closing and ws.handles(hook):
+            # a WebSocket app: a verb:hook over its socket (the ack's verbs are not used)
+            self._ordered.submit(conf.sid, _awaited(ws.request("verb:hook", body,
+                                                               ws.hook_name(hook))))
+            return
+        if conf.host_ws is not None and (ws is None or ws.handles(hook)):
+            log.info("conference %s: %s event not sent: no WebSocket app socket left",
+                     conf.name, name)
+            return
         base = app.call_hook.url if app.call_hook is not None else None
         self._ordered.submit(
             conf.sid, self.hooks.call(hook, body, base_url=base, secret=app.webhook_secret)

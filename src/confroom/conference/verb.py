@@ -71,6 +71,7 @@ async def run_conference(
         beep=bool(verb.get("beep", False)),
         end_conference_duration=float(verb.get("endConferenceDuration") or 0),
         distribute_dtmf=bool(verb.get("distributeDtmf", False)),
+        ws=s.ws,
     )
     start_on_enter = verb.get("startConferenceOnEnter", True) is not False
     limit = verb.get("maxParticipants")
