@@ -12,6 +12,7 @@ same `HookResult` as an HTTP hook, so the verb runner does not care which transp
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -207,13 +208,13 @@ class WsRequestor:
         headers = {"User-Agent": self.client.user_agent}
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, b"", int(time.time()))
-        auth = None
         if self.hook.username is not None:
-            auth = aiohttp.BasicAuth(self.hook.username, self.hook.password or "")
+            creds = f"{self.hook.username}:{self.hook.password or ''}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(creds).decode("ascii")
         s = self.client.settings
         async with asyncio.timeout(s.handshake_timeout):
             return await self.client.http_session().ws_connect(
-                self.url, protocols=(SUBPROTOCOL,), headers=headers, auth=auth,
+                self.url, protocols=(SUBPROTOCOL,), headers=headers,
                 max_msg_size=max(4 * s.max_payload, 1 << 20), autoping=True,
             )
 

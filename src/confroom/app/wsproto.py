@@ -165,17 +165,12 @@ class WsProtocol:
     def connected(self) -> None:
         """The socket is open. After a drop, `session:reconnect` (with the `session:new`
         data) goes first, and what was queued or unacked meanwhile follows its ack."""
-        was_down = self._ever_open
+        was_open = self._ever_open
         self.state = "open"
         self._ever_open = True
         self.attempts = 0
-        if was_down:
+        if was_open:
             self.reconnects += 1
-            unacked = sorted(self._pending.values(), key=_deadline_key)
-            self._pending.clear()
-            for msg in reversed(unacked):  # written again, in their order, before new ones
-                msg.deadline = None
-                self._queue.appendleft(msg)
             if self.session_data is not None:
                 self._queue.appendleft(
                     Outgoing("session:reconnect", self.new_id(), self.session_data))
@@ -193,6 +188,13 @@ class WsProtocol:
         to give up (then the call should end)."""
         self.state = "down"
         self._blocker = None
+        # written but unacked: written again after the reconnect, in their order, first
+        unacked = sorted(self._pending.values(), key=_deadline_key)
+        self._pending.clear()
+        for msg in reversed(unacked):
+            msg.deadline = None
+            if msg.type != "session:reconnect":
+                self._queue.appendleft(msg)
         return self.connect_failed()
 
     def close(self) -> list[Outgoing]:
