@@ -17,6 +17,8 @@ apt_pkgs=(espeak-ng)
 if [ "$want_test" = 1 ]; then
   apt_pkgs+=(sip-tester sox baresip kamailio build-essential python3-dev)  # C: pesq
 fi
+# the @jambonz/sdk e2e app (tests/e2e/ws_apps) needs Node.js and npm (Node 18+)
+if [ "$want_test" = 1 ] && ! command -v npm >/dev/null 2>&1; then apt_pkgs+=(nodejs npm); fi
 if [ "$want_bench" = 1 ]; then apt_pkgs+=(sip-tester janus); fi
 
 missing=()
@@ -59,4 +61,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ bench/requirements.
   "$VENV/bin/pip" install -q -e ".$extras"
   if [ "$want_bench" = 1 ]; then "$VENV/bin/pip" install -q -r bench/requirements.txt; fi
   touch "$stamp"
+fi
+# the unmodified jambonz npm SDK for the WebSocket-app e2e tests, from the committed lockfile
+if [ "$want_test" = 1 ]; then
+  ws_apps=tests/e2e/ws_apps
+  if [ ! -d "$ws_apps/node_modules/@jambonz/sdk" ] || [ "$ws_apps/package-lock.json" -nt "$ws_apps/node_modules" ]; then
+    (cd "$ws_apps" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
 fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,17 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         msg = f"required tool {name!r} is not installed (not on PATH)"
+        if in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)  # outside CI only
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    """`path` (an installed package, a built file), or fail (CI) / skip (locally) the test,
+    saying `what` installs it."""
+    if not path.exists():
+        msg = f"{path} is missing ({what})"
         if in_ci():
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)  # outside CI only

@@ -38,6 +38,7 @@ import numpy.typing as npt
 from aiohttp import web
 
 from toolcheck import in_ci as in_ci  # re-exported for the e2e tests
+from toolcheck import require_file
 from toolcheck import require_tool as require_tool
 
 HOST = "127.0.0.1"
@@ -468,6 +469,104 @@ def sign(raw: bytes, secret: str, t: int | None = None) -> str:
     t = int(time.time()) if t is None else t
     mac = hmac.new(secret.encode(), f"{t}.".encode() + raw, hashlib.sha256).hexdigest()
     return f"t={t},v1={mac}"
+
+
+WS_APPS_DIR = Path(__file__).resolve().parent / "ws_apps"
+
+
+class WsAppProcess:
+    """A jambonz WebSocket app as a separate process, written with an unmodified jambonz SDK
+    (`ws_apps/py_app.py`: jambonz-python-sdk; `ws_apps/node_app.mjs`: @jambonz/sdk from npm).
+
+    `spec` tells it which verbs each caller gets (see those files). The app prints one JSON
+    line per event; `events()` / `wait_event()` read them. `command()` makes it send a
+    `command` over the call's socket. `kill()` (SIGKILL) and `start()` again restart it on the
+    same port."""
+
+    def __init__(self, kind: str, spec: Mapping[str, Any], port: int | None = None) -> None:
+        self.kind = kind
+        self.spec = dict(spec)
+        self.port = port or free_tcp_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{HOST}:{self.port}/"
+
+    def command_line(self) -> list[str]:
+        spec = json.dumps(self.spec)
+        if self.kind == "node":
+            node = require_tool("node")
+            require_file(WS_APPS_DIR / "node_modules" / "@jambonz" / "sdk",
+                         "`npm ci` in tests/e2e/ws_apps installs it: scripts/setup.sh --test")
+            return [node, str(WS_APPS_DIR / "node_app.mjs"), str(self.port), spec]
+        return [sys.executable, str(WS_APPS_DIR / "py_app.py"), str(self.port), spec]
+
+    def start(self, timeout: float = 15.0) -> WsAppProcess:
+        cmd = self.command_line()
+        self.proc = subprocess.Popen(cmd, cwd=WS_APPS_DIR, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+        proc = self.proc
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+        n = sum(1 for e in self.events() if e.get("ev") == "ready")
+        self.wait_event(lambda e: e.get("ev") == "ready", n=n + 1, timeout=timeout)
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = {"ev": "output", "line": line.rstrip()}
+            with self._cond:
+                self.lines.append(obj)
+                self._cond.notify_all()
+
+    def events(self, ev: str | None = None) -> list[dict[str, Any]]:
+        with self._cond:
+            return [e for e in self.lines if ev is None or e.get("ev") == ev]
+
+    def wait_event(self, pred: Callable[[dict[str, Any]], bool], n: int = 1,
+                   timeout: float = 15.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [e for e in self.lines if pred(e)]
+                if len(found) >= n:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tail = "\n".join(json.dumps(e) for e in self.lines[-20:])
+                    raise AssertionError(f"ws app: {n} matching event(s) not seen in "
+                                         f"{timeout:g}s; last events:\n{tail}")
+                self._cond.wait(left)
+
+    def sessions(self, timeout: float = 15.0, n: int = 1) -> dict[str, str]:
+        """from user -> call_sid of the sessions seen (waits for `n`)."""
+        found = self.wait_event(lambda e: e.get("ev") == "session", n=n, timeout=timeout)
+        return {e["from"]: e["call_sid"] for e in found}
+
+    def command(self, call_sid: str, command: str, data: Any = None) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        sent = len(self.events("sent"))
+        self.proc.stdin.write(json.dumps({"call_sid": call_sid, "command": command,
+                                          "data": data}) + "\n")
+        self.proc.stdin.flush()
+        self.wait_event(lambda e: e.get("ev") == "sent", n=sent + 1, timeout=5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        self.kill()
+        if self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.close()
 
 
 class HookApp:
