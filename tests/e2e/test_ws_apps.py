@@ -13,6 +13,7 @@ import pytest
 from harness import (
     ConfroomFactory,
     ConfroomProcess,
+    HookApp,
     RtpPeer,
     SippRunner,
     WsAppProcess,
@@ -58,15 +59,17 @@ def command(srv: ConfroomProcess, app: WsAppProcess, call_sid: str, name: str,
 
 def test_node_sdk_conference_status_events_and_conf_mute(
     confroom: ConfroomFactory, sipp: SippRunner, ws_apps: Callable[..., WsAppProcess],
-    rtp_peer_factory: Callable[[], RtpPeer],
+    rtp_peer_factory: Callable[[], RtpPeer], hook_app: HookApp,
 ) -> None:
     """@jambonz/sdk app: session:new answered with a conference, the conference's statusHook
     events arrive over the socket, `conf:mute-status` mutes the non-moderator (bob): alice no
-    longer hears bob's tone, bob still hears alice's."""
+    longer hears bob's tone, bob still hears alice's. The app's call-status hook is an absolute
+    http URL: call status goes there by HTTP, not over the socket (mixed hooks)."""
     conf = {"verb": "conference", "name": "node-room", **STATUS}
     app = ws_apps("node", {"verbs": {"alice": [{**conf, "startConferenceOnEnter": True}],
                                      "*": [conf]}})
-    srv = confroom(app.url)
+    hook_app.route("/cs", [])
+    srv = confroom(app.url, call_status_hook=hook_app.url("/cs"))
     peers = {"alice": rtp_peer_factory(), "bob": rtp_peer_factory()}
     runs, addrs = dial(sipp, srv, peers, pause_ms=8000)
     srv.wait_log(r"conference join .*members=2", timeout=15)
@@ -92,6 +95,10 @@ def test_node_sdk_conference_status_events_and_conf_mute(
     events = status_events(app)
     assert ("join", sids["alice"]) in events and ("join", sids["bob"]) in events
     assert ("mute", sids["bob"]) in events and ("mute", sids["alice"]) not in events
+    hook_app.wait_for(lambda reqs: sum(r.path == "/cs" and r.json["call_status"] == "completed"
+                                       for r in reqs) == 2)
+    assert {r.json["call_sid"] for r in hook_app.received("/cs")} == set(sids.values())
+    assert app.events("call:status") == [], "call status went over the socket too"
 
 
 def test_python_sdk_hold_kick_and_redirect_between_conferences(
