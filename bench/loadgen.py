@@ -42,7 +42,7 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 import uvloop
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -436,6 +436,50 @@ class Webhook:
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return f"http://127.0.0.1:{self.port}/call"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+class WsApp:
+    """The same app as `Webhook`, as a light jambonz WebSocket app (aiohttp, subprotocol
+    ws.jambonz.org; not an SDK): every session:new is acked with a conference named by the To
+    user, every other hook with no verbs."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=["ws.jambonz.org"])
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            m = json.loads(msg.data)
+            kind = m.get("type")
+            if kind == "session:new":
+                self.calls += 1
+                verbs = [{"verb": "conference", "name": str(m["data"].get("to", "room"))}]
+                await ws.send_str(json.dumps({"type": "ack", "msgid": m["msgid"],
+                                              "data": verbs}))
+            elif kind in ("verb:hook", "session:redirect", "session:reconnect"):
+                await ws.send_str(json.dumps({"type": "ack", "msgid": m["msgid"]}))
+        return ws
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._socket)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"ws://127.0.0.1:{self.port}/"
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -8,7 +8,9 @@ server in this process, CPU 1) answers every call with a conference verb, so eac
 INVITE -> webhook POST -> conference join -> 200 -> ACK, `--hold-ms` in the conference, BYE.
 SIPp (tests/sipp/uac_basic.xml, CPU 1) places `rate * seconds` calls at each rate; a rate
 passes when SIPp reports no failed call. Reported per rate: successful/failed calls, SIPp's
-response-time figure, confroom's CPU % over the run, and whether it passed.
+response-time figure, confroom's CPU % over the run, and whether it passed. `--app ws` runs
+the same app as a light jambonz WebSocket app instead (`ws://` call hook, one socket per call;
+compare the CPU per call with `--app http`).
 
 `--nodes N` starts N confroom processes (node i pinned to CPU i mod cores, each with its own
 RTP range); `--kamailio` puts Kamailio with deploy/kamailio/kamailio.cfg in front of them
@@ -37,7 +39,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import Options, Webhook, cpu_seconds, start_confroom, wait_log
+from loadgen import Options, Webhook, WsApp, cpu_seconds, start_confroom, wait_log
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "tests/sipp/uac_basic.xml"
@@ -127,16 +129,18 @@ async def one_rate(
 
 
 async def main_async(rates: list[int], seconds: float, hold_ms: int, nodes: int = 1,
-                     kamailio: str | None = None) -> list[dict[str, Any]]:
+                     kamailio: str | None = None, kind: str = "http", sip_port: int = 15070
+                     ) -> list[dict[str, Any]]:
     os.sched_setaffinity(0, {1})
     cores = os.cpu_count() or 1
-    hook = Webhook()
+    hook: Webhook | WsApp = WsApp() if kind == "ws" else Webhook()
     app = await hook.start()
     workdir = Path(tempfile.mkdtemp(prefix="bench-sipp-"))
     procs: list[subprocess.Popen[bytes]] = []
     # node 0 keeps the historical port; more nodes (and Kamailio) take free ones, so that
     # a cluster run does not collide with another bench on this machine
-    ports = [15070] if kamailio is None else [free_sip_port() for _ in range(nodes)]
+    ports = ([sip_port or free_sip_port()] if kamailio is None
+             else [free_sip_port() for _ in range(nodes)])
     span = 20000 // nodes
     for i, port in enumerate(ports):
         opts = Options(sip_port=port, server_cpu=str(i % cores))
@@ -171,6 +175,7 @@ async def main_async(rates: list[int], seconds: float, hold_ms: int, nodes: int 
             r["nodes"] = nodes
             r["kamailio"] = kam is not None
             r["webhook_calls_total"] = hook.calls
+            r["app"] = kind
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "sipp_tail"}), flush=True)
             await asyncio.sleep(hold_ms / 1000 + 3)  # let the last calls end
@@ -202,6 +207,10 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=1, help="confroom processes (default 1)")
     p.add_argument("--kamailio", action="store_true",
                    help="call through Kamailio (deploy/kamailio/kamailio.cfg) to the nodes")
+    p.add_argument("--app", choices=("http", "ws"), default="http",
+                   help="the app's kind: HTTP webhook or jambonz WebSocket app")
+    p.add_argument("--sip-port", type=int, default=15070,
+                   help="node 0's SIP port without --kamailio (0: any free one)")
     a = p.parse_args()
     rates = [int(x) for x in a.rates.split(",")]
     if a.seconds > 60 or any(r > 5000 for r in rates):
@@ -211,7 +220,8 @@ def main() -> int:
     kamailio = shutil.which("kamailio") if a.kamailio else None
     if a.kamailio and kamailio is None:
         p.error("kamailio is not installed (apt-get install kamailio)")
-    res = uvloop.run(main_async(rates, a.seconds, a.hold_ms, a.nodes, kamailio))
+    res = uvloop.run(main_async(rates, a.seconds, a.hold_ms, a.nodes, kamailio, a.app,
+                                a.sip_port))
     best = max((r["rate"] for r in res if r["pass"]), default=0)
     print(f"highest rate with zero failed calls: {best} calls/s")
     if a.json:

@@ -165,6 +165,12 @@ def test_python_sdk_hold_kick_and_redirect_between_conferences(
     for ev in (("hold", sids["bob"]), ("unhold", sids["bob"]), ("leave", sids["carol"]),
                ("leave", sids["bob"])):
         assert ev in events, (ev, events)
+    # no call-status hook: call status goes over the socket (not acked)
+    app.wait_event(lambda e: e.get("ev") == "call:status" and e["call_status"] == "completed",
+                   n=4)
+    progress = {e["call_sid"] for e in app.events("call:status")
+                if e["call_status"] == "in-progress"}
+    assert progress == set(sids.values())
 
 
 def test_app_killed_and_restarted_mid_call(

@@ -86,8 +86,11 @@ class WsClient:
     def http_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
-            # no total timeout: the sockets live as long as their calls
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+            # no total timeout (the sockets live as long as their calls) and no cap on
+            # connections (one per call; the default pool of 100 would queue calls)
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None),
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
             self._loop = loop
         return self._session
 
@@ -216,6 +219,7 @@ class WsRequestor:
             return await self.client.http_session().ws_connect(
                 self.url, protocols=(SUBPROTOCOL,), headers=headers,
                 max_msg_size=max(4 * s.max_payload, 1 << 20), autoping=True,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=s.handshake_timeout),
             )
 
     async def _run(self) -> None:
@@ -229,10 +233,10 @@ class WsRequestor:
                     what = "connect" if self.proto.reconnects == 0 else "reconnect"
                     if delay is None:
                         self._give_up(f"could not {what} to {self.url} after "
-                                      f"{self.proto.attempts} tries: {e or type(e).__name__}")
+                                      f"{self.proto.attempts} tries: {_why(e)}")
                         return
                     logger.info("call_sid=%s: ws %s to %s failed (%s); retry in %.1f s",
-                                self.call_sid, what, self.url, e or type(e).__name__, delay)
+                                self.call_sid, what, self.url, _why(e), delay)
                     await asyncio.sleep(delay)
                     continue
                 self._ws = ws
@@ -382,6 +386,10 @@ class WsRequestor:
         if not self._closing:
             logger.error("call_sid=%s: ws app lost: %s; ending the call", self.call_sid, why)
             self.on_lost(why)
+
+
+def _why(e: BaseException) -> str:
+    return str(e) or type(e).__name__
 
 
 def _short(obj: Any) -> str:

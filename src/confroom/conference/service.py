@@ -264,7 +264,7 @@ class ConferenceService:
                                                                ws.hook_name(hook))))
             return
         if conf.host_ws is not None and (ws is None or ws.handles(hook)):
-            log.info("conference %s: %s event not sent: no WebSocket app socket left",
+            log.debug("conference %s: %s event not sent: no WebSocket app socket left",
                      conf.name, name)
             return
         base = app.call_hook.url if app.call_hook is not None else None
