@@ -56,6 +56,8 @@ class Signalling(Protocol):
     def sip_reject(self, leg: Leg, status: int, reason: str | None,
                    headers: list[tuple[str, str]]) -> bool: ...
     def sip_bye(self, leg: Leg, headers: list[tuple[str, str]]) -> bool: ...
+    def sip_request(self, leg: Leg, method: str, headers: list[tuple[str, str]],
+                    body: bytes) -> bool: ...
     def sip_respond_reinvite(self, leg: Leg, tx: ServerTransaction, status: int,
                              sdp: bytes | None) -> None: ...
     def call_finished(self, call: Call) -> None: ...
@@ -171,6 +173,12 @@ class Call:
         else:
             self._sig.sip_reject(self.leg, 480, None, hdrs)
             self.finish("no-answer", "hangup before answer", sip_status=480)
+
+    def send_request(self, method: str, headers: Mapping[str, str], body: bytes) -> bool:
+        """Send an in-dialog INFO/NOTIFY/MESSAGE; False when the call cannot carry it now."""
+        if self.ended or not self._answered:
+            return False
+        return self._sig.sip_request(self.leg, method, list(headers.items()), body)
 
     async def decline(
         self, status: int, reason: str | None = None, headers: Mapping[str, str] | None = None

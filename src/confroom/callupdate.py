@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("confroom.control")
 
-CALL_KEYS = ("call_status", "call_hook", "dtmf")
+CALL_KEYS = ("call_status", "call_hook", "dtmf", "sip_request")
+SIP_METHODS = ("INFO", "NOTIFY", "MESSAGE")
 DTMF_SYMBOLS = frozenset("0123456789*#ABCDabcd")
 # WS command -> the REST body key it stands for
 _CONF_COMMANDS = {
@@ -55,13 +56,17 @@ class UpdateError(Exception):
 @dataclass(frozen=True)
 class CallUpdate:
     """One thing to do to a call: `conference` (with `control`), `hangup`, `redirect`
-    (with `verbs`), `call_hook` (with `hook`) or `dtmf` (with `digits`)."""
+    (with `verbs`), `call_hook` (with `hook`), `dtmf` (with `digits`) or `sip_request` (with
+    `method`, `headers`, `body`)."""
 
     kind: str
     control: ControlRequest | None = None
     verbs: list[dict[str, Any]] | None = None
     hook: Any = None
     digits: str = ""
+    method: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
 
 
 class LiveCall(Protocol):
@@ -76,6 +81,7 @@ class LiveCall(Protocol):
     @property
     def session(self) -> CallSession | None: ...
     async def hangup(self, headers: Mapping[str, str] | None = None) -> None: ...
+    def send_request(self, method: str, headers: Mapping[str, str], body: bytes) -> bool: ...
 
 
 def parse_update(body: object) -> CallUpdate:
@@ -101,7 +107,38 @@ def parse_update(body: object) -> CallUpdate:
         except ValueError as e:
             raise ControlError(f"call_hook: {e}") from None
         return CallUpdate("call_hook", hook=value)
+    if key == "sip_request":
+        return _sip_request(value)
     return CallUpdate("dtmf", digits=_digits(value))
+
+
+def _sip_request(value: Any) -> CallUpdate:
+    if not isinstance(value, Mapping):
+        raise ControlError("sip_request must be an object with 'method' (and content_type, "
+                           "content, headers)")
+    method = str(value.get("method", "")).upper()
+    if method not in SIP_METHODS:
+        raise ControlError(f"sip_request.method must be one of {', '.join(SIP_METHODS)}, "
+                           f"got {value.get('method')!r}")
+    headers = value.get("headers") or {}
+    if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str | int) for k, v in headers.items()):
+        raise ControlError("sip_request.headers must be an object of header: string")
+    hdrs = [(k, str(v)) for k, v in headers.items()
+            if k.lower() not in ("content-type", "content-length")]
+    if any("\r" in v or "\n" in v for _, v in hdrs) or any(
+            not k or not k.replace("-", "").isalnum() for k, _ in hdrs):
+        raise ControlError("sip_request.headers: names must be tokens, values one line")
+    content = value.get("content")
+    if content is not None and not isinstance(content, str):
+        raise ControlError("sip_request.content must be a string")
+    body = (content or "").encode()
+    ctype = value.get("content_type")
+    if body and not isinstance(ctype, str):
+        raise ControlError("sip_request.content_type is required with content")
+    if body:
+        hdrs.append(("Content-Type", str(ctype)))
+    return CallUpdate("sip_request", method=method, headers=tuple(hdrs), body=body)
 
 
 def _digits(value: Any) -> str:
@@ -139,6 +176,8 @@ def command_update(name: str, data: Any) -> CallUpdate:
         return parse_update(data)
     if name == "dtmf":
         return parse_update({"dtmf": data})
+    if name == "sip:request":
+        return parse_update({"sip_request": data})
     if name == "redirect":
         if isinstance(data, list):
             try:
@@ -149,7 +188,7 @@ def command_update(name: str, data: Any) -> CallUpdate:
             return parse_update({"call_hook": data["call_hook"]})
         raise ControlError("data must be an array of verbs or an object with 'call_hook'")
     supported = ", ".join([*_CONF_COMMANDS, "conf:participant-action", "call:status", "dtmf",
-                           "redirect"])
+                           "redirect", "sip:request"])
     raise ControlError(f"unknown or unsupported command {name!r}; supported: {supported}")
 
 
@@ -176,6 +215,12 @@ async def apply_update(svc: ConferenceService, call: LiveCall, upd: CallUpdate
             raise UpdateError(422, f"call {sid} cannot carry RFC 4733 digits (no "
                                    "telephone-event negotiated)")
         return {"action": "dtmf", "digits": upd.digits, "call_sids": [sid]}
+    if upd.kind == "sip_request":
+        if not call.send_request(upd.method, dict(upd.headers), upd.body):
+            raise UpdateError(422, f"call {sid} cannot carry a {upd.method} now (not answered "
+                                   "and confirmed)")
+        log.info("call_sid=%s: %s sent by live control", sid, upd.method)
+        return {"action": "sip_request", "method": upd.method, "call_sids": [sid]}
     session = call.session
     if session is None:
         raise UpdateError(422, f"call {sid} has no running application")

@@ -485,6 +485,13 @@ class Server:
         self._flush()
         return ok
 
+    def sip_request(self, leg: Leg, method: str, headers: list[tuple[str, str]],
+                    body: bytes) -> bool:
+        assert self.core is not None
+        ok = self.core.request(leg, self._now(), method, headers, body)
+        self._flush()
+        return ok
+
     def sip_respond_reinvite(self, leg: Leg, tx: ServerTransaction, status: int,
                              sdp: bytes | None) -> None:
         assert self.core is not None

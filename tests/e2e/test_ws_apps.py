@@ -202,6 +202,32 @@ def test_app_killed_and_restarted_mid_call(
     assert srv.find_logs(rf"call end call_sid={sid} status=completed")
 
 
+def test_sip_request_command_sends_an_in_dialog_info(
+    confroom: ConfroomFactory, sipp: SippRunner, ws_apps: Callable[..., WsAppProcess],
+    rtp_peer: RtpPeer,
+) -> None:
+    """`sip:request` (INFO) reaches the caller inside its dialog (this SIPp scenario answers
+    an INFO with 200 and hangs up); an invalid command before it changes nothing."""
+    app = ws_apps("python", {"verbs": {"*": [{"verb": "say", "text": "hello"},
+                                             {"verb": "pause", "length": 20}]}})
+    srv = confroom(app.url)
+    run = sipp.start("uac_hangup_on_info", srv.target, keys={"rtp_port": rtp_peer.port},
+                     timeout=30)
+    sid = app.sessions()["alice"]
+    rtp_peer.wait_packets(10, timeout=10)  # answered (and ACKed: 200 ms of the say)
+    app.command(sid, "sip:request", {"method": "REFER"})
+    srv.wait_log(r"refused from the ws app .*sip_request.method must be one of", timeout=5)
+    assert run.poll() is None, "an invalid command changed the call"
+    app.command(sid, "sip:request", {"method": "INFO", "content_type": "application/x-test",
+                                     "content": "hello from the app",
+                                     "headers": {"X-Confroom-Test": "1"}})
+    res = run.wait()
+    assert res.ok(), res.describe()
+    messages = res.messages
+    assert "INFO sip:" in messages and "hello from the app" in messages
+    assert "X-Confroom-Test: 1" in messages
+
+
 def test_app_that_never_acks_is_released_within_the_timeout(
     confroom: ConfroomFactory, sipp: SippRunner, ws_apps: Callable[..., WsAppProcess],
 ) -> None:

@@ -236,8 +236,10 @@ async def test_control_status_codes(api: Api) -> None:
     assert status == 400 and "not valid JSON" in body["error"]
     status, body = await api.req("POST", f"{CALL}/a", data=b"")
     assert status == 400 and "empty" in body["error"]
-    status, body = await api.req("PUT", f"{CALL}/a", json={"sip_request": {}})
-    assert status == 400 and "'sip_request' is not supported" in body["error"]
+    status, body = await api.req("PUT", f"{CALL}/a", json={"record": {}})
+    assert status == 400 and "'record' is not supported" in body["error"]
+    status, body = await api.req("PUT", f"{CALL}/a", json={"sip_request": {"method": "BYE"}})
+    assert status == 400 and "sip_request.method must be one of" in body["error"]
     status, body = await api.req("PUT", f"{CALL}/a", json={"call_hook": "/x"})
     assert status == 422 and "no running application" in body["error"]
     status, body = await api.req("PUT", f"{CALL}/a", json={"call_status": "done"})

@@ -109,6 +109,8 @@ def test_backoff_schedule() -> None:
     ("dtmf", {"digit": "12#", "duration": 250}, "dtmf", None),
     ("redirect", [{"verb": "conference", "name": "b"}], "redirect", None),
     ("redirect", {"call_hook": "/next"}, "call_hook", None),
+    ("sip:request", {"method": "info", "content_type": "text/plain", "content": "hi",
+                     "headers": {"X-Reason": "test"}}, "sip_request", None),
 ])
 def test_command_update(name: str, data: object, kind: str, action: str | None) -> None:
     upd = command_update(name, data)
@@ -117,6 +119,9 @@ def test_command_update(name: str, data: object, kind: str, action: str | None) 
         assert upd.control is not None and upd.control.action == action
     if name == "conf:hold-status":
         assert upd.control is not None and upd.control.wait_hook == "/moh"
+    if name == "sip:request":
+        assert upd.method == "INFO" and upd.body == b"hi"
+        assert upd.headers == (("X-Reason", "test"), ("Content-Type", "text/plain"))
 
 
 @pytest.mark.parametrize(("name", "data", "why"), [
@@ -128,6 +133,10 @@ def test_command_update(name: str, data: object, kind: str, action: str | None) 
     ("call:status", {"call_status": "busy"}, "call_status must be"),
     ("dtmf", {"digit": "x"}, "dtmf.digit"),
     ("whisper", {}, "unknown or unsupported command 'whisper'"),
+    ("sip:request", {"method": "REFER"}, "method must be one of INFO, NOTIFY, MESSAGE"),
+    ("sip:request", {"method": "INFO", "content": "x"}, "content_type is required"),
+    ("sip:request", {"method": "INFO", "headers": {"X-A": "1\r\nBYE: x"}}, "one line"),
+    ("sip:request", {"method": "INFO", "headers": {"X A": "1"}}, "must be tokens"),
 ])
 def test_invalid_commands(name: str, data: object, why: str) -> None:
     with pytest.raises(ControlError, match=None) as e:

@@ -31,7 +31,7 @@ CONTROL_KEYS = ("conf_mute_status", "conf_hold_status", "mute_status",
 # Call-update keys jambonz knows that confroom does not implement (a clear 400, not a shrug).
 UNSUPPORTED_JAMBONZ_KEYS = frozenset({
     "child_call_hook", "listen_status", "transcribe_status",
-    "whisper", "sip_request", "record", "tag", "agent_update", "noiseIsolation_status",
+    "whisper", "record", "tag", "agent_update", "noiseIsolation_status",
     "conferenceParticipantAction_status", "dub",
 })
 
@@ -78,7 +78,7 @@ def parse_call_update(body: object) -> ControlRequest:
         if key in UNSUPPORTED_JAMBONZ_KEYS:
             raise ControlError(
                 f"{key!r} is not supported by confroom; supported: {', '.join(CONTROL_KEYS)}, "
-                "call_status, call_hook, dtmf"
+                "call_status, call_hook, dtmf, sip_request"
             )
         if key not in CONTROL_KEYS and key != "waitHook":
             raise ControlError(

@@ -67,6 +67,8 @@ from confroom.sip.transaction import (
 log = logging.getLogger("confroom.sip")
 
 ALLOW: Final = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+# what live call control may send inside a dialog (`SipCore.request`)
+IN_DIALOG_REQUESTS: Final = frozenset({"INFO", "NOTIFY", "MESSAGE"})
 KNOWN_UNSUPPORTED: Final = frozenset(
     {"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "REFER", "PUBLISH", "UPDATE", "PRACK"}
 )
@@ -412,6 +414,18 @@ class SipCore:
         if leg.state != "confirmed":
             return False
         self._send_bye(leg, now, headers or [])
+        return True
+
+    def request(self, leg: Leg, now: float, method: str, headers: list[tuple[str, str]],
+                body: bytes = b"") -> bool:
+        """Send an in-dialog INFO, NOTIFY or MESSAGE (live call control's `sip_request`; its
+        response is not reported). False when the dialog is not confirmed."""
+        if method not in IN_DIALOG_REQUESTS or leg.state != "confirmed":
+            return False
+        req = self._in_dialog_request(leg, method, headers)
+        req.body = body
+        self.tx.request(req, self._dialog_peer(leg), now)
+        self._pump(now)
         return True
 
     def _send_bye(self, leg: Leg, now: float, headers: list[tuple[str, str]]) -> None:
