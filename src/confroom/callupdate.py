@@ -55,9 +55,9 @@ class UpdateError(Exception):
 
 @dataclass(frozen=True)
 class CallUpdate:
-    """One thing to do to a call: `conference` (with `control`), `hangup`, `redirect`
-    (with `verbs`), `call_hook` (with `hook`), `dtmf` (with `digits`) or `sip_request` (with
-    `method`, `headers`, `body`)."""
+    """One thing to do to a call: `conference` (with `control`), `hangup`, `redirect` or
+    `append` (with `verbs`), `call_hook` (with `hook`), `dtmf` (with `digits`) or
+    `sip_request` (with `method`, `headers`, `body`)."""
 
     kind: str
     control: ControlRequest | None = None
@@ -148,9 +148,10 @@ def _digits(value: Any) -> str:
     return digit
 
 
-def command_update(name: str, data: Any) -> CallUpdate:
+def command_update(name: str, data: Any, queue: bool = False) -> CallUpdate:
     """The update a WebSocket app's command asks for (ControlError when it is unknown or its
-    data is invalid)."""
+    data is invalid); `queue` (the command's `queueCommand`): a verb-list redirect runs after
+    the current list instead of replacing it."""
     if name in _CONF_COMMANDS:
         key = _CONF_COMMANDS[name]
         if isinstance(data, str):
@@ -181,7 +182,8 @@ def command_update(name: str, data: Any) -> CallUpdate:
     if name == "redirect":
         if isinstance(data, list):
             try:
-                return CallUpdate("redirect", verbs=parse_verb_list(data))
+                return CallUpdate("append" if queue else "redirect",
+                                  verbs=parse_verb_list(data))
             except VerbError as e:
                 raise ControlError(f"invalid verbs: {e}") from None
         if isinstance(data, Mapping) and "call_hook" in data:
@@ -229,6 +231,11 @@ async def apply_update(svc: ConferenceService, call: LiveCall, upd: CallUpdate
         log.info("call_sid=%s: redirected to %d verb(s) by live control", sid, len(upd.verbs))
         session.replace_verbs(upd.verbs)
         return {"action": "redirect", "call_sids": [sid]}
+    if upd.kind == "append":
+        assert upd.verbs is not None
+        log.info("call_sid=%s: %d verb(s) queued by live control", sid, len(upd.verbs))
+        session.append_verbs(upd.verbs)
+        return {"action": "append", "call_sids": [sid]}
     assert upd.kind == "call_hook"
     session.redirect_to_hook(upd.hook)
     return {"action": "call_hook", "call_sids": [sid]}

@@ -649,7 +649,7 @@ class Server:
         if call is None:
             return "the call has ended"
         try:
-            upd = command_update(cmd.name, cmd.data)
+            upd = command_update(cmd.name, cmd.data, cmd.queue)
             await apply_update(self.conferences, call, upd)
         except (ControlError, UpdateError) as e:
             return str(e)

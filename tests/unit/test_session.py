@@ -877,3 +877,25 @@ async def test_leave_outside_a_conference_does_nothing(
         await session.run()
     assert call.names() == ["answer", "play", "hangup"]
     assert "leave: the call is not in a conference" in caplog.text
+
+
+async def test_append_verbs_runs_after_the_list_without_interrupting(
+    server: AppServer, hooks: WebhookClient, media_dir: Path
+) -> None:
+    """A queued redirect (`queueCommand: true`): the running verb is not interrupted; when it
+    ends the queued verbs run, then the list ends."""
+    server.routes["/app/call"] = [{"verb": "pause", "length": 0.3}]
+    session, call = make(server, hooks, media_dir, blocking=True)
+    task = asyncio.create_task(session.run())
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if call._stop is not None:
+            break
+    session.append_verbs([{"verb": "pause", "length": 0.1}])
+    await asyncio.sleep(0.05)
+    assert not session.interrupted and not task.done()
+    call.blocking = False
+    assert call._stop is not None
+    call._stop.set()  # the pause's audio ends by itself
+    await asyncio.wait_for(task, 2)
+    assert call.events == [("answer",), ("play", -1), ("play", 5), ("hangup", {})]

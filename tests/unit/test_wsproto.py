@@ -98,6 +98,11 @@ def test_backoff_schedule() -> None:
     assert [backoff(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 6.0, 8.0]
 
 
+def test_queued_redirect_appends() -> None:
+    assert command_update("redirect", [{"verb": "pause", "length": 1}], queue=True).kind == \
+        "append"
+
+
 @pytest.mark.parametrize(("name", "data", "kind", "action"), [
     ("conf:mute-status", {"conf_mute_status": "mute"}, "conference", "conf_mute"),
     ("conf:hold-status", {"conf_hold_status": "hold", "wait_hook": "/moh"}, "conference",

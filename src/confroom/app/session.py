@@ -111,6 +111,7 @@ class CallSession:
         self.killed = False
         self._interrupt = asyncio.Event()
         self._replacement: list[dict[str, Any]] | None = None
+        self._appended: list[dict[str, Any]] = []  # queued by live control after the rest
         self._more = asyncio.Event()  # set by replace_verbs (an idle WebSocket app waits on it)
         self.current: dict[str, Any] | None = None
         # set by the conference verb while the call is in (or waiting for) a conference:
@@ -152,8 +153,15 @@ class CallSession:
         """Stop the current verb and continue with `verbs` (already validated) instead of
         the rest of the list (live call control)."""
         self._replacement = list(verbs)
+        self._appended = []
         self._more.set()
         self._stop_current()
+
+    def append_verbs(self, verbs: list[dict[str, Any]]) -> None:
+        """Run `verbs` (already validated) after the current list, without interrupting it
+        (a WebSocket `redirect` with `queueCommand: true`)."""
+        self._appended.extend(verbs)
+        self._more.set()
 
     def redirect_to_hook(self, hook_value: Any) -> None:
         """Fetch a new verb list from `hook_value` (a `session:redirect` over the app's socket
@@ -368,12 +376,15 @@ class CallSession:
     async def _execute(self, verbs: list[dict[str, Any]]) -> None:
         pending = list(verbs)
         while not self.done:
+            if self._appended:
+                pending.extend(self._appended)
+                self._appended = []
             if not pending:
                 # a WebSocket app's call stays up, waiting for commands (jambonz does this)
                 if self.ws is None or self.ws.gone:
                     break
                 self._more.clear()
-                if self._replacement is None:
+                if self._replacement is None and not self._appended:
                     logger.debug("call_sid=%s: verbs done; waiting for commands", self.call_sid)
                     await self._more.wait()
                 if self._replacement is not None:
