@@ -202,6 +202,34 @@ def test_app_killed_and_restarted_mid_call(
     assert srv.find_logs(rf"call end call_sid={sid} status=completed")
 
 
+def test_redirect_to_another_websocket_app_hands_the_call_over(
+    confroom: ConfroomFactory, sipp: SippRunner, ws_apps: Callable[..., WsAppProcess],
+    rtp_peer: RtpPeer,
+) -> None:
+    """A `redirect` command naming another app's ws:// URL: confroom opens a socket there with
+    session:new for the same call, closes the first one, and runs the new app's verbs (a tone,
+    heard); the new app's `call:status` command then ends the call."""
+    first = ws_apps("python", {"verbs": {"*": [{"verb": "conference", "name": "solo"}]}})
+    second = ws_apps("python", {"verbs": {"*": [{"verb": "play", "url": "tone.wav"},
+                                                {"verb": "pause", "length": 20}]}})
+    srv = confroom(first.url)
+    write_tone_wav(srv.media_dir / "tone.wav", 1200.0, 1.5, amplitude=0.4)
+    run = sipp.start("uac_wait_bye", srv.target, keys={"rtp_port": rtp_peer.port}, timeout=30)
+    sid = first.sessions()["alice"]
+    srv.wait_log(r"conference join name=solo", timeout=10)
+    mark = srv.mark()
+    first.command(sid, "redirect", {"call_hook": second.url})
+    assert second.sessions()["alice"] == sid
+    srv.wait_log(r"conference leave name=solo .*reason=redirected", since=mark, timeout=5)
+    t = time.monotonic()
+    rtp_peer.wait_packets(60, timeout=10)
+    time.sleep(1.0)
+    assert tone_power(window(rtp_peer, t + MARGIN, time.monotonic()), 1200) > 0.5
+    second.command(sid, "call:status", {"call_status": "completed"})
+    res = run.wait()
+    assert res.ok(), res.describe()
+
+
 def test_sip_request_command_sends_an_in_dialog_info(
     confroom: ConfroomFactory, sipp: SippRunner, ws_apps: Callable[..., WsAppProcess],
     rtp_peer: RtpPeer,

@@ -23,7 +23,13 @@ from confroom.app.control import CallControl, CallInfo
 from confroom.app.hooks import HookResult, WebhookClient
 from confroom.app.payload import call_fields, session_new_body
 from confroom.app.verbs import VerbError, parse_verb_list
-from confroom.app.wsclient import CommandHandler, WsClient, WsRequestor, is_ws_hook
+from confroom.app.wsclient import (
+    CommandHandler,
+    WsClient,
+    WsRequestor,
+    is_ws_hook,
+    is_ws_url,
+)
 from confroom.app.wsproto import Command
 from confroom.config import AppConfig, Config, Hook
 from confroom.media.sources import Source
@@ -230,7 +236,16 @@ class CallSession:
             logger.error("call_sid=%s: %s: bad hook %r: %s", self.call_sid, what, hook_value, e)
             return None
         ws = self.ws
-        if ws is not None and ws.handles(hook):
+        if what.startswith("redirect") and is_ws_url(hook.url) and (
+                ws is None or not ws.same_server(hook.url)):
+            # handover: a redirect to another WebSocket app (or from HTTP to one) opens a new
+            # socket there with session:new; the old socket is closed
+            logger.info("call_sid=%s: %s to %s: new WebSocket session", self.call_sid, what,
+                        hook.url)
+            result = await self.guarded(self._open_socket(hook))
+            if ws is not None:
+                await ws.close()
+        elif ws is not None and ws.handles(hook):
             kind = "session:redirect" if what.startswith("redirect") else "verb:hook"
             result = await self.guarded(ws.request(kind, body, ws.hook_name(hook)))
         else:

@@ -141,6 +141,11 @@ class WsRequestor:
         """Is `hook` sent over this socket? Everything but absolute http(s) URLs is."""
         return urlsplit(hook.url).scheme.lower() not in ("http", "https")
 
+    def same_server(self, url: str) -> bool:
+        """Is the absolute ws(s) `url` on this socket's server (scheme, host and port)?"""
+        a, b = urlsplit(socket_url(url)[0]), urlsplit(self.url)
+        return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
     def hook_name(self, hook: Hook) -> str:
         """The `hook` field of a message: relative URLs as given, our own URL as a path."""
         url = hook.url
