@@ -214,7 +214,9 @@ class Call:
         if body.strip():
             old = self.negotiated.crypto
             try:
-                neg = negotiate(parse_sdp(body), require_srtp=old is not None)
+                policy = self.media.codec_policy
+                neg = negotiate(parse_sdp(body), supported=policy.codecs,
+                                require_srtp=old is not None, prefer_ours=policy.prefer_ours)
                 if old is None and neg.crypto is not None:
                     raise NoCommonCodec("a plain RTP call cannot switch to SRTP")
             except (SdpError, NoCommonCodec) as e:
@@ -227,6 +229,9 @@ class Call:
                 self.media.srtp = SrtpContext(neg.crypto.suite, self._srtp_key, neg.crypto.key,
                                               label=f"call_sid={self.info.call_sid}")
                 log.info("call_sid=%s: srtp re-keyed by re-INVITE", self.info.call_sid)
+            if neg.codec != self.negotiated.codec:
+                log.info("call_sid=%s codec %s -> %s", self.info.call_sid,
+                         self.negotiated.codec, neg.codec)
             self.negotiated = neg
             self.media.update(neg.codec, neg.payload_type, neg.dtmf_payload_type,
                               neg.remote_host, neg.remote_port, neg.remote_direction)

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--talk-gate", action=argparse.BooleanOptionalAction, default=None,
                    help="sum a conference member into the mix only while it talks; default on "
                    "(CONFROOM_TALK_GATE, [conference] talk_gate)")
+    s.add_argument("--codecs", metavar="C1,C2",
+                   help="audio codecs accepted and offered, in the server's order (OPUS, G722, "
+                   "PCMU, PCMA); default all four (CONFROOM_CODECS, [media] codecs)")
+    s.add_argument("--codec-priority", choices=["caller", "server"],
+                   help="whose codec order wins: the caller's offer (default) or --codecs "
+                   "(CONFROOM_CODEC_PRIORITY, [media] codec_priority)")
     s.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -113,6 +119,8 @@ async def _serve(args: argparse.Namespace) -> int:
         "outbound_max_concurrent_calls": args.outbound_max_calls,
         "outbound_calls_per_second": args.outbound_cps,
         "talk_gate": args.talk_gate,
+        "codecs": args.codecs,
+        "codec_priority": args.codec_priority,
     }
     try:
         config = load(args.config, overrides=overrides)

@@ -56,6 +56,10 @@ TOML layout::
     [media]
     dir = "media"               # local files `play` may read; nothing outside it
     cache_dir = ""              # TTS and downloaded audio (default: <dir>/.cache)
+    codecs = ["OPUS", "G722", "PCMU", "PCMA"]  # accepted and offered, in the server's order
+    codec_priority = "caller"   # "server": the order of `codecs` wins over the offer's
+    opus_bitrate = 32000        # bits/s of every Opus stream we send
+    opus_complexity = 5         # 0..10
     [tts]
     voice = "en-us"
     [conference]
@@ -122,6 +126,7 @@ from pathlib import Path
 from typing import Any
 
 from confroom.admission import AdmissionLimits, parse_networks
+from confroom.media.codecs import CODECS, OpusConfig
 from confroom.sip.core import USER_AGENT
 from confroom.sip.message import SipParseError, parse_uri
 
@@ -266,6 +271,10 @@ class Config:
     media_dir: Path = Path("media")
     cache_dir: Path | None = None
     tts_voice: str = "en-us"
+    codecs: tuple[str, ...] = ("OPUS", "G722", "PCMU", "PCMA")
+    codec_priority: str = "caller"
+    opus_bitrate: int = 32000
+    opus_complexity: int = 5
     talk_gate: bool = True
     talk_gate_hang_ms: int = 400
     talk_gate_level_dbfs: float = -35.0
@@ -617,6 +626,14 @@ def load(
         kw["media_dir"] = Path(media["dir"])
     if media.get("cache_dir"):
         kw["cache_dir"] = Path(media["cache_dir"])
+    if "codecs" in media:
+        kw["codecs"] = _codec_list(media["codecs"], "media.codecs")
+    if "codec_priority" in media:
+        kw["codec_priority"] = str(media["codec_priority"])
+    if "opus_bitrate" in media:
+        kw["opus_bitrate"] = _num(media, "opus_bitrate", "media", int)
+    if "opus_complexity" in media:
+        kw["opus_complexity"] = _num(media, "opus_complexity", "media", int)
     if "voice" in data.get("tts", {}):
         kw["tts_voice"] = str(data["tts"]["voice"])
     conference = data.get("conference", {})
@@ -677,6 +694,14 @@ def load(
         kw["api_token"] = env["CONFROOM_API_TOKEN"]
     if env.get("CONFROOM_MEDIA_DIR"):
         kw["media_dir"] = Path(env["CONFROOM_MEDIA_DIR"])
+    if env.get("CONFROOM_CODECS"):
+        kw["codecs"] = _codec_list(env["CONFROOM_CODECS"], "CONFROOM_CODECS")
+    if env.get("CONFROOM_CODEC_PRIORITY"):
+        kw["codec_priority"] = env["CONFROOM_CODEC_PRIORITY"].strip().lower()
+    if (p := env_int("CONFROOM_OPUS_BITRATE")) is not None:
+        kw["opus_bitrate"] = p
+    if (p := env_int("CONFROOM_OPUS_COMPLEXITY")) is not None:
+        kw["opus_complexity"] = p
     if (n := env_int("CONFROOM_WEBHOOK_MAX_BODY")) is not None:
         kw["webhook_max_body"] = n
     for key, cast in _WS_KEYS.items():
@@ -740,12 +765,31 @@ def load(
         )
     ov.pop("rtp_ports", None)
     ov.pop("drain_time", None)  # applied above (0 is a value)
+    if ov.get("codecs") is not None:
+        ov["codecs"] = _codec_list(ov["codecs"], "--codecs")
     cfg = replace(cfg, **{k: v for k, v in ov.items() if v is not None})
     if app_over:
         first = replace(cfg.apps[0], **app_over)
         cfg = replace(cfg, apps=(first, *cfg.apps[1:]))
     validate(cfg)
     return cfg
+
+
+def _codec_list(value: object, where: str) -> tuple[str, ...]:
+    """A codec list: a TOML array of names or a comma-separated string (env, CLI)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{where}: expected a list of codec names")
+    names = tuple(str(n).strip().upper() for n in items if str(n).strip())
+    unknown = [n for n in names if n not in CODECS]
+    if unknown or not names:
+        raise ConfigError(
+            f"{where}: {'unknown codec(s) ' + ', '.join(unknown) if unknown else 'empty list'}"
+            f" (choose from {', '.join(CODECS)})"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: a codec is listed twice in {list(names)}")
+    return names
 
 
 def validate(cfg: Config) -> None:
@@ -802,6 +846,15 @@ def validate(cfg: Config) -> None:
             f"conference.talk_gate_level_dbfs (CONFROOM_TALK_GATE_LEVEL_DBFS) must be "
             f"-96..0 dBFS, not {cfg.talk_gate_level_dbfs}"
         )
+    if cfg.codec_priority not in ("caller", "server"):
+        raise ConfigError(
+            f"media.codec_priority (CONFROOM_CODEC_PRIORITY, --codec-priority) must be "
+            f"\"caller\" or \"server\", not {cfg.codec_priority!r}"
+        )
+    try:
+        OpusConfig(cfg.opus_bitrate, cfg.opus_complexity).validate()
+    except ValueError as e:
+        raise ConfigError(f"media.opus_bitrate / media.opus_complexity: {e}") from None
     for app in cfg.apps:
         if (app.call_hook is None) == (app.verbs_file is None):
             raise ConfigError(f"app {app.name!r}: needs exactly one of a call hook or a verb file")

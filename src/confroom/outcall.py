@@ -289,7 +289,8 @@ class OutboundCalls:
             return self._fail(info, app, "failed", 503, "server shutting down")
         attempt = Attempt(info, app, rt, media)
         cfg = srv.config
-        offer = build_offer(local_host=cfg.contact_host, local_port=media.local_port,
+        offer = build_offer(codecs=media.codec_policy.codecs,
+                            local_host=cfg.contact_host, local_port=media.local_port,
                             session_id=attempt.session_id)
         host = cfg.contact_host if ":" not in cfg.contact_host else f"[{cfg.contact_host}]"
         display = f'"{info.caller_name}" ' if info.caller_name else ""
@@ -325,7 +326,7 @@ class OutboundCalls:
             return self._fail(info, app, _FINAL_STATUS.get(status, "failed"), status,
                               f"{status} {outcome.reason}")
         try:
-            neg = negotiate(parse_sdp(outcome.sdp))
+            neg = negotiate(parse_sdp(outcome.sdp), supported=media.codec_policy.codecs)
         except (SdpError, NoCommonCodec) as e:
             log.warning("call_sid=%s: unusable SDP answer: %s", info.call_sid, e)
             srv.sip_bye(leg, [("Reason", 'SIP;cause=488;text="Unusable SDP answer"')])
@@ -374,7 +375,8 @@ class OutboundCalls:
         if isinstance(ev, OutboundProgress):
             if ev.sdp:
                 try:
-                    neg = negotiate(parse_sdp(ev.sdp))
+                    neg = negotiate(parse_sdp(ev.sdp),
+                                    supported=attempt.media.codec_policy.codecs)
                 except (SdpError, NoCommonCodec):
                     return
                 attempt.media.update(neg.codec, neg.payload_type, neg.dtmf_payload_type,

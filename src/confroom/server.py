@@ -48,6 +48,8 @@ from confroom.connlimits import Limits, default_caps
 from confroom.dial import dial_verb
 from confroom.fdlimit import fd_limit, is_resource_error, raise_fd_limit
 from confroom.media.bridge import Bridges
+from confroom.media.codecs import CodecPolicy, OpusConfig
+from confroom.media.codecs.opus import available as opus_available
 from confroom.media.engine import MediaEngine, MediaError
 from confroom.media.srtp import SrtpContext, new_key
 from confroom.ordered import KeyedSerial
@@ -125,6 +127,17 @@ def _invite_as_dict(req: Request) -> dict[str, Any]:
     }
 
 
+def codec_policy(config: Config) -> CodecPolicy:
+    """The engine's codec policy from the config; Opus is left out (logged) without libopus."""
+    codecs = config.codecs
+    if "OPUS" in codecs and not opus_available():
+        log.warning("libopus not found (Debian package libopus0): Opus is not offered or "
+                    "accepted")
+        codecs = tuple(c for c in codecs if c != "OPUS") or ("PCMU", "PCMA")
+    return CodecPolicy(codecs, config.codec_priority == "server",
+                       OpusConfig(config.opus_bitrate, config.opus_complexity))
+
+
 class Server:
     """One confroom node. `await start()`, then `await stop()` (or `run_until_stopped`)."""
 
@@ -136,7 +149,7 @@ class Server:
         # config.contact_host, which may be a NAT's public address and need not be local.
         self.engine = MediaEngine(
             config.sip_host or "0.0.0.0", config.rtp_port_min, config.rtp_port_max,
-            config.rtp_timeout,
+            config.rtp_timeout, codec_policy=codec_policy(config),
         )
         self.hooks = WebhookClient(timeout=config.webhook_timeout,
                                    max_body=config.webhook_max_body)
@@ -568,8 +581,10 @@ class Server:
             refuse(488, "SDP Offer Required", "no SDP offer")
             return
         try:
-            negotiated = negotiate(parse_sdp(req.body),
-                                   require_srtp=self.config.srtp_policy(app) == "required")
+            policy = self.engine.codec_policy
+            negotiated = negotiate(parse_sdp(req.body), supported=policy.codecs,
+                                   require_srtp=self.config.srtp_policy(app) == "required",
+                                   prefer_ours=policy.prefer_ours)
         except SrtpRequired as e:
             log.warning("call_sid=%s: refused: %s", info.call_sid, e)
             refuse(488, None, "srtp required", [("Warning", SRTP_REQUIRED_WARNING)])

@@ -12,6 +12,7 @@ from confroom.sip.sdp import (
     SessionDescription,
     answer_direction,
     build_answer,
+    build_offer,
     negotiate,
     parse_sdp,
 )
@@ -128,7 +129,7 @@ def test_negotiate_pcma_first() -> None:
 
 
 def test_negotiate_skips_unsupported_in_offer_order() -> None:
-    neg = negotiate(parse_sdp(offer("m=audio 49170 RTP/AVP 18 9 8 0\na=rtpmap:9 G722/8000\n")))
+    neg = negotiate(parse_sdp(offer("m=audio 49170 RTP/AVP 18 3 8 0\na=rtpmap:18 G729/8000\n")))
     assert (neg.codec, neg.payload_type) == ("PCMA", 8)
 
 
@@ -297,3 +298,76 @@ def test_build_answer_hold_and_override_and_ipv6() -> None:
     )
     assert b"c=IN IP6" not in wire
     assert parse_sdp(wire).media[0].direction == "inactive"
+
+
+# --------------------------------------------------------------------------- wideband codecs
+
+_ALL = (
+    "m=audio 49170 RTP/AVP 0 9 96 8 101 102\n"
+    "a=rtpmap:96 opus/48000/2\n"
+    "a=fmtp:96 useinbandfec=1\n"
+    "a=rtpmap:9 G722/8000\n"
+    "a=rtpmap:101 telephone-event/8000\n"
+    "a=rtpmap:102 telephone-event/48000\n"
+)
+
+
+def test_negotiate_caller_order_wins_by_default() -> None:
+    neg = negotiate(parse_sdp(offer(_ALL)))
+    assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("PCMU", 0, 101)
+    neg = negotiate(parse_sdp(offer(_ALL.replace("RTP/AVP 0 9 96", "RTP/AVP 9 0 96"))))
+    assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("G722", 9, 101)
+
+
+def test_negotiate_server_order_wins_when_preferred() -> None:
+    neg = negotiate(parse_sdp(offer(_ALL)), supported=("OPUS", "G722", "PCMU"), prefer_ours=True)
+    # Opus: its RTP clock is 48000, so the telephone-event at 48000 is chosen
+    assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("OPUS", 96, 102)
+    neg = negotiate(parse_sdp(offer(_ALL)), supported=("PCMA", "OPUS"), prefer_ours=True)
+    assert (neg.codec, neg.dtmf_payload_type) == ("PCMA", 101)
+
+
+def test_negotiate_only_opus_and_no_dtmf_at_its_clock() -> None:
+    neg = negotiate(parse_sdp(offer(
+        "m=audio 5000 RTP/AVP 111 101\na=rtpmap:111 OPUS/48000/2\n"
+        "a=rtpmap:101 telephone-event/8000\n")))
+    assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("OPUS", 111, None)
+
+
+def test_negotiate_rejects_wrong_clock_and_reports_what_was_offered() -> None:
+    with pytest.raises(NoCommonCodec) as e:
+        negotiate(parse_sdp(offer(
+            "m=audio 5000 RTP/AVP 96 97 18\na=rtpmap:96 opus/16000/2\n"
+            "a=rtpmap:97 G722/16000\n")))
+    assert "OPUS/16000" in str(e.value) and "G722/16000" in str(e.value)
+    assert "18" in str(e.value)
+    with pytest.raises(NoCommonCodec):  # a codec the config left out is not accepted
+        negotiate(parse_sdp(offer("m=audio 5000 RTP/AVP 0\n")), supported=("OPUS", "G722"))
+
+
+def test_answer_for_opus_and_g722() -> None:
+    neg = negotiate(parse_sdp(offer(_ALL)), supported=("OPUS",))
+    ans = parse_sdp(build_answer(neg, local_host="203.0.113.5", local_port=30000,
+                                 session_id=1, version=1))
+    m = ans.media[0]
+    assert m.formats == ["96", "102"]
+    assert m.rtpmap() == {96: ("OPUS", 48000, 2), 102: ("TELEPHONE-EVENT", 48000, 1)}
+    assert "useinbandfec=1" in m.fmtp()[96]
+    neg = negotiate(parse_sdp(offer(_ALL)), supported=("G722",))
+    m = parse_sdp(build_answer(neg, local_host="203.0.113.5", local_port=30000,
+                               session_id=1, version=1)).media[0]
+    assert m.rtpmap() == {9: ("G722", 8000, 1), 101: ("TELEPHONE-EVENT", 8000, 1)}
+
+
+def test_offer_lists_configured_codecs_in_order_and_round_trips() -> None:
+    wire = build_offer(local_host="192.0.2.1", local_port=4000, session_id=7,
+                       codecs=("G722", "OPUS", "PCMU"))
+    m = parse_sdp(wire).media[0]
+    assert m.formats == ["9", "111", "0", "101", "110"]
+    assert m.rtpmap()[111] == ("OPUS", 48000, 2)
+    assert m.rtpmap()[110] == ("TELEPHONE-EVENT", 48000, 1)
+    # answering our own offer picks its first codec
+    assert negotiate(parse_sdp(wire)).codec == "G722"
+    narrow = parse_sdp(build_offer(local_host="192.0.2.1", local_port=4000, session_id=7,
+                                   codecs=("PCMU", "PCMA"))).media[0]
+    assert narrow.formats == ["0", "8", "101"]

@@ -18,6 +18,15 @@ once with the `MediaEngine` as its mixer. Each tick the bus:
    listener without a tag hears) and reports talking changes.
 
 So the number of numpy passes per tick does not grow with the number of conferences.
+
+Wideband: a conference with a wideband member (G.722, Opus) is mixed again at 16 kHz, all
+such conferences in one `mix_conferences` call: wideband members bring their 16 kHz frames,
+narrowband members' frames are resampled up (one batch); wideband members get the 16 kHz
+mix (their full band), narrowband members the 16 kHz mix resampled down to 8 kHz (one batch:
+band-limited by the resampler's filter), so everyone hears everyone in its own band and
+never itself, with mutes, holds, the talk gate, coach/whisper and beeps as at 8 kHz. The
+recorder of a wideband conference gets the 16 kHz mix. Talk detection stays at 8 kHz (every
+member has an 8 kHz frame). A pure G.711 node skips all of this (`FrameTable.n_wide` is 0).
 """
 
 from __future__ import annotations
@@ -32,10 +41,12 @@ from confroom.conference.model import Member
 from confroom.conference.recorder import MixRecorder
 from confroom.media.frames import FrameTable
 from confroom.media.mixer import beep_frames, mix_conferences, mix_with_audience
+from confroom.media.resample import down2, up2
 from confroom.media.sources import FRAME_SAMPLES, Frame
 from confroom.media.talk import TalkDetector
 
 _BEEP = beep_frames()
+_BEEP16 = beep_frames(rate=16000)
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,11 @@ class ConferenceAudio:
     @property
     def beeping(self) -> bool:
         return self._overlay_pos < len(self._overlay)
+
+    def overlay16(self) -> Frame | None:
+        """The 16 kHz twin of the overlay frame `next_overlay()` returned last."""
+        pos = self._overlay_pos - 1
+        return _BEEP16[pos] if 0 <= pos < len(_BEEP16) else None
 
     def next_overlay(self) -> Frame | None:
         """This tick's overlay frame, if a beep is playing."""
@@ -292,7 +308,10 @@ class MixBus:
             totals[c] = buf[a:b][public].sum(axis=0, dtype=np.int32)
             if c in overlays:
                 totals[c] += overlays[c]
-        self._record(totals, now)
+        wide_totals: dict[int, npt.NDArray[np.int32]] = {}
+        if table is not None and table.n_wide:
+            wide_totals = self._mix_wide(table, buf, present, speaking, overlays, out)
+        self._record(totals, now, wide_totals)
 
         listens = self._listens
         if table is not None:
@@ -315,12 +334,75 @@ class MixBus:
                     member.talking = talking
                     self._row_conf[row].on_talking(member, talking)
 
-    def _record(self, totals: npt.NDArray[np.int32], now: float) -> None:
+    def _mix_wide(
+        self, table: FrameTable, buf: npt.NDArray[np.int16], present: npt.NDArray[np.bool_],
+        speaking: npt.NDArray[np.bool_], overlays: dict[int, Frame],
+        out: npt.NDArray[np.int16],
+    ) -> dict[int, npt.NDArray[np.int32]]:
+        """The 16 kHz mixes of the conferences with a wideband member (see the module
+        docstring): wideband listeners' `outbound_wb` rows are written here, narrowband
+        listeners' rows of `out` replaced by the 16 kHz mix resampled. Returns each such
+        conference's 16 kHz total (by index in `_mixed`), for its recorder."""
+        frame_rows = self._frame_rows
+        wide = table.wide[frame_rows]
+        if not wide.any():
+            return {}
+        conf_wide = np.logical_or.reduceat(wide, self._starts)
+        sel = np.flatnonzero(conf_wide[self._conf_of_row])
+        fr = frame_rows[sel]
+        w = wide[sel]
+        b16 = np.zeros((len(sel), 2 * FRAME_SAMPLES), dtype=np.int16)
+        b16[w] = table.inbound_wb[fr[w]]
+        nb = np.flatnonzero(~w)
+        if len(nb):
+            b16[nb], table.mix_up_hist[fr[nb]] = up2(buf[sel[nb]], table.mix_up_hist[fr[nb]])
+        b16[~present[sel]] = 0
+        wconfs = np.flatnonzero(conf_wide)
+        sub_conf = np.searchsorted(wconfs, self._conf_of_row[sel])
+        sub_starts = np.flatnonzero(np.r_[True, sub_conf[1:] != sub_conf[:-1]])
+        overlays16: dict[int, Frame] = {}
+        for j, c in enumerate(wconfs.tolist()):
+            if c in overlays:
+                frame = self._mixed[c].overlay16()
+                if frame is not None:
+                    overlays16[j] = frame
+        spk = speaking[sel]
+        out16, totals16 = mix_conferences(b16, spk, sub_starts, sub_conf,
+                                          overlays=overlays16)
+        for c, restricted, group in self._audience:
+            if not conf_wide[c]:
+                continue
+            j = int(np.searchsorted(wconfs, c))
+            a = int(sub_starts[j])
+            b = a + len(restricted)
+            mix_with_audience(b16[a:b], spk[a:b], restricted, group, out16[a:b],
+                              overlay=overlays16.get(j))
+            public = spk[a:b] & (restricted < 0)
+            totals16[j] = b16[a:b][public].sum(axis=0, dtype=np.int32)
+            if j in overlays16:
+                totals16[j] += overlays16[j]
+        listens = self._listens[sel]
+        to_wide = np.flatnonzero(w & listens)
+        table.outbound_wb[fr[to_wide]] = out16[to_wide]
+        table.has_outbound_wb[fr[to_wide]] = True
+        to_nb = np.flatnonzero(~w & listens)
+        if len(to_nb):
+            out[sel[to_nb]], table.mix_down_hist[fr[to_nb]] = down2(
+                out16[to_nb], table.mix_down_hist[fr[to_nb]])
+        return {c: totals16[j] for j, c in enumerate(wconfs.tolist())}
+
+    def _record(
+        self, totals: npt.NDArray[np.int32], now: float,
+        wide_totals: dict[int, npt.NDArray[np.int32]],
+    ) -> None:
         for rec, c in self._recording:
             if c is None:
                 rec.write(None, now)
             else:
-                rec.write(np.clip(totals[c], -32768, 32767).astype(np.int16), now)
+                total = wide_totals.get(c)
+                if total is None:
+                    total = totals[c]
+                rec.write(np.clip(total, -32768, 32767).astype(np.int16), now)
 
 
 def _audience_groups(

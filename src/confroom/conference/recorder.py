@@ -2,8 +2,10 @@
 
 Owns `resolve_record_path` (a path is resolved inside the configured media directory; an
 absolute path outside it or a `..` escape is refused with `RecordPathError`) and `MixRecorder`,
-which takes one 20 ms frame of the conference mix per media tick and writes it to an 8 kHz
-16-bit mono WAV file. Frames are batched in a small preallocated buffer and written with one
+which takes one 20 ms frame of the conference mix per media tick and writes it to a 16-bit
+mono WAV file at the conference's rate: the first frame decides (8 kHz, or 16 kHz for a
+wideband conference); later frames of the other rate are resampled to it. Frames are
+batched in a small preallocated buffer and written with one
 `writeframes` call per batch, so a recording never accumulates in memory. Ticks the media
 clock skipped (it was late) are filled with silence, so the file lasts as long as the
 conference did.
@@ -19,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from confroom.media.resample import DOWN_HISTORY, UP_HISTORY, down2, up2
 from confroom.media.sources import FRAME_SAMPLES, SAMPLE_RATE, Frame
 
 log = logging.getLogger("confroom.conference")
@@ -57,9 +60,14 @@ class MixRecorder:
     def __init__(self, writer: FrameWriter, path: Path | None = None,
                  period: float = FRAME_SAMPLES / SAMPLE_RATE) -> None:
         self._writer = writer
+        # the WAV file whose rate the first frame sets (None: a writer without a header)
+        self._wave = writer if isinstance(writer, wave.Wave_write) else None
         self.path = path
         self._period = period
         self._buf = np.zeros((BATCH_FRAMES, FRAME_SAMPLES), dtype=np.int16)
+        self.rate: int | None = None  # decided by the first frame (or 8000 at the first write)
+        self._up = np.zeros((1, UP_HISTORY), dtype=np.int16)
+        self._down = np.zeros((1, DOWN_HISTORY), dtype=np.int16)
         self._pos = 0
         self._t0: float | None = None
         self.frames = 0  # frames accepted so far (written or buffered)
@@ -73,7 +81,6 @@ class MixRecorder:
         try:
             w.setnchannels(1)
             w.setsampwidth(2)
-            w.setframerate(SAMPLE_RATE)
         except Exception:
             w.close()
             raise
@@ -81,7 +88,27 @@ class MixRecorder:
 
     @property
     def duration(self) -> float:
-        return self.frames * FRAME_SAMPLES / SAMPLE_RATE
+        return self.frames * self._period
+
+    def _set_rate(self, rate: int) -> None:
+        self.rate = rate
+        if self._buf.shape[1] != rate // 50:  # only silence is buffered before the first frame
+            self._buf = np.zeros((BATCH_FRAMES, rate // 50), dtype=np.int16)
+        if self._wave is not None:
+            self._wave.setframerate(rate)
+
+    def _fit(self, frame: Frame) -> Frame:
+        """`frame` at the recording's rate (resampled when the conference changed band)."""
+        width = self._buf.shape[1]
+        if frame.shape[0] == width:
+            return frame
+        if frame.shape[0] < width:
+            up, self._up = up2(frame[None, :], self._up)
+            result: Frame = up[0]
+            return result
+        down, self._down = down2(frame[None, :], self._down)
+        result = down[0]
+        return result
 
     def write(self, frame: Frame | None, now: float) -> None:
         """The mix of the tick at `now` (None: silence)."""
@@ -95,10 +122,12 @@ class MixRecorder:
         self._append(frame)
 
     def _append(self, frame: Frame | None) -> None:
+        if frame is not None and self.rate is None:
+            self._set_rate(SAMPLE_RATE * frame.shape[0] // FRAME_SAMPLES)
         if frame is None:
             self._buf[self._pos] = 0
         else:
-            self._buf[self._pos] = frame
+            self._buf[self._pos] = self._fit(frame)
         self._pos += 1
         self.frames += 1
         if self._pos == BATCH_FRAMES:
@@ -108,6 +137,8 @@ class MixRecorder:
         """Write the buffered frames; False when that failed (the recording is stopped)."""
         if self._pos == 0 or self.closed:
             return not self.closed
+        if self.rate is None:
+            self._set_rate(SAMPLE_RATE)
         data = self._buf[: self._pos].astype("<i2", copy=False).tobytes()
         self._pos = 0
         try:
@@ -124,6 +155,8 @@ class MixRecorder:
             self._writer.close()
 
     def close(self) -> None:
+        if self.rate is None:
+            self._set_rate(SAMPLE_RATE)
         if self.closed or not self._flush():
             return
         self.closed = True

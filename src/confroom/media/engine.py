@@ -20,11 +20,16 @@ once:
    moved the media elsewhere. The guard's changes and rejections are logged once each
    (at most `_SOURCE_LOG_BURST` lines a second, the rest summarised);
 2. pop every jitter buffer in one pass and decode each codec with one table lookup, into the
-   engine's `FrameTable` (with loss concealment);
+   engine's `FrameTable` (with loss concealment); wideband legs (G.722, Opus) are decoded one
+   by one by their `WideStream` into 16 kHz rows, and resampled to 8 kHz in one batch for
+   everything that reads 8 kHz (a G.722 loss is concealed at 8 kHz and resampled back up;
+   Opus conceals with FEC and its own PLC);
 3. run the mixers (they read and write `FrameTable` rows);
 4. build every outgoing packet of the tick in one array (headers from `RtpSenders`, payloads
-   encoded with one lookup per codec), then send each (an SRTP session's packets protected
-   on the way out); sources (prompts) and DTMF are handled per session first.
+   encoded with one lookup per codec; wideband legs encode their 16 kHz mix, or their 8 kHz
+   frame resampled in one batch, one by one: G.722 into the same array, Opus as packets of
+   their own), then send each (an SRTP session's packets protected on the way out); sources
+   (prompts) and DTMF are handled per session first.
 
 It can be driven by hand from tests (`add_session()` with a fake transport, then `tick(now)`).
 """
@@ -48,8 +53,8 @@ import numpy as np
 import numpy.typing as npt
 
 from confroom.histogram import Histogram
-from confroom.media import g711
-from confroom.media.frames import FrameTable
+from confroom.media.codecs import CodecPolicy
+from confroom.media.frames import WB_SAMPLES, FrameTable
 from confroom.media.g711 import (
     ALAW_DECODE,
     ALAW_ENCODE,
@@ -58,8 +63,9 @@ from confroom.media.g711 import (
 )
 from confroom.media.jitter import JitterBank, JitterBuffer
 from confroom.media.latch import SourceEvent
+from confroom.media.resample import UP_HISTORY, down2, up2
 from confroom.media.rtp import RtpSenders
-from confroom.media.session import MediaSession
+from confroom.media.session import MediaSession, fill_byte
 from confroom.media.sources import FRAME_SAMPLES, Frame
 from confroom.media.srtp import SrtpContext
 
@@ -166,7 +172,8 @@ class MediaEngine:
     """All sessions, one clock. See the module docstring."""
 
     def __init__(
-        self, host: str, port_min: int, port_max: int, rtp_timeout: float, ptime_ms: int = 20
+        self, host: str, port_min: int, port_max: int, rtp_timeout: float, ptime_ms: int = 20,
+        codec_policy: CodecPolicy | None = None,
     ) -> None:
         if ptime_ms != 20:
             raise ValueError("only ptime 20 ms is supported (one 160-sample frame per tick)")
@@ -177,6 +184,7 @@ class MediaEngine:
         self.port_min = first
         self.port_max = port_max
         self.rtp_timeout = rtp_timeout
+        self.codec_policy = codec_policy or CodecPolicy()
         self.ptime_ms = ptime_ms
         self.period = ptime_ms / 1000.0
         self.mixers: list[Mixer] = []
@@ -279,8 +287,9 @@ class MediaEngine:
         if port in self.sessions:
             raise MediaError(f"port {port} already has a session")
         bank = self.jitter
-        stream = bank.open(g711.silence_byte(session.codec))
-        bank.pt[stream] = session.payload_type
+        stream = bank.open(fill_byte(session.codec))
+        bank.pt[stream] = session.jitter.payload_type  # with its "never batched" bit
+        session.codec_policy = self.codec_policy
         if bank.capacity > len(self._rx_at):
             self._rx_at = np.resize(self._rx_at, bank.capacity)
             grown = np.zeros(bank.capacity, dtype=np.bool_)
@@ -425,7 +434,7 @@ class MediaEngine:
                 else:  # the SDP moved the media: hear other sources (vetted) again
                     self._release(p)
             if not s.send_enabled or remote is None or s.closed:
-                s.sender.skip(FRAME_SAMPLES)  # keep RTP time running while we are silent
+                s.sender.skip(s.sender.samples_per_packet)  # keep RTP time running
                 continue
             if s.dtmf_tx is not None:
                 n_dtmf = _send_dtmf(s, transport, remote, stats)
@@ -440,6 +449,8 @@ class MediaEngine:
         if out:
             sent += self._encode_and_send(out, np.array(out_entries, dtype=np.intp), marked)
         frames.has_outbound[:] = False  # every frame of this tick is spent
+        if frames.n_wide:
+            frames.has_outbound_wb[:] = False
         stats.packets_sent += sent
 
         # (4) quiet latched sockets, five times a second; RTP inactivity, once per second.
@@ -602,10 +613,39 @@ class MediaEngine:
     def _inbound(self) -> None:
         codes, ok = self.jitter.pop_all(self._streams)
         pcm = ULAW_DECODE[codes]
-        alaw = self.frames.alaw[self._rows]
+        frames = self.frames
+        alaw = frames.alaw[self._rows]
         if alaw.any():
             pcm[alaw] = ALAW_DECODE[codes[alaw]]
-        self.frames.take_inbound(self._rows, pcm, ok)
+        if not frames.n_wide:
+            frames.take_inbound(self._rows, pcm, ok)
+            return
+        wide = np.flatnonzero(frames.wide[self._rows])
+        if not len(wide):
+            frames.take_inbound(self._rows, pcm, ok)
+            return
+        # wideband legs: decode one by one, then 16 -> 8 kHz in one batch
+        rows = self._rows[wide]
+        pcm16 = np.zeros((len(wide), WB_SAMPLES), dtype=np.int16)
+        got = np.zeros(len(wide), dtype=bool)
+        entries = self._entries
+        for j, k in enumerate(wide.tolist()):
+            stream = entries[k][0].wide
+            if stream is None:
+                continue
+            frame = stream.decode_tick(codes[k].tobytes() if ok[k] else None)
+            if frame is not None:
+                pcm16[j] = frame
+                got[j] = True
+        pcm[wide], frames.in_down_hist[rows] = down2(pcm16, frames.in_down_hist[rows])
+        ok[wide] = got
+        frames.take_inbound(self._rows, pcm, ok)
+        frames.inbound_wb[rows] = pcm16
+        frames.has_inbound_wb[rows] = frames.has_inbound[rows]
+        concealed = rows[~got & frames.has_inbound[rows]]
+        if len(concealed):  # 8 kHz concealment (G.722), back to 16 kHz
+            history = frames.prev[concealed][:, FRAME_SAMPLES - UP_HISTORY:]
+            frames.inbound_wb[concealed] = up2(frames.inbound[concealed], history)[0]
 
     def _encode_and_send(
         self, out: list[_Outgoing], entries: npt.NDArray[np.intp], marked: list[int]
@@ -616,11 +656,12 @@ class MediaEngine:
         holds no frame)."""
         frames = self.frames
         rows = self._rows[entries]
-        second = self.jitter.pt[self._streams[entries]].astype(np.uint8)
+        second = (self.jitter.pt[self._streams[entries]] & 0x7F).astype(np.uint8)
         if marked:
             second[marked] |= 0x80
         packets = np.empty((len(out), _FAST_LEN), dtype=np.uint8)
-        self.senders.headers(self._senders[entries], second, packets)
+        senders = self._senders[entries]
+        self.senders.headers(senders, second, packets)
         pcm = frames.outbound[rows]
         pcm[~frames.has_outbound[rows]] = 0
         codes = pcm.view(np.uint16)
@@ -628,7 +669,43 @@ class MediaEngine:
         alaw = frames.alaw[rows]
         if alaw.any():
             packets[alaw, 12:] = ALAW_ENCODE[codes[alaw]]
-        return _send_all(out, packets.tobytes(), self.stats)
+        own: dict[int, bytes] | None = None
+        if frames.n_wide:
+            own = self._encode_wide(entries, rows, senders, pcm, packets)
+        return _send_all(out, packets.tobytes(), self.stats, own)
+
+    def _encode_wide(
+        self, entries: npt.NDArray[np.intp], rows: npt.NDArray[np.intp],
+        senders: npt.NDArray[np.intp], pcm: npt.NDArray[np.int16],
+        packets: npt.NDArray[np.uint8],
+    ) -> dict[int, bytes] | None:
+        """Encode the wideband legs among this tick's packets: their 16 kHz mix where they
+        have one, else their 8 kHz frame resampled (one batch). G.722 payloads go into
+        `packets`; Opus packets (any size) are returned by position, headers advanced to
+        960 RTP units per frame."""
+        frames = self.frames
+        wide = np.flatnonzero(frames.wide[rows])
+        if not len(wide):
+            return None
+        wrows = rows[wide]
+        up, frames.out_up_hist[wrows] = up2(pcm[wide], frames.out_up_hist[wrows])
+        mixed = frames.has_outbound_wb[wrows]
+        if mixed.any():
+            up[mixed] = frames.outbound_wb[wrows[mixed]]
+        own: dict[int, bytes] = {}
+        table = self._entries
+        for j, k in enumerate(wide.tolist()):
+            s = table[int(entries[k])][0]
+            stream = s.wide
+            if stream is None:
+                continue
+            payload = stream.encode(up[j])
+            if stream.opus_jitter is None:
+                packets[k, 12:] = np.frombuffer(payload, dtype=np.uint8)
+            else:
+                own[k] = packets[k, :12].tobytes() + payload
+                self.senders.ts[senders[k]] += s.sender.samples_per_packet - FRAME_SAMPLES
+        return own or None
 
     def _housekeeping(self, now: float) -> None:
         """Once a second: batched packets refresh the sessions' `last_rx`; sessions silent for
@@ -721,17 +798,22 @@ def _send_dtmf(
             sent += 1
         except OSError:
             stats.send_errors += 1
-    s.sender.skip(FRAME_SAMPLES)
+    s.sender.skip(s.sender.samples_per_packet)
     return sent
 
 
-def _send_all(out: list[_Outgoing], data: bytes, stats: EngineStats) -> int:
-    """Send packet k of `data` (all `_FAST_LEN` bytes long) as `out[k]` says."""
+def _send_all(
+    out: list[_Outgoing], data: bytes, stats: EngineStats, own: dict[int, bytes] | None = None
+) -> int:
+    """Send packet k of `data` (all `_FAST_LEN` bytes long), or `own[k]` where given, as
+    `out[k]` says."""
     sent = 0
     pos = 0
-    for transport, remote, send, srtp in out:
+    for k, (transport, remote, send, srtp) in enumerate(out):
         packet = data[pos : pos + _FAST_LEN]
         pos += _FAST_LEN
+        if own is not None and k in own:
+            packet = own[k]
         if srtp is not None:
             protected = srtp.protect(packet)
             if protected is None:

@@ -17,6 +17,13 @@ level falls by 20 % per 10 ms, reaching silence 60 ms into the loss; after `PLC_
 concealed frames the row holds nothing. The first real frame after a loss is overlap-added
 with the continuing concealment (4 ms, plus 4 ms per further 10 ms lost, up to 10 ms), so
 neither boundary clicks. Only the rows that lost a frame this tick do this work, vectorised.
+
+Wideband rows (G.722, Opus: `wide`) have 16 kHz slots besides: `inbound_wb` (what the caller
+said, at 16 kHz) and `outbound_wb` (a wideband conference mix to send; when a row has none,
+the engine sends its 8 kHz `outbound` resampled). Their 8 kHz `inbound` is always filled too
+(the decoded audio resampled), so talk detection, speech recognition and narrowband mixes
+read every row alike. Setting a row's 8 kHz outbound (a prompt) drops its wideband one. The
+resampling histories of the engine and the mixers live here too, one row per session.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from confroom.media.resample import DOWN_HISTORY, UP_HISTORY
 from confroom.media.sources import FRAME_SAMPLES, Frame
 
-__all__ = ["PLC_FRAMES", "FrameTable"]
+__all__ = ["PLC_FRAMES", "WB_SAMPLES", "FrameTable"]
+
+WB_SAMPLES: Final = 2 * FRAME_SAMPLES  # 20 ms at 16 kHz
 
 PLC_FRAMES: Final = 3  # concealment lasts 60 ms (fading out), then the row holds nothing
 _HIST: Final = 2 * FRAME_SAMPLES  # samples of history per row (prev + inbound)
@@ -61,6 +71,18 @@ class FrameTable:
         self.plc_period = np.zeros((0, _PITCH_MAX), dtype=np.float32)  # the repeated period
         self.plc_decay = np.ones(0, dtype=np.float32)  # level trend per 10 ms before the loss
         self.alaw = np.zeros(0, dtype=bool)  # the row's codec is PCMA (else PCMU)
+        self.wide = np.zeros(0, dtype=bool)  # the row's codec is wideband (G.722, Opus)
+        self.n_wide = 0  # rows with `wide` set (0: the wideband paths cost nothing)
+        self.inbound_wb = np.zeros((0, WB_SAMPLES), dtype=np.int16)
+        self.has_inbound_wb = np.zeros(0, dtype=bool)
+        self.outbound_wb = np.zeros((0, WB_SAMPLES), dtype=np.int16)
+        self.has_outbound_wb = np.zeros(0, dtype=bool)
+        # resampling histories: decoded 16 kHz -> 8 kHz inbound (engine), 8 kHz outbound ->
+        # 16 kHz (engine), 8 kHz voice -> 16 kHz mix and 16 kHz mix -> 8 kHz listener (mixer)
+        self.in_down_hist = np.zeros((0, DOWN_HISTORY), dtype=np.int16)
+        self.out_up_hist = np.zeros((0, UP_HISTORY), dtype=np.int16)
+        self.mix_up_hist = np.zeros((0, UP_HISTORY), dtype=np.int16)
+        self.mix_down_hist = np.zeros((0, DOWN_HISTORY), dtype=np.int16)
         self._free: list[int] = []
         self.version = 0  # changes whenever a row is given out or taken back
         self.concealed = 0  # missing frames replaced by concealment, all rows, ever
@@ -70,7 +92,9 @@ class FrameTable:
         old = self.capacity
         for name in (
             "inbound", "has_inbound", "outbound", "has_outbound", "plc_left", "alaw", "prev",
-            "plc_pitch", "plc_done", "plc_period", "plc_decay",
+            "plc_pitch", "plc_done", "plc_period", "plc_decay", "wide", "inbound_wb",
+            "has_inbound_wb", "outbound_wb", "has_outbound_wb", "in_down_hist", "out_up_hist",
+            "mix_up_hist", "mix_down_hist",
         ):
             a = getattr(self, name)
             new = np.zeros((capacity, *a.shape[1:]), dtype=a.dtype)
@@ -90,8 +114,15 @@ class FrameTable:
 
     def close(self, row: int) -> None:
         self.clear(row)
+        self.set_wide(row, False)
         self._free.append(row)
         self.version += 1
+
+    def set_wide(self, row: int, wide: bool) -> None:
+        """Mark the row's codec wideband (16 kHz slots used) or not."""
+        if bool(self.wide[row]) != wide:
+            self.n_wide += 1 if wide else -1
+            self.wide[row] = wide
 
     def clear(self, row: int) -> None:
         self.has_inbound[row] = False
@@ -99,6 +130,12 @@ class FrameTable:
         self.plc_left[row] = 0
         self.plc_done[row] = 0
         self.prev[row] = 0
+        self.has_inbound_wb[row] = False
+        self.has_outbound_wb[row] = False
+        self.in_down_hist[row] = 0
+        self.out_up_hist[row] = 0
+        self.mix_up_hist[row] = 0
+        self.mix_down_hist[row] = 0
 
     # --- one row, as the session's `inbound` / `mix_out` attributes -------------------------
 
@@ -106,6 +143,7 @@ class FrameTable:
         return self.inbound[row].copy() if self.has_inbound[row] else None
 
     def set_inbound(self, row: int, frame: Frame | None) -> None:
+        self.has_inbound_wb[row] = False
         if frame is None:
             self.has_inbound[row] = False
         else:
@@ -116,6 +154,7 @@ class FrameTable:
         return self.outbound[row].copy() if self.has_outbound[row] else None
 
     def set_outbound(self, row: int, frame: Frame | None) -> None:
+        self.has_outbound_wb[row] = False  # a prompt (or silence) replaces a wideband mix
         if frame is None:
             self.has_outbound[row] = False
         else:

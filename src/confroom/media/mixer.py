@@ -5,7 +5,9 @@ every conference of the node with it), `mix` (one conference), `mix_with_audienc
 (coach/whisper: a speaker heard only by one tag group) and `beep_frames` (a short faded tone
 a conference overlays on everyone's output).
 
-Pure, sans-IO numpy on int16 frames of `FRAME_SAMPLES` samples. Each conference's sum of its
+Pure, sans-IO numpy on int16 frames of `FRAME_SAMPLES` samples (8 kHz) or twice that (a
+wideband conference's 16 kHz mix; every frame of one call has the same width). Each
+conference's sum of its
 speaking rows is taken once in int32 (exact for any realistic member count), every member
 gets its conference's sum minus its own contribution, and the result is clipped: saturating
 at -32768/32767, never wrapping. The number of array passes per tick does not depend on the
@@ -37,9 +39,14 @@ _I16_MAX = 32767
 _SMALL = 8 * FRAME_SAMPLES  # below this many samples, call overhead dominates
 
 
+_WIDTHS = (FRAME_SAMPLES, 2 * FRAME_SAMPLES)
+
+
 def _check_frames(frames: Int16Frames, speaking: BoolArray) -> int:
-    if frames.ndim != 2 or frames.shape[1] != FRAME_SAMPLES:
-        raise ValueError(f"frames must have shape (M, {FRAME_SAMPLES}), got {frames.shape}")
+    if frames.ndim != 2 or frames.shape[1] not in _WIDTHS:
+        raise ValueError(
+            f"frames must have shape (M, {FRAME_SAMPLES} or {2 * FRAME_SAMPLES}), "
+            f"got {frames.shape}")
     if frames.dtype != np.int16:
         raise TypeError(f"frames must be int16, got {frames.dtype}")
     m = int(frames.shape[0])
@@ -48,18 +55,18 @@ def _check_frames(frames: Int16Frames, speaking: BoolArray) -> int:
     return m
 
 
-def _out_buffer(out: Int16Frames | None, m: int) -> Int16Frames:
+def _out_buffer(out: Int16Frames | None, m: int, width: int = FRAME_SAMPLES) -> Int16Frames:
     if out is None:
-        return np.empty((m, FRAME_SAMPLES), dtype=np.int16)
-    if out.shape != (m, FRAME_SAMPLES) or out.dtype != np.int16:
-        raise ValueError(f"out must be int16 of shape ({m}, {FRAME_SAMPLES}), got {out.shape}")
+        return np.empty((m, width), dtype=np.int16)
+    if out.shape != (m, width) or out.dtype != np.int16:
+        raise ValueError(f"out must be int16 of shape ({m}, {width}), got {out.shape}")
     return out
 
 
 def _sum_rows(frames: Int16Frames, rows: IntArray) -> npt.NDArray[np.int32]:
     """int32 sum of the given rows (zeros when there are none)."""
     if rows.size == 0:
-        return np.zeros(FRAME_SAMPLES, dtype=np.int32)
+        return np.zeros(frames.shape[1], dtype=np.int32)
     if rows.size == 1:
         one: npt.NDArray[np.int32] = frames[int(rows[0])].astype(np.int32)
         return one
@@ -127,9 +134,9 @@ def mix_conferences(
     hears before clipping, e.g. for recording).
     """
     m = _check_frames(frames, speaking)
-    result = _out_buffer(out, m)
+    result = _out_buffer(out, m, frames.shape[1])
     if m == 0:
-        return result, np.zeros((0, FRAME_SAMPLES), dtype=np.int32)
+        return result, np.zeros((0, frames.shape[1]), dtype=np.int32)
     own = frames.astype(np.int32)
     own *= speaking[:, None]
     totals: npt.NDArray[np.int32] = np.add.reduceat(own, starts, axis=0)
@@ -195,7 +202,7 @@ def mix_with_audience(
     pre-clipped mix plus, for the speakers, one subtraction.
     """
     m = _check_frames(frames, speaking)
-    result = _out_buffer(out, m)
+    result = _out_buffer(out, m, frames.shape[1])
     if m == 0:
         return result
     restricted = np.asarray(restricted)
@@ -219,7 +226,7 @@ def mix_with_audience(
     n_groups = int(max(int(restricted.max()), int(member_group.max()))) + 1
     # heard[g] = what a member of group g hears (before removing its own voice);
     # the extra last row is for members without a group (index -1 lands there).
-    heard = np.empty((n_groups + 1, FRAME_SAMPLES), dtype=np.int32)
+    heard = np.empty((n_groups + 1, frames.shape[1]), dtype=np.int32)
     heard[:] = total
     groups = restricted[private_rows]
     order = np.argsort(groups, kind="stable")
@@ -241,7 +248,8 @@ def mix_with_audience(
 
 
 def beep_frames(
-    freq: float = 1000.0, duration_s: float = 0.2, amplitude: float = 0.25
+    freq: float = 1000.0, duration_s: float = 0.2, amplitude: float = 0.25,
+    rate: int = SAMPLE_RATE,
 ) -> list[Int16Frames]:
     """A sine beep as whole 20 ms frames, with 5 ms raised-cosine fade in/out (no clicks).
 
@@ -250,15 +258,16 @@ def beep_frames(
     """
     if not 0.0 <= amplitude <= 1.0:
         raise ValueError("amplitude must be within [0, 1]")
-    n = max(1, round(duration_s * SAMPLE_RATE))
-    t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
+    n = max(1, round(duration_s * rate))
+    t = np.arange(n, dtype=np.float64) / rate
     wave = amplitude * 32767.0 * np.sin(2.0 * math.pi * freq * t)
-    fade = min(round(0.005 * SAMPLE_RATE), n // 2)
+    fade = min(round(0.005 * rate), n // 2)
     if fade > 0:
         ramp = 0.5 - 0.5 * np.cos(math.pi * np.arange(fade, dtype=np.float64) / fade)
         wave[:fade] *= ramp
         wave[n - fade :] *= ramp[::-1]
-    n_frames = math.ceil(n / FRAME_SAMPLES)
-    padded = np.zeros(n_frames * FRAME_SAMPLES, dtype=np.int16)
+    size = rate // 50  # samples per 20 ms
+    n_frames = math.ceil(n / size)
+    padded = np.zeros(n_frames * size, dtype=np.int16)
     padded[:n] = np.round(wave).astype(np.int16)
-    return [padded[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES].copy() for i in range(n_frames)]
+    return [padded[i * size : (i + 1) * size].copy() for i in range(n_frames)]

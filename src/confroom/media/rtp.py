@@ -294,7 +294,7 @@ class DtmfSender:
         if pos == 0:
             self._start_ts = sender.ts
         self._pos = pos + 1
-        duration = (pos + 1) * _SAMPLES_PER_FRAME
+        duration = (pos + 1) * sender.samples_per_packet  # at the stream's RTP clock
         if self._pos < self.EVENT_TICKS:
             payload = _EVENT.pack(event, self.VOLUME, duration)
             return [sender.event_header(pt, pos == 0, self._start_ts) + payload]

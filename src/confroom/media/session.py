@@ -8,6 +8,13 @@ sender state and DTMF send queue, the current audio source and the per-tick fram
 and its SRTP context when the call negotiated SRTP (`srtp`: every datagram is unprotected in
 `on_datagram()` before anything reads it; the engine protects what it sends). No sockets and
 no asyncio here: the engine feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
+
+Codecs: PCMU/PCMA go through the engine's batched table paths; a wideband leg (G.722, Opus)
+also has a `WideStream` (`wide`: its decoder, encoder and, for Opus, its packet buffer).
+G.722 packets (160 bytes per 20 ms, RTP clock 8000) use the jitter stream like G.711; Opus
+packets go to the `WideStream`'s own buffer (its jitter stream's payload type carries bit 7,
+which no packet matches, so the engine never batches them). The RTP sender advances by the
+codec's RTP time per frame (960 for Opus), as do telephone-events.
 """
 
 from __future__ import annotations
@@ -16,27 +23,37 @@ from collections.abc import Callable
 from typing import Final
 
 from confroom.media import g711
+from confroom.media.codecs import CODECS, CodecPolicy, codec_info
 from confroom.media.frames import FrameTable
 from confroom.media.jitter import JitterBuffer
 from confroom.media.latch import SourceGuard, Verdict
 from confroom.media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse_rtp
 from confroom.media.sources import Frame, Source
 from confroom.media.srtp import SrtpContext
+from confroom.media.wideband import WideStream
 
-__all__ = ["DIRECTIONS", "MediaSession"]
+__all__ = ["DIRECTIONS", "MediaSession", "fill_byte"]
 
 DIRECTIONS: Final = ("sendrecv", "sendonly", "recvonly", "inactive")
 _CN_PAYLOAD_TYPE: Final = 13  # RFC 3389 comfort noise: a keepalive, never played
+_UNBATCHED: Final = 0x80  # jitter stream payload-type bit: never batched (Opus)
+
+
+def fill_byte(codec: str) -> int:
+    """The byte partial jitter frames pad with (G.711 silence; unused for the others)."""
+    return g711.silence_byte(codec) if codec in ("PCMU", "PCMA") else 0xFF
 
 
 class MediaSession:
     """Per-call media state. Created by `MediaEngine.open_session()`; see `update()`."""
 
     __slots__ = (
+        "_codec",
         "_rx_rearm",
         "_timed_out",
         "audio_tap",
         "closed",
+        "codec_policy",
         "dtmf",
         "dtmf_digits",
         "dtmf_payload_type",
@@ -60,6 +77,7 @@ class MediaSession:
         "sender",
         "source",
         "srtp",
+        "wide",
     )
 
     def __init__(self, local_port: int, now: float = 0.0, jitter_depth: int = 2) -> None:
@@ -80,7 +98,10 @@ class MediaSession:
         self.marker_pending = True  # set the RTP marker on the next packet sent
         self.frames = FrameTable()  # a table of its own until an engine adopts the session
         self.frame_row = self.frames.open()
-        self.payload_type = 0  # PCMU until negotiated (FrameTable rows start as PCMU)
+        self._codec = "PCMU"  # until negotiated (FrameTable rows start as PCMU)
+        self.wide: WideStream | None = None  # codec state of a wideband leg
+        self.codec_policy = CodecPolicy()  # what this leg negotiates (its engine's policy)
+        self.payload_type = 0
         self.source: Source | None = None
         self.on_play_done: Callable[[bool], None] | None = None
         self.on_dtmf: Callable[[str], None] | None = None
@@ -124,14 +145,13 @@ class MediaSession:
         latch to it; the same address again keeps the latched source (a NATed phone's SDP
         address is not where its RTP comes from).
         """
-        if codec not in ("PCMU", "PCMA"):
+        codec = codec.upper()
+        if codec not in CODECS:
             raise ValueError(f"unsupported codec {codec!r}")
         if remote_direction not in DIRECTIONS:
             raise ValueError(f"unknown SDP direction {remote_direction!r}")
         if codec != self.codec:
-            self.jitter.reset(fill=g711.silence_byte(codec))
-            self.frames.clear(self.frame_row)  # no concealment from the other codec's audio
-            self.frames.alaw[self.frame_row] = codec == "PCMA"
+            self._set_codec(codec)
         self.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
         self.remote_direction = remote_direction
@@ -181,7 +201,11 @@ class MediaSession:
         if self.guard.check(addr, pkt.ssrc, pkt.seq, pkt.timestamp, now) is Verdict.REJECTED:
             return False
         if pt == self.payload_type:
-            self.jitter.push(pkt.seq, pkt.timestamp, pkt.payload, pkt.ssrc)
+            wide = self.wide
+            if wide is not None and wide.opus_jitter is not None:
+                wide.opus_jitter.push(pkt.timestamp, pkt.payload, pkt.ssrc)
+            else:
+                self.jitter.push(pkt.seq, pkt.timestamp, pkt.payload, pkt.ssrc)
         elif pt == self.dtmf_payload_type:
             digit = self.dtmf.feed(pkt)
             if digit is not None:
@@ -278,26 +302,45 @@ class MediaSession:
     def adopt_frames(self, table: FrameTable) -> None:
         """Move this session's frame slots to `table` (an engine's), starting empty."""
         alaw = bool(self.frames.alaw[self.frame_row])
+        wide = bool(self.frames.wide[self.frame_row])
         self.frames.close(self.frame_row)
         self.frames = table
         self.frame_row = table.open()
         table.alaw[self.frame_row] = alaw
+        table.set_wide(self.frame_row, wide)
 
     # --- the negotiated codec, kept where the engine's array passes read it ------------------
 
     @property
     def codec(self) -> str:
-        """"PCMU" or "PCMA" (the session's `FrameTable` row holds it)."""
-        return "PCMA" if self.frames.alaw[self.frame_row] else "PCMU"
+        """"PCMU", "PCMA", "G722" or "OPUS" (the `FrameTable` row has its alaw/wide flags)."""
+        return self._codec
+
+    def _set_codec(self, codec: str) -> None:
+        pt = self.payload_type
+        info = codec_info(codec)
+        self._codec = codec
+        self.jitter.reset(fill=fill_byte(codec))
+        row = self.frame_row
+        self.frames.clear(row)  # no concealment from the other codec's audio
+        self.frames.alaw[row] = codec == "PCMA"
+        self.frames.set_wide(row, info.wideband)
+        self.wide = (
+            WideStream(codec, self.codec_policy.opus, self.jitter.bank.depth) if info.wideband
+            else None
+        )
+        self.sender.samples_per_packet = info.ts_per_frame
+        self.payload_type = pt  # re-marks the jitter stream (batched or not)
 
     @property
     def payload_type(self) -> int:
         """The audio payload type, both ways (the session's jitter stream holds it)."""
-        return self.jitter.payload_type
+        pt = self.jitter.payload_type
+        return pt & ~_UNBATCHED if pt >= 0 else pt
 
     @payload_type.setter
     def payload_type(self, pt: int) -> None:
-        self.jitter.payload_type = pt
+        self.jitter.payload_type = pt | (_UNBATCHED if self._codec == "OPUS" else 0)
 
     # --- engine hooks -----------------------------------------------------------------------
 

@@ -1,8 +1,13 @@
-"""SDP (RFC 4566) parsing/building and RFC 3264 offer/answer for G.711 audio.
+"""SDP (RFC 4566) parsing/building and RFC 3264 offer/answer for audio.
 
 Owns `SessionDescription`/`MediaDescription`, `parse_sdp`, `negotiate` (pick codec,
 telephone-event, remote address/direction/ptime, and for an RTP/SAVP stream its SDES
-`a=crypto` line, RFC 4568, from an offer) and `build_answer`. Sans-IO.
+`a=crypto` line, RFC 4568, from an offer), `build_answer` and `build_offer`. Sans-IO.
+
+Codecs (media/codecs): `opus/48000/2` (RFC 7587; we send mono, answer with
+`useinbandfec=1`), `G722/8000` (RFC 3551: 8000 is the RTP clock, the audio is 16 kHz), PCMU,
+PCMA; `telephone-event` is answered at the chosen codec's RTP clock (8000 or 48000) when the
+offer has it there. The caller's order wins unless `prefer_ours` (then `supported`'s order).
 
 SDES: only `AES_CM_128_HMAC_SHA1_80` and `AES_CM_128_HMAC_SHA1_32` with one inline key, no
 MKI and no session parameters are usable; the first usable line of the offer is answered,
@@ -17,7 +22,10 @@ import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from confroom.media.codecs import CODECS, CodecInfo, codec_info
+
 __all__ = [
+    "DEFAULT_CODECS",
     "SRTP_KEY_LEN",
     "SRTP_SUITES",
     "Crypto",
@@ -29,13 +37,17 @@ __all__ = [
     "SrtpRequired",
     "answer_direction",
     "build_answer",
+    "build_offer",
     "negotiate",
     "parse_crypto",
     "parse_sdp",
 ]
 
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-_STATIC_PT = {0: "PCMU", 8: "PCMA"}
+_STATIC_PT = {0: "PCMU", 8: "PCMA", 9: "G722"}
+DEFAULT_CODECS = ("OPUS", "G722", "PCMU", "PCMA")
+OPUS_PT = 111  # our dynamic payload types in offers
+DTMF_PT_48K = 110
 _AVP_PROTOS = frozenset({"RTP/AVP", "RTP/AVPF"})
 _SAVP_PROTOS = frozenset({"RTP/SAVP", "RTP/SAVPF"})
 SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
@@ -275,6 +287,10 @@ class Negotiated:
     ptime: int
     crypto: Crypto | None = None  # the offer's a=crypto we answer (SRTP), None: plain RTP
 
+    @property
+    def info(self) -> CodecInfo:
+        return codec_info(self.codec)
+
 
 def _stream_crypto(m: MediaDescription) -> Crypto | None:
     for name, value in m.attributes:
@@ -285,17 +301,31 @@ def _stream_crypto(m: MediaDescription) -> Crypto | None:
     return None
 
 
+def _codec_of(name: str, rate: int, channels: int) -> str | None:
+    """Our codec name for an rtpmap entry, if we support that exact format."""
+    key = name.upper()
+    info = CODECS.get(key)
+    if info is None or rate != info.rtp_clock:
+        return None
+    if key == "OPUS":
+        return key if channels in (1, 2) else None
+    return key if channels == 1 else None
+
+
 def negotiate(
     offer: SessionDescription,
-    supported: Sequence[str] = ("PCMU", "PCMA"),
+    supported: Sequence[str] = DEFAULT_CODECS,
     require_srtp: bool = False,
+    prefer_ours: bool = False,
 ) -> Negotiated:
-    """Pick the first offered codec we support on the first usable audio stream: RTP/AVP, or
-    RTP/SAVP with a usable a=crypto line (only the latter when `require_srtp`).
+    """Pick a codec of `supported` on the first usable audio stream: RTP/AVP, or RTP/SAVP with
+    a usable a=crypto line (only the latter when `require_srtp`). The first offered codec we
+    support wins; with `prefer_ours`, the first of `supported` that is offered. The
+    telephone-event payload type is the one offered at the chosen codec's RTP clock.
 
     Raises NoCommonCodec when there is no such stream or codec (SrtpRequired when SRTP is
     required and missing), SdpError when the chosen stream has no connection address."""
-    wanted = {s.upper() for s in supported}
+    wanted = [s.upper() for s in supported]
     audio: MediaDescription | None = None
     crypto: Crypto | None = None
     saw_savp = False
@@ -321,8 +351,9 @@ def negotiate(
                                 "inline key, no MKI) on the RTP/SAVP audio stream")
         raise NoCommonCodec("no usable RTP/AVP audio stream in offer")
     rtpmap = audio.rtpmap()
-    codec: tuple[str, int] | None = None
-    dtmf: int | None = None
+    offered: dict[str, int] = {}  # codec -> payload type, in offer order
+    dtmf_at: dict[int, int] = {}  # RTP clock -> telephone-event payload type
+    described: list[str] = []
     for fmt in audio.formats:
         try:
             pt = int(fmt)
@@ -331,19 +362,26 @@ def negotiate(
         mapped = rtpmap.get(pt)
         if mapped is not None:
             name, rate, channels = mapped
-            if rate != 8000 or channels != 1:
-                continue
         elif pt in _STATIC_PT:
-            name = _STATIC_PT[pt]
+            name, rate, channels = _STATIC_PT[pt], 8000, 1
         else:
+            described.append(f"{pt}(no rtpmap)")
             continue
+        described.append(f"{name}/{rate}")
         if name == "TELEPHONE-EVENT":
-            if dtmf is None:
-                dtmf = pt
-        elif codec is None and name in wanted:
-            codec = (name, pt)
-    if codec is None:
-        raise NoCommonCodec("no common audio codec")
+            dtmf_at.setdefault(rate, pt)
+            continue
+        codec_name = _codec_of(name, rate, channels)
+        if codec_name is not None and codec_name not in offered:
+            offered[codec_name] = pt
+    usable = [c for c in offered if c in wanted]
+    if prefer_ours:
+        usable.sort(key=wanted.index)
+    if not usable:
+        raise NoCommonCodec(
+            f"no common audio codec: offered {' '.join(described) or 'nothing'}, "
+            f"we accept {' '.join(wanted)}")
+    chosen = usable[0]
     host = audio.connection or offer.connection
     if host is None:
         raise SdpError("no connection address for audio stream")
@@ -351,7 +389,22 @@ def negotiate(
     if host in ("0.0.0.0", "::"):  # RFC 2543 style hold: the remote will not receive
         direction = {"sendrecv": "sendonly", "recvonly": "inactive"}.get(direction, direction)
     ptime = audio.ptime or _parse_ptime(_attr_value(offer.attributes, "ptime")) or 20
-    return Negotiated(codec[0], codec[1], dtmf, host, audio.port, direction, ptime, crypto)
+    dtmf = dtmf_at.get(codec_info(chosen).rtp_clock)
+    return Negotiated(chosen, offered[chosen], dtmf, host, audio.port, direction, ptime, crypto)
+
+
+def _rtpmap_value(pt: int, info: CodecInfo) -> str:
+    channels = f"/{info.channels}" if info.channels != 1 else ""
+    return f"{pt} {info.sdp_name}/{info.rtp_clock}{channels}"
+
+
+def _codec_attributes(pt: int, info: CodecInfo) -> list[tuple[str, str | None]]:
+    attributes: list[tuple[str, str | None]] = [("rtpmap", _rtpmap_value(pt, info))]
+    if info.name == "OPUS":
+        # mono, FEC wanted, and we render/capture 16 kHz (the conference's band)
+        attributes.append(("fmtp", f"{pt} useinbandfec=1; stereo=0; sprop-stereo=0; "
+                                   "maxplaybackrate=16000; sprop-maxcapturerate=16000"))
+    return attributes
 
 
 def answer_direction(remote_direction: str) -> str:
@@ -377,10 +430,12 @@ def build_answer(
     """A complete SDP answer for `neg` (our media at local_host:local_port); an SRTP answer
     (RTP/SAVP, the offer's crypto tag and suite with `srtp_key`) when `neg.crypto` is set."""
     formats = [str(neg.payload_type)]
-    attributes: list[tuple[str, str | None]] = [("rtpmap", f"{neg.payload_type} {neg.codec}/8000")]
+    info = neg.info
+    attributes = _codec_attributes(neg.payload_type, info)
     if neg.dtmf_payload_type is not None:
         formats.append(str(neg.dtmf_payload_type))
-        attributes.append(("rtpmap", f"{neg.dtmf_payload_type} telephone-event/8000"))
+        attributes.append(
+            ("rtpmap", f"{neg.dtmf_payload_type} telephone-event/{info.rtp_clock}"))
         attributes.append(("fmtp", f"{neg.dtmf_payload_type} 0-16"))
     attributes.append(("ptime", "20"))
     attributes.append((direction or answer_direction(neg.remote_direction), None))
@@ -400,18 +455,30 @@ def build_answer(
     return sdp.to_bytes()
 
 
-OFFER_CODECS: tuple[tuple[str, int], ...] = (("PCMU", 0), ("PCMA", 8))
 OFFER_DTMF_PT = 101
 
 
-def build_offer(*, local_host: str, local_port: int, session_id: int, version: int = 1) -> bytes:
-    """Our SDP offer for an outbound call: PCMU and PCMA, telephone-event/8000 (pt 101),
-    20 ms, sendrecv, plain RTP/AVP."""
-    formats = [str(pt) for _, pt in OFFER_CODECS] + [str(OFFER_DTMF_PT)]
-    attributes: list[tuple[str, str | None]] = [
-        ("rtpmap", f"{pt} {name}/8000") for name, pt in OFFER_CODECS]
-    attributes.append(("rtpmap", f"{OFFER_DTMF_PT} telephone-event/8000"))
-    attributes.append(("fmtp", f"{OFFER_DTMF_PT} 0-16"))
+def build_offer(
+    *, local_host: str, local_port: int, session_id: int, version: int = 1,
+    codecs: Sequence[str] = DEFAULT_CODECS,
+) -> bytes:
+    """Our SDP offer for an outbound call: `codecs` in that order (Opus as pt 111, the others
+    by their static numbers), telephone-event/8000 (pt 101) and, with Opus,
+    telephone-event/48000 (pt 110), 20 ms, sendrecv, plain RTP/AVP."""
+    formats: list[str] = []
+    attributes: list[tuple[str, str | None]] = []
+    clocks: set[int] = set()
+    for name in codecs:
+        info = codec_info(name)
+        pt = OPUS_PT if info.static_pt is None else info.static_pt
+        formats.append(str(pt))
+        attributes.extend(_codec_attributes(pt, info))
+        clocks.add(info.rtp_clock)
+    for rate, pt in ((8000, OFFER_DTMF_PT), (48000, DTMF_PT_48K)):
+        if rate in clocks:
+            formats.append(str(pt))
+            attributes.append(("rtpmap", f"{pt} telephone-event/{rate}"))
+            attributes.append(("fmtp", f"{pt} 0-16"))
     attributes.append(("ptime", "20"))
     attributes.append(("sendrecv", None))
     sdp = SessionDescription(

@@ -25,6 +25,7 @@ __all__ = [
     "NARROWBAND_RATE",
     "WIDEBAND_RATE",
     "CodecInfo",
+    "CodecPolicy",
     "Decoder",
     "Encoder",
     "OpusConfig",
@@ -99,6 +100,15 @@ class OpusConfig:
             raise ValueError(f"opus complexity {self.complexity} out of 0..10")
         if not 0 <= self.packet_loss_perc <= 100:
             raise ValueError(f"opus packet loss {self.packet_loss_perc} out of 0..100")
+
+
+@dataclass(frozen=True, slots=True)
+class CodecPolicy:
+    """What a server negotiates: its codecs in its order, whose order wins, Opus settings."""
+
+    codecs: tuple[str, ...] = ("OPUS", "G722", "PCMU", "PCMA")
+    prefer_ours: bool = False  # config `codec_priority = "server"`
+    opus: OpusConfig = OpusConfig()
 
 
 class Encoder(Protocol):

@@ -10,7 +10,7 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from G722 import G722  # type: ignore[import-not-found]
+from G722 import G722
 
 __all__ = ["FRAME_BYTES", "FRAME_SAMPLES", "G722Decoder", "G722Encoder"]
 
