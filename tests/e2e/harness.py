@@ -773,7 +773,10 @@ ALAW_DECODE = np.array([_alaw_decode_one(i) for i in range(256)], dtype=np.int16
 _ALL_PCM = range(-32768, 32768)
 ULAW_ENCODE = np.array([_ulaw_encode_one(i) for i in _ALL_PCM], dtype=np.uint8)
 ALAW_ENCODE = np.array([_alaw_encode_one(i) for i in _ALL_PCM], dtype=np.uint8)
-CODECS = {"PCMU": 0, "PCMA": 8}
+CODECS = {"PCMU": 0, "PCMA": 8, "G722": 9, "OPUS": 111}
+# RTP time per 20 ms, and PCM rate, of each codec (G.722: RTP clock 8000, audio 16 kHz)
+TS_PER_20MS = {"PCMU": 160, "PCMA": 160, "G722": 160, "OPUS": 960}
+PCM_RATE = {"PCMU": 8000, "PCMA": 8000, "G722": 16000, "OPUS": 16000}
 
 
 def g711_decode(payload: bytes, payload_type: int) -> Int16Array:
@@ -1055,6 +1058,27 @@ class RtpPeer:
             chunks.append(g711_decode(p.payload, p.payload_type))
         return np.concatenate(chunks)
 
+    def decoded_wide(self, codec: str, payload_type: int | None = None,
+                     since: float | None = None) -> Int16Array:
+        """The received G.722 or Opus audio as 16 kHz PCM (confroom's codec module), in
+        sequence order; a missing packet is a 20 ms gap of zeros."""
+        from confroom.media.codecs import make_decoder
+        pt = CODECS[codec] if payload_type is None else payload_type
+        pkts = [p for p in self.packets((pt,)) if since is None or p.arrival >= since]
+        if not pkts:
+            return np.zeros(0, dtype=np.int16)
+        first = pkts[0].seq
+        by_seq: dict[int, bytes] = {}
+        for p in pkts:
+            d = (p.seq - first) & 0xFFFF
+            by_seq.setdefault(d - 0x10000 if d >= 0x8000 else d, p.payload)
+        decoder = make_decoder(codec)
+        chunks: list[Int16Array] = []
+        for k in range(min(by_seq), max(by_seq) + 1):
+            frame = decoder.decode(by_seq[k]) if k in by_seq else None
+            chunks.append(np.zeros(320, dtype=np.int16) if frame is None else frame)
+        return np.concatenate(chunks)
+
     def sources(self) -> set[tuple[str, int]]:
         return {p.source for p in self.packets()}
 
@@ -1074,14 +1098,23 @@ class RtpPeer:
         ptime_ms: int = 20,
         lost: Collection[int] = (),
         delays_ms: Sequence[float] | None = None,
+        payload_type: int | None = None,
     ) -> int:
-        """Send PCM (8 kHz) as G.711 RTP, one packet per `ptime_ms`, paced by deadlines.
-        An impaired network on the sender's side: packets numbered in `lost` (0 = the first)
-        are not sent (their sequence numbers and timestamps are used up all the same), packet
-        i leaves `delays_ms[i]` late (so packets can overtake each other)."""
-        pt = CODECS[codec]
+        """Send PCM as RTP, one packet per `ptime_ms`, paced by deadlines: G.711 (8 kHz PCM),
+        or G.722 / Opus (16 kHz PCM, 20 ms only, encoded with confroom's codec module; Opus
+        as `payload_type`, default 111). An impaired network on the sender's side: packets
+        numbered in `lost` (0 = the first) are not sent (their sequence numbers and
+        timestamps are used up all the same), packet i leaves `delays_ms[i]` late (so
+        packets can overtake each other)."""
+        pt = CODECS[codec] if payload_type is None else payload_type
         samples = np.asarray(pcm, dtype=np.int16)
-        step = 8 * ptime_ms
+        step = PCM_RATE[codec] // 1000 * ptime_ms
+        ts_step = TS_PER_20MS[codec] * ptime_ms // 20
+        encode: Callable[[Int16Array], bytes] = lambda chunk: g711_encode(chunk, pt)  # noqa: E731
+        if codec in ("G722", "OPUS"):
+            from confroom.media.codecs import make_encoder
+            assert ptime_ms == 20, "wideband codecs: 20 ms packets only"
+            encode = make_encoder(codec).encode
         count = -(-len(samples) // step)
         sent = 0
         with self._send_lock:
@@ -1090,14 +1123,14 @@ class RtpPeer:
                 chunk = samples[i * step : (i + 1) * step]
                 if len(chunk) < step:
                     chunk = np.pad(chunk, (0, step - len(chunk)))
+                payload = encode(chunk)  # (an encoder's state runs on over lost packets)
                 if i not in lost:
-                    seq, ts = (self._seq + i) & 0xFFFF, (self._ts + i * step) & 0xFFFFFFFF
-                    pkt = build_rtp(pt, seq, ts, self._ssrc, g711_encode(chunk, pt),
-                                    marker=(i == 0))
+                    seq, ts = (self._seq + i) & 0xFFFF, (self._ts + i * ts_step) & 0xFFFFFFFF
+                    pkt = build_rtp(pt, seq, ts, self._ssrc, payload, marker=(i == 0))
                     late = 0.0 if delays_ms is None else delays_ms[i]
                     packets.append(((i * ptime_ms + late) / 1000, i, pkt))
             self._seq = (self._seq + count) & 0xFFFF
-            self._ts = (self._ts + count * step) & 0xFFFFFFFF
+            self._ts = (self._ts + count * ts_step) & 0xFFFFFFFF
             packets.sort()
             start = time.monotonic()
             for at, _, pkt in packets:
