@@ -633,6 +633,8 @@ class Server:
             local_media_host=self.config.contact_host, on_status=self._status_changed,
             srtp_key=srtp_key,
         )
+        log.info("call_sid=%s codec=%s pt=%d telephone-event=%s", info.call_sid,
+                 negotiated.codec, negotiated.payload_type, negotiated.dtmf_payload_type)
         self.calls[info.call_sid] = call
         self._by_leg[id(leg)] = call
         self.transports.hold(leg.peer)  # a TCP connection stays open while the call uses it

@@ -152,11 +152,12 @@ class Env:
     callers: list[Caller] = field(default_factory=list)
 
     def dial(self, name: str, scenario: str = HANGUP_ON_INFO, timeout: float = 40.0,
-             **kw: Any) -> Caller:
+             keys: Mapping[str, str] | None = None, **kw: Any) -> Caller:
         peer = self.peers()
         port = free_sip_port()
         run = self.sipp.start(scenario, self.srv.target, local_port=port, timeout=timeout,
-                              keys={"rtp_port": peer.port, "from_user": name}, **kw)
+                              keys={"rtp_port": peer.port, "from_user": name, **(keys or {})},
+                              **kw)
         caller = Caller(name, peer, run, port, self.hooks)
         self.callers.append(caller)
         return caller
