@@ -8,6 +8,8 @@ Tones, not speech: the talk gate mixes a steady signal louder than -35 dBFS, and
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +28,7 @@ from harness import (
     tone,
     tone_power,
 )
-from test_conference import CALL, Caller, Env, conference, per_caller
+from test_conference import CALL, Caller, Env, conference
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +61,7 @@ class Room:
     def __init__(self, env: Env, name: str, codecs: dict[str, str]) -> None:
         self.env = env
         self.codecs = codecs
-        env.hooks.route(CALL, per_caller({c: conference(name, beep=False) for c in codecs}))
+        env.hooks.route(CALL, conference(name, beep=False))  # every caller, this room
         self.callers: dict[str, Caller] = {}
         for who, codec in codecs.items():
             self.callers[who] = env.dial(who, scenario="uac_codecs",
@@ -91,7 +93,6 @@ def room(confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner,
 
 def send_all(room: Room, signals: dict[str, Int16Array]) -> tuple[float, float]:
     """Every caller sends its signal at once; returns the window (start, end) to look at."""
-    import threading
     t0 = time.monotonic()
     threads = [threading.Thread(target=room.send, args=(who, pcm), daemon=True)
                for who, pcm in signals.items()]
@@ -145,4 +146,72 @@ def test_mixed_codec_conference_of_four(room: Callable[..., Room]) -> None:
                 assert p < 0.01, f"{codec} hears itself ({p:.3f})"
             else:
                 assert p > 0.1, f"{codec} does not hear {codecs[other]} ({p:.3f})"
+    r.hang_up()
+
+
+def test_sdp_edge_cases_only_opus_nothing_supported_server_order_and_reinvite(
+    room: Callable[..., Room], sipp: SippRunner,
+) -> None:
+    """With `codec_priority = "server"` and codecs G722, OPUS, PCMU: an offer of only Opus
+    gets Opus (48 kHz RTP time: 960 per packet, telephone-event/48000); an offer of PCMU,
+    Opus, G.722 gets G.722 (the server's order); offers of only G.729 or only PCMA (not
+    configured) get 488 with a log naming what was offered; a re-INVITE offering only G.722
+    moves a PCMU call to G.722 mid-call, after which it hears the Opus member's 6 kHz tone
+    and the Opus member hears its own 6 kHz tone (both wideband)."""
+    cfg = {"media": {"codecs": ["G722", "OPUS", "PCMU"], "codec_priority": "server"}}
+    r = room("edge", {"opus_only": "OPUS"}, extra_toml=cfg)
+    srv, env = r.env.srv, r.env
+    opus = r.callers["opus_only"]
+    srv.wait_log(rf"call_sid={opus.sid} codec=OPUS pt=111 telephone-event=110")
+    pkts = opus.peer.wait_packets(20, payload_types=[111])
+    steps = {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in itertools.pairwise(pkts)
+             if (b.seq - a.seq) & 0xFFFF == 1}
+    assert steps == {960}
+
+    ordered = env.dial("ordered", scenario="uac_codecs", keys={"payloads": "0 111 9 101 110"})
+    srv.wait_log(rf"call_sid={ordered.sid} codec=G722 pt=9 telephone-event=101")
+    rtp_addr(ordered.peer, 9)
+
+    for payloads in ("18", "8 101"):
+        res = sipp.run("uac_expect_status", srv.target, variables={"expected_status": "488"},
+                       keys={"payloads": payloads, "rtp_port": "9"}, timeout=20)
+        assert res.ok(), res.describe()
+        assert res.final_statuses == [488]
+    srv.wait_log(r"no common codec \(no common audio codec: offered PCMA/8000 "
+                 r"TELEPHONE-EVENT/8000, we accept G722 OPUS PCMU\)")
+
+    switch = env.dial("switch", scenario="uac_reinvite_codec",
+                      keys={"payloads": "0 101", "payloads2": "9 101"})
+    srv.wait_log(rf"call_sid={switch.sid} codec=PCMU pt=0 telephone-event=101")
+    addr = rtp_addr(switch.peer, 0)
+    srv.wait_log(r"conference join name=edge .*members=3")
+    switch.hang_up()  # the first INFO: the scenario sends its re-INVITE
+    srv.wait_log(rf"call_sid={switch.sid} codec PCMU -> G722")
+    switch.peer.wait_packets(5, payload_types=[9])
+    # both talk at once, each a tone above the narrowband limit plus one in it (the talk
+    # gate decides from the 8 kHz band, where speech always has energy)
+    threads = [
+        threading.Thread(target=opus.peer.send_pcm, daemon=True, kwargs={
+            "pcm": tone(6000, 2.0, 16000, 0.2) + tone(1000, 2.0, 16000, 0.2),
+            "to": r.addr["opus_only"], "codec": "OPUS"}),
+        threading.Thread(target=switch.peer.send_pcm, daemon=True, kwargs={
+            "pcm": tone(5000, 2.0, 16000, 0.2) + tone(700, 2.0, 16000, 0.2),
+            "to": addr, "codec": "G722"}),
+    ]
+    start = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=10)
+    end = time.monotonic()
+    g722, rate = window(switch.peer, "G722", start + 0.5, end - 0.1)
+    assert len(g722) > rate
+    assert power(g722, 6000, rate) > 0.2 and power(g722, 5000, rate) < 0.01
+    heard_by_opus, rate = window(opus.peer, "OPUS", start + 0.5, end - 0.1)
+    assert power(heard_by_opus, 5000, rate) > 0.2 and power(heard_by_opus, 6000, rate) < 0.01
+    switch.hang_up()  # the second INFO: BYE
+    res = switch.done(timeout=20)
+    assert "reinvite_answer=m=audio" in res.logs and "RTP/AVP 9" in res.logs, res.logs[-2000:]
+    ordered.hang_up()
+    ordered.done(timeout=20)
     r.hang_up()
