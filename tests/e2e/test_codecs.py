@@ -12,12 +12,14 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 from harness import (
+    ACCOUNT_SID,
     CODECS,
     PCM_RATE,
     ConfroomFactory,
@@ -29,6 +31,8 @@ from harness import (
     tone_power,
 )
 from test_conference import CALL, Caller, Env, conference
+from test_outbound import Baresip
+from test_outbound import start as start_outbound
 
 pytestmark = pytest.mark.e2e
 
@@ -215,3 +219,49 @@ def test_sdp_edge_cases_only_opus_nothing_supported_server_order_and_reinvite(
     ordered.hang_up()
     ordered.done(timeout=20)
     r.hang_up()
+
+
+@pytest.mark.parametrize(("codec", "rate"), [("G722", 16000), ("opus", 48000)])
+def test_baresip_softphone_negotiates_wideband_and_hears_full_band(
+    confroom: ConfroomFactory, hook_app: HookApp, sipp: SippRunner, tmp_path: Path,
+    rtp_peer_factory: Callable[[], RtpPeer], codec: str, rate: int,
+) -> None:
+    """confroom calls a real softphone (baresip, auto-answer, offering only `codec`) into a
+    conference with an Opus SIPp caller: the outbound offer lists every codec, baresip
+    answers with its one; the caller hears baresip's 6 kHz tone (it crossed baresip ->
+    confroom in `codec` and confroom -> caller in Opus, decoded here with confroom's codec
+    module), and baresip hears the caller's 5 kHz tone (decoded by baresip itself)."""
+    phone = Baresip(tmp_path, "hd", (1000.0, 6000.0), codec=codec, rate=rate)
+    try:
+        hook_app.route(CALL, lambda req: conference(  # alice leaving ends the room
+            "softphone-hd", beep=False, endConferenceOnExit=req.json["from"] == "alice"))
+        hook_app.route("/cstatus", [])
+        srv, rest = start_outbound(confroom, hook_app,
+                                   outbound={"allowed_domains": ["127.0.0.1"]})
+        env = Env(srv, hook_app, sipp, rtp_peer_factory)
+        alice = env.dial("alice", scenario="uac_codecs", keys={"payloads": "111 110"})
+        alice_addr = rtp_addr(alice.peer, 111)
+        status, body = rest.request("POST", "/v1/Accounts/" + ACCOUNT_SID + "/Calls", {
+            "from": "confbot", "to": {"type": "sip", "sipUri": phone.uri},
+            "call_hook": hook_app.url(CALL), "call_status_hook": hook_app.url("/cstatus"),
+            "timeout": 10})
+        assert status == 201, body
+        srv.wait_log(rf"outbound call answered call_sid={body['sid']} codec={codec.upper()}")
+        srv.wait_log(r"conference join name=softphone-hd .*members=2", timeout=15)
+        phone.wait_log("Call established", timeout=10)
+        start = time.monotonic()
+        alice.peer.send_pcm(tone(5000, 2.5, 16000, 0.2) + tone(700, 2.5, 16000, 0.2),
+                            alice_addr, codec="OPUS")
+        end = time.monotonic()
+        pcm, prate = window(alice.peer, "OPUS", start + 0.5, end - 0.1)
+        assert len(pcm) > prate
+        assert power(pcm, 6000, prate) > 0.1 and power(pcm, 1000, prate) > 0.1
+        assert power(pcm, 5000, prate) < 0.01  # not itself
+        alice.hang_up()
+        alice.done(timeout=20)
+        phone.wait_log("session closed", timeout=15)  # the room ended: confroom hung up
+    finally:
+        phone.stop()
+    heard_by_phone = phone.heard()
+    assert power(heard_by_phone, 5000, rate) > 0.1, "baresip does not hear the 5 kHz tone"
+    assert power(heard_by_phone, 700, rate) > 0.1

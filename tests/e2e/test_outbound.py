@@ -29,8 +29,10 @@ from harness import (
     SippRunner,
     free_port_block,
     free_sip_port,
+    tone,
     tone_power,
     write_tone_wav,
+    write_wav,
 )
 from jambonz_sdk.client import JambonzClient
 from schemas import schema_errors
@@ -123,25 +125,34 @@ def test_create_call_callee_joins_conference_audio_both_ways(
 
 class Baresip:
     """A headless baresip softphone on 127.0.0.1 that auto-answers: its config dir is written
-    here (PCMU only, a tone WAV as the microphone via `aufile`, no audio player; the `sndfile`
-    filter writes what it hears to dump-*-dec.wav in its directory)."""
+    here (one codec: PCMU, or G722 / opus with `rate` 16000 / 48000; a tone WAV as the
+    microphone via `aufile`, no audio player; the `sndfile` filter writes what it hears to
+    dump-*-dec.wav in its directory). `tone_hz` may list several frequencies (summed)."""
 
-    def __init__(self, tmp: Path, user: str, tone_hz: float) -> None:
+    def __init__(self, tmp: Path, user: str, tone_hz: float | tuple[float, ...],
+                 codec: str = "PCMU", rate: int = 8000) -> None:
         exe = require_tool("baresip")
         self.dir = tmp / "baresip"
         self.dir.mkdir()
         self.port = free_sip_port()
+        self.rate = rate
         rtp = free_port_block(8)
-        tone = write_tone_wav(self.dir / "tone.wav", tone_hz, 60.0, amplitude=0.2)
+        freqs = tone_hz if isinstance(tone_hz, tuple) else (tone_hz,)
+        mic = sum(tone(f, 60.0, rate, 0.2 / len(freqs)) for f in freqs)
+        wav = write_wav(self.dir / "tone.wav", np.asarray(mic, dtype=np.int16), rate)
         (self.dir / "config").write_text("\n".join([
             "poll_method epoll", f"sip_listen 127.0.0.1:{self.port}", "sip_trans_def udp",
-            "net_interface 127.0.0.1", f"audio_source aufile,{tone}",
-            "ausrc_srate 8000", "auplay_srate 8000", "ausrc_channels 1", "auplay_channels 1",
+            "net_interface 127.0.0.1", f"audio_source aufile,{wav}",
+            f"ausrc_srate {rate}", f"auplay_srate {rate}", "ausrc_channels 1",
+            "auplay_channels 1",
             f"rtp_ports {rtp}-{rtp + 7}", "module_path /usr/lib/baresip/modules",
-            "module g711.so", "module aufile.so", "module sndfile.so",
-            "module_app account.so", f"snd_path {self.dir}", ""]))
+            # only the one codec's module: it can answer with nothing else
+            f"module {'g711' if codec in ('PCMU', 'PCMA') else codec.lower()}.so",
+            "module aufile.so",
+            "module sndfile.so", "module_app account.so", f"snd_path {self.dir}", ""]))
         (self.dir / "accounts").write_text(
-            f"<sip:{user}@127.0.0.1:{self.port}>;regint=0;answermode=auto;audio_codecs=PCMU\n")
+            f"<sip:{user}@127.0.0.1:{self.port}>;regint=0;answermode=auto;"
+            f"audio_codecs={codec}\n")
         self.log_path = self.dir / "baresip.log"
         with self.log_path.open("wb") as out:
             # -t: it quits by itself after 90 s even if this test dies before stop()
@@ -165,8 +176,11 @@ class Baresip:
         """What it received in its (ended) call, decoded, from the sndfile dump."""
         (dump,) = self.dir.glob("dump-*-dec.wav")
         with wave.open(str(dump)) as w:
-            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2)
-            return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+            # (its Opus decoder runs in stereo, as opus/48000/2 says: then the left channel)
+            channels = w.getnchannels()
+            assert (w.getframerate(), w.getsampwidth()) == (self.rate, 2) and channels in (1, 2)
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+            return pcm[::channels]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
