@@ -669,10 +669,14 @@ class MediaEngine:
         alaw = frames.alaw[rows]
         if alaw.any():
             packets[alaw, 12:] = ALAW_ENCODE[codes[alaw]]
-        own: dict[int, bytes] | None = None
-        if frames.n_wide:
-            own = self._encode_wide(entries, rows, senders, pcm, packets)
-        return _send_all(out, packets.tobytes(), self.stats, own)
+        own = self._encode_wide(entries, rows, senders, pcm, packets) if frames.n_wide else None
+        if own is None:
+            return _send_all(out, packets.tobytes(), self.stats)
+        keep = np.ones(len(out), dtype=bool)
+        keep[list(own)] = False  # Opus packets (any size) go out on their own
+        sent = _send_all([o for o, k in zip(out, keep.tolist(), strict=True) if k],
+                         packets[keep].tobytes(), self.stats)
+        return sent + _send_each([(out[k], packet) for k, packet in own.items()], self.stats)
 
     def _encode_wide(
         self, entries: npt.NDArray[np.intp], rows: npt.NDArray[np.intp],
@@ -688,10 +692,11 @@ class MediaEngine:
         if not len(wide):
             return None
         wrows = rows[wide]
-        up, frames.out_up_hist[wrows] = up2(pcm[wide], frames.out_up_hist[wrows])
-        mixed = frames.has_outbound_wb[wrows]
-        if mixed.any():
-            up[mixed] = frames.outbound_wb[wrows[mixed]]
+        up = frames.outbound_wb[wrows]  # the 16 kHz mix where there is one ...
+        alone = np.flatnonzero(~frames.has_outbound_wb[wrows])
+        if len(alone):  # ... else the 8 kHz frame (a prompt, silence) resampled
+            hist = frames.out_up_hist[wrows[alone]]
+            up[alone], frames.out_up_hist[wrows[alone]] = up2(pcm[wide[alone]], hist)
         own: dict[int, bytes] = {}
         table = self._entries
         for j, k in enumerate(wide.tolist()):
@@ -802,18 +807,34 @@ def _send_dtmf(
     return sent
 
 
-def _send_all(
-    out: list[_Outgoing], data: bytes, stats: EngineStats, own: dict[int, bytes] | None = None
-) -> int:
-    """Send packet k of `data` (all `_FAST_LEN` bytes long), or `own[k]` where given, as
-    `out[k]` says."""
+def _send_each(packets: list[tuple[_Outgoing, bytes]], stats: EngineStats) -> int:
+    """Send packets of any size, each as its `_Outgoing` says."""
+    sent = 0
+    for (transport, remote, send, srtp), packet in packets:
+        if srtp is not None:
+            protected = srtp.protect(packet)
+            if protected is None:
+                stats.send_errors += 1
+                continue
+            packet = protected
+        try:
+            if send is None:
+                transport.sendto(packet, remote)
+            else:
+                send(packet)
+            sent += 1
+        except OSError:
+            stats.send_errors += 1
+    return sent
+
+
+def _send_all(out: list[_Outgoing], data: bytes, stats: EngineStats) -> int:
+    """Send packet k of `data` (all `_FAST_LEN` bytes long) as `out[k]` says."""
     sent = 0
     pos = 0
-    for k, (transport, remote, send, srtp) in enumerate(out):
+    for transport, remote, send, srtp in out:
         packet = data[pos : pos + _FAST_LEN]
         pos += _FAST_LEN
-        if own is not None and k in own:
-            packet = own[k]
         if srtp is not None:
             protected = srtp.protect(packet)
             if protected is None:
