@@ -18,6 +18,7 @@ from confroom.conference.audio import ConferenceAudio, MixBus
 from confroom.conference.model import Member
 from confroom.config import AppConfig
 from confroom.media import g711
+from confroom.media.bridge import Bridges
 from confroom.media.codecs import CODECS, OpusConfig, codec_info, make_decoder, make_encoder
 from confroom.media.codecs.opus import OpusDecoder
 from confroom.media.engine import MediaEngine
@@ -304,3 +305,51 @@ def test_codec_change_mid_call_and_prompt_to_a_wideband_leg() -> None:
     run(engine, legs, {}, 1.0)
     pcm, rate = legs[1].heard(skip=5)
     assert level_db(pcm, 440, rate) > -30
+
+
+def test_bridge_between_codecs_full_band_only_between_wideband_legs() -> None:
+    """`dial` bridges: G.722 <-> Opus carries 6 kHz; G.722 -> PCMU carries 1 kHz only."""
+    engine = MediaEngine("127.0.0.1", 43000, 43100, 0)
+    bridges = Bridges(engine.frames)
+    engine.mixers.append(bridges)
+    legs = [Leg(engine, 43000 + 2 * i, c) for i, c in enumerate(["G722", "OPUS", "G722", "PCMU"])]
+    bridges.add(legs[0].session, legs[1].session)
+    bridges.add(legs[2].session, legs[3].session)
+    talk = tone(6000, 1.5, 16000, 0.2) + tone(1000, 1.5, 16000, 0.2)
+    run(engine, legs, {0: talk, 2: talk}, 1.5)
+    opus, rate = legs[1].heard()
+    assert level_db(opus, 6000, rate) > -25 and level_db(opus, 1000, rate) > -25
+    pcmu, rate = legs[3].heard()
+    assert level_db(pcmu, 1000, rate) > -25 and level_db(pcmu, 2000, rate) < -60
+
+
+def test_telephone_events_of_an_opus_leg_run_on_its_48khz_clock() -> None:
+    engine = MediaEngine("127.0.0.1", 44000, 44100, 0)
+    leg = Leg(engine, 44000, "OPUS")
+    leg.session.update("OPUS", 111, 110, "10.0.0.9", 45000)
+    assert leg.session.send_dtmf("5")
+    now = 100.0
+    for _ in range(12):
+        engine.tick(now)
+        now += 0.02
+    events = [p for p in leg.transport.sent if p[1] & 0x7F == 110]
+    audio = [p for p in leg.transport.sent if p[1] & 0x7F == 111]
+    durations = [struct.unpack("!H", p[14:16])[0] for p in events]
+    assert durations[:3] == [960, 1920, 2880] and durations[-1] == 8 * 960
+    first_audio_ts = struct.unpack("!I", audio[0][4:8])[0]
+    event_ts = struct.unpack("!I", events[0][4:8])[0]
+    assert (first_audio_ts - event_ts) & 0xFFFFFFFF == 8 * 960  # audio goes on after 8 ticks
+
+
+def test_recording_of_a_wideband_conference_is_16khz(tmp_path: Any) -> None:
+    import wave
+
+    from confroom.conference.recorder import MixRecorder
+    engine, legs, audio = conference(["G722", "PCMU"])
+    audio.recorder = MixRecorder.open(tmp_path / "r.wav")
+    run(engine, legs, {0: tone(6000, 1.0, 16000, 0.2) + tone(1000, 1.0, 16000, 0.2)}, 1.0)
+    audio.stop_recording()
+    with wave.open(str(tmp_path / "r.wav")) as w:
+        assert w.getframerate() == 16000
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    assert level_db(pcm[3200:], 6000, 16000) > -25

@@ -3,7 +3,9 @@
 A bridge joins two media sessions of the same engine: each tick, what one side said this
 tick becomes what the other side is sent (a direct frame copy between `FrameTable` rows; a
 frame that did not arrive leaves the other side silent). All bridges of the engine are done
-in one fancy-indexed copy per tick. Sessions must already belong to the engine (their frame
+in one fancy-indexed copy per tick (two wideband sides also get each other's 16 kHz frame;
+between a wideband and a narrowband side the 8 kHz frames cross, resampled for the wideband
+side by the engine). Sessions must already belong to the engine (their frame
 rows live in its table); a prompt a session plays still overrides the bridge for its duration.
 """
 
@@ -62,3 +64,8 @@ class Bridges:
         src, dst = self._src, self._dst
         t.outbound[dst] = t.inbound[src]
         t.has_outbound[dst] = t.has_inbound[src]
+        if t.n_wide:  # wideband to wideband: the full band (else the 8 kHz frame, resampled)
+            both = t.wide[src] & t.wide[dst] & t.has_inbound_wb[src]
+            if both.any():
+                t.outbound_wb[dst[both]] = t.inbound_wb[src[both]]
+                t.has_outbound_wb[dst[both]] = True
