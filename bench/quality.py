@@ -5,8 +5,10 @@ uniform jitter) it runs `--runs` conferences (a fresh server and three SIPp call
 tests/e2e/quality.py), and prints the median PESQ-NB of what a listener heard, with, in
 brackets, the median of the same lost packets decoded without the server, lost frames left
 silent (issue 12's baseline). Needs espeak-ng, sox, SIPp and the `pesq` package (test extra).
+With `--codec G722` or `--codec OPUS` every caller uses that codec, the speech is 16 kHz and
+the score is PESQ-WB (P.862.2); `--cases` limits the impairments (e.g. `--cases 0,3`).
 
-    .venv/bin/python bench/quality.py [--runs 3] [--json out.json]
+    .venv/bin/python bench/quality.py [--runs 3] [--codec PCMU] [--cases 0,3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -39,21 +41,31 @@ CASES = [
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--codec", default="PCMU", choices=["PCMU", "PCMA", "G722", "OPUS"])
+    ap.add_argument("--cases", help="comma-separated indexes into the impairment list")
     ap.add_argument("--json", type=Path, help="write every run's scores here")
     args = ap.parse_args()
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="confroom-quality-") as tmp:
         work = Path(tmp)
-        speech = espeak_speech(work, TEXT)
-        print(f"speech: {len(speech) / 8000:.1f} s, {args.runs} runs per case")
+        rate = 16000 if args.codec in ("G722", "OPUS") else 8000
+        metric = "PESQ-WB" if rate == 16000 else "PESQ-NB"
+        speech = espeak_speech(work, TEXT, rate=rate)
+        print(f"{args.codec}: speech {len(speech) / rate:.1f} s, {args.runs} runs per case")
+        wanted = ({int(i) for i in args.cases.split(",")} if args.cases
+                  else set(range(len(CASES))))
         for n, case in enumerate(CASES):
+            if n not in wanted:
+                continue
             heard, silent = [], []
             for run in range(args.runs):
-                h, s = conference_pesq(work / f"c{n}r{run}", speech, case, seed=1000 * n + run)
+                h, s = conference_pesq(work / f"c{n}r{run}", speech, case, seed=1000 * n + run,
+                                       codec=args.codec)
                 heard.append(h)
                 silent.append(s)
-            results.append({"case": str(case), "heard": heard, "silent": silent})
-            print(f"{case!s:<28} PESQ-NB {statistics.median(heard):.2f} "
+            results.append({"codec": args.codec, "case": str(case), "heard": heard,
+                            "silent": silent})
+            print(f"{case!s:<28} {metric} {statistics.median(heard):.2f} "
                   f"({statistics.median(silent):.2f})   runs: "
                   + " ".join(f"{h:.2f}" for h in heard), flush=True)
     if args.json:
