@@ -353,3 +353,16 @@ def test_recording_of_a_wideband_conference_is_16khz(tmp_path: Any) -> None:
         assert w.getframerate() == 16000
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     assert level_db(pcm[3200:], 6000, 16000) > -25
+
+
+def test_source_guard_follows_an_opus_stream_on_its_48khz_clock() -> None:
+    """A NAT re-binding of an Opus call: the same stream 0.5 s later (24,000 RTP units at
+    48 kHz) from a new address is accepted; a timestamp 2 s ahead is not."""
+    from confroom.media.latch import Verdict
+    s = MediaSession(46000)
+    s.update("OPUS", 111, 110, "10.0.0.9", 47000)
+    g = s.guard
+    assert g.check(("10.0.0.9", 47000), 77, 100, 1000, 10.0) is not Verdict.REJECTED
+    assert g.check(("10.0.0.10", 5555), 77, 125, 1000 + 24000, 10.5) is Verdict.CHANGED
+    assert g.check(("10.0.0.11", 6666), 77, 126, 1000 + 24000 + 96000, 10.52) is (
+        Verdict.REJECTED)

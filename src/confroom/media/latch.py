@@ -37,7 +37,7 @@ _SEQ_BACK: Final = 32  # packets behind the last one (reordering across the addr
 _SEQ_AHEAD: Final = 64  # packets ahead, plus _PACKET_RATE per second since then
 _PACKET_RATE: Final = 100  # packets per second at most (10 ms packets)
 _SEQ_MAX_AHEAD: Final = 0x4000  # never more than a quarter of the sequence space
-_CLOCK_RATE: Final = 8000  # RTP timestamp units per second (G.711 and telephone-event)
+_CLOCK_RATE: Final = 8000  # RTP timestamp units per second at `clock_scale` 1 (G.711, G.722)
 _TS_BACK: Final = 1600  # timestamp units behind (200 ms: reordering, our estimate of the last)
 _TS_SLACK: Final = 8000  # units ahead beyond the elapsed time (1 s: jitter, packet size)
 _TS_DRIFT: Final = 1.05  # a sender's clock may run this much faster than ours
@@ -77,8 +77,8 @@ class SourceGuard:
     """The source rule of one session (see the module docstring)."""
 
     __slots__ = (
-        "_reported", "at", "counters", "events", "expected", "latched", "port", "seq", "ssrc",
-        "ts",
+        "_reported", "at", "clock_scale", "counters", "events", "expected", "latched", "port",
+        "seq", "ssrc", "ts",
     )
 
     def __init__(self, port: int) -> None:
@@ -90,6 +90,7 @@ class SourceGuard:
         self.seq = 0
         self.ts = 0
         self.at = 0.0
+        self.clock_scale = 1  # the stream's RTP clock / 8000 (6 for Opus)
         self.events: list[SourceEvent] = []
         self.counters: SourceCounters = GuardCounters()
         self._reported: set[Addr] = set()
@@ -154,6 +155,7 @@ class SourceGuard:
         if not -_SEQ_BACK <= dseq <= ahead:
             return f"sequence number {seq} does not continue {self.seq} after {elapsed:.1f} s"
         dts = ((ts - self.ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-        if not -_TS_BACK <= dts <= elapsed * _CLOCK_RATE * _TS_DRIFT + _TS_SLACK:
+        k = self.clock_scale
+        if not -_TS_BACK * k <= dts <= (elapsed * _CLOCK_RATE * _TS_DRIFT + _TS_SLACK) * k:
             return f"timestamp {ts} does not continue {self.ts} after {elapsed:.1f} s"
         return ""

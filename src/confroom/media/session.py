@@ -330,6 +330,7 @@ class MediaSession:
             else None
         )
         self.sender.samples_per_packet = info.ts_per_frame
+        self.guard.clock_scale = info.rtp_clock // 8000
         self.payload_type = pt  # re-marks the jitter stream (batched or not)
 
     @property
