@@ -162,12 +162,41 @@ def test_opus_jitter_orders_waits_conceals_with_fec_and_rebases() -> None:
     for _ in range(3):  # nothing more: PLC for 3 frames, then an underrun
         assert jb.pop() == (None, None)
     assert jb.pop() is None
-    jb.push(100 * 960, b"x", 7)  # re-based on the next talk spurt (after prefill)
-    jb.push(101 * 960, b"y", 7)
-    assert jb.pop() == (b"x", None)
-    jb.push(5, b"other", 8)  # a new SSRC restarts
+    assert jb.target > 2  # the underrun raised it
+    played = []
+    for k in range(8):  # the next talk spurt, one packet per tick: re-based on its start
+        jb.push((100 + k) * 960, b"x%d" % k, 7)
+        played.append(jb.pop())
+    waited = played.index((b"x0", None))
+    assert waited >= 2 and played[waited:] == [(b"x%d" % i, None) for i in range(8 - waited)]
+    jb.push(5, b"other", 8)  # a new SSRC restarts (at the starting target, 2)
     jb.push(965, b"other2", 8)
-    assert jb.pop() == (b"other", None)
+    assert jb.target == 2 and jb.pop() == (b"other", None)
+
+
+def test_opus_jitter_depth_follows_the_jitter_and_moves_only_in_pauses() -> None:
+    """Packets with 0-80 ms of random delay: the target grows to cover it, and the buffer
+    deepens only on quiet ticks; a clean stream afterwards lets it shrink, again only when
+    quiet. Nothing is lost once the depth has grown."""
+    import random
+    rng = random.Random(5)
+    jb = OpusJitter(depth=2)
+    arrivals: dict[int, list[int]] = {}
+    for k in range(1500):  # frame k is sent at tick k and arrives 0-4 ticks later
+        arrivals.setdefault(k + rng.randint(0, 4), []).append(k)
+    lost_late = []
+    for tick in range(1505):
+        for k in arrivals.get(tick, []):
+            jb.push(k * 960, b"p%d" % k, 1)
+        jb.quiet = (tick // 100) % 2 == 1  # pauses every other second
+        before = jb.grown
+        got = jb.pop()
+        if jb.grown > before:
+            assert jb.quiet  # held only in a pause
+        if tick > 700 and got is not None and got[0] is None:
+            lost_late.append(tick)
+    assert jb.target >= 4 and jb.grown >= 2
+    assert lost_late == []
 
 
 # ------------------------------------------------------------------ engine + conference
