@@ -277,6 +277,7 @@ class MediaSession:
         self.on_play_done = self.on_dtmf = self.on_timeout = None
         self.dtmf_tap = None
         self.audio_tap = None
+        self.wide = None  # a wideband leg's codec state (libopus memory) goes now
 
     # --- this tick's frames -------------------------------------------------------------------
 
