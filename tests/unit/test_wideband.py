@@ -150,14 +150,14 @@ def test_resampler_pass_band_stop_band_and_seamless_streaming() -> None:
 def test_opus_jitter_orders_waits_conceals_with_fec_and_rebases() -> None:
     jb = OpusJitter(depth=2)
     assert jb.pop() is None
-    jb.push(960, b"b", 7)
-    jb.push(0, b"a", 7)  # reordered, before playing started: fine
-    assert jb.pop() == (b"a", None)
-    assert jb.pop() == (b"b", None)
-    jb.push(3 * 960, b"d", 7)  # frame 2 is lost; 3 is here: conceal 2 with 3's FEC
-    assert jb.pop() == (None, b"d")
-    assert jb.pop() == (b"d", None)
-    jb.push(2 * 960, b"c", 7)  # late: dropped
+    # frames 0..5 arrive at once and out of order, frame 3 never
+    for k in (1, 0, 2, 4, 5):
+        jb.push(k * 960, b"%d" % k, 7)
+    played = [jb.pop() for _ in range(6)]
+    assert played == [(b"0", None), (b"1", None), (b"2", None),
+                      (None, b"4"),  # frame 3 lost: rebuilt from frame 4's FEC data
+                      (b"4", None), (b"5", None)]
+    jb.push(3 * 960, b"3", 7)  # late: dropped
     assert jb.dropped == 1
     for _ in range(3):  # nothing more: PLC for 3 frames, then an underrun
         assert jb.pop() == (None, None)

@@ -7,8 +7,9 @@ popped) and `encode()` once per packet it sends.
 
 Opus packets vary in size, so they do not go into the engine's byte-ring jitter bank:
 `OpusJitter` orders them by RTP timestamp (960 per 20 ms) and plays one frame per tick, with
-the policy of media/jitter.py in small: a target depth from an RFC 3550 jitter estimate (1
-frame plus enough for 3 J beyond half a frame, at most 6; a new stream starts at `depth`),
+the policy of media/jitter.py in small: a target depth from an RFC 3550 jitter estimate
+(`depth` frames plus enough for 3 J beyond half a frame, at most 6; never below `depth`, 2
+by default, so that the packet after a lost one is usually here for its FEC data),
 a prefill to the target before playing, and depth changes only in pauses (the decoded frame
 and the one before it quiet): below the target for 100 ms a quiet tick is held (nothing
 played, the cursor stays), above it for 500 ms a quiet frame is skipped. A missing frame
@@ -74,13 +75,13 @@ class OpusJitter:
         self.shrunk = 0  # quiet frames skipped to make it shallower
 
     def _start_jitter(self) -> float:
-        """J whose target is `depth` (half a frame inside that target's range)."""
-        return ((self.depth - 1) * _OPUS_TS) / 3
+        """J of a new stream: its target is `depth` (a clean one's J decays from there)."""
+        return _OPUS_TS / 12
 
     @property
     def target(self) -> int:
         extra = -(-(3 * self._jit - _OPUS_TS / 2) // _OPUS_TS)
-        return int(min(_MAX_TARGET, max(1, 1 + extra)))
+        return int(min(_MAX_TARGET, max(self.depth, self.depth + extra)))
 
     def reset(self) -> None:
         self._buf.clear()
