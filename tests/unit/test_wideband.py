@@ -395,3 +395,22 @@ def test_source_guard_follows_an_opus_stream_on_its_48khz_clock() -> None:
     assert g.check(("10.0.0.10", 5555), 77, 125, 1000 + 24000, 10.5) is Verdict.CHANGED
     assert g.check(("10.0.0.11", 6666), 77, 126, 1000 + 24000 + 96000, 10.52) is (
         Verdict.REJECTED)
+
+
+def test_g722_pauses_come_from_the_decoded_audio_not_the_bytes() -> None:
+    """The jitter buffer reads pauses from G.711 codes; for G.722 the engine tells it
+    (`pause_hint`) from the frames it decoded: a tone is no pause, silence is."""
+    engine, legs, _ = conference(["G722", "PCMU"])
+    bank, stream = engine.jitter, legs[0].session.jitter.index
+    assert bank.pause_hint[stream] == 0 and bank.pause_hint[legs[1].session.jitter.index] == -1
+    run(engine, legs, {0: tone(1000, 0.4, 16000, 0.2)}, 0.4)
+    assert bank.pause_hint[stream] == 0
+    run(engine, legs, {}, 0.4)  # silence
+    assert bank.pause_hint[stream] == 1
+    # with a hint, the bytes do not matter: a slot of 0xFF (G.711 silence) is no pause at 0
+    k, slot = np.array([stream]), np.array([0])
+    bank.ring[stream, 0] = 0xFF
+    bank.filled[stream, 0] = 160
+    for hint, pause in ((-1, True), (0, False), (1, True)):
+        bank.pause_hint[stream] = hint
+        assert bool(bank._quiet(k, slot)[0]) is pause

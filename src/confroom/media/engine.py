@@ -61,7 +61,7 @@ from confroom.media.g711 import (
     ULAW_DECODE,
     ULAW_ENCODE,
 )
-from confroom.media.jitter import JitterBank, JitterBuffer
+from confroom.media.jitter import QUIET_LEVEL, JitterBank, JitterBuffer
 from confroom.media.latch import SourceEvent
 from confroom.media.resample import UP_HISTORY, down2, up2
 from confroom.media.rtp import RtpSenders
@@ -289,6 +289,7 @@ class MediaEngine:
         bank = self.jitter
         stream = bank.open(fill_byte(session.codec))
         bank.pt[stream] = session.jitter.payload_type  # with its "never batched" bit
+        bank.pause_hint[stream] = session.jitter.bank.pause_hint[session.jitter.index]
         session.codec_policy = self.codec_policy
         if bank.capacity > len(self._rx_at):
             self._rx_at = np.resize(self._rx_at, bank.capacity)
@@ -639,6 +640,14 @@ class MediaEngine:
                 got[j] = True
         pcm[wide], frames.in_down_hist[rows] = down2(pcm16, frames.in_down_hist[rows])
         ok[wide] = got
+        # pauses for the jitter buffer of streams whose bytes it cannot read (G.722)
+        quiet = np.abs(pcm16).mean(axis=1) < QUIET_LEVEL
+        decoded = got & (self.jitter.pause_hint[self._streams[wide]] >= 0)
+        if decoded.any():
+            streams = self._streams[wide[decoded]]
+            both = quiet[decoded] & frames.quiet_wb[rows[decoded]]
+            self.jitter.pause_hint[streams] = both
+            frames.quiet_wb[rows[decoded]] = quiet[decoded]
         frames.take_inbound(self._rows, pcm, ok)
         frames.inbound_wb[rows] = pcm16
         frames.has_inbound_wb[rows] = frames.has_inbound[rows]

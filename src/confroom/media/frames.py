@@ -77,6 +77,7 @@ class FrameTable:
         self.has_inbound_wb = np.zeros(0, dtype=bool)
         self.outbound_wb = np.zeros((0, WB_SAMPLES), dtype=np.int16)
         self.has_outbound_wb = np.zeros(0, dtype=bool)
+        self.quiet_wb = np.zeros(0, dtype=bool)  # the last decoded 16 kHz frame was quiet
         # resampling histories: decoded 16 kHz -> 8 kHz inbound (engine), 8 kHz outbound ->
         # 16 kHz (engine), 8 kHz voice -> 16 kHz mix and 16 kHz mix -> 8 kHz listener (mixer)
         self.in_down_hist = np.zeros((0, DOWN_HISTORY), dtype=np.int16)
@@ -93,7 +94,8 @@ class FrameTable:
         for name in (
             "inbound", "has_inbound", "outbound", "has_outbound", "plc_left", "alaw", "prev",
             "plc_pitch", "plc_done", "plc_period", "plc_decay", "wide", "inbound_wb",
-            "has_inbound_wb", "outbound_wb", "has_outbound_wb", "in_down_hist", "out_up_hist",
+            "has_inbound_wb", "outbound_wb", "has_outbound_wb", "quiet_wb", "in_down_hist",
+            "out_up_hist",
             "mix_up_hist", "mix_down_hist",
         ):
             a = getattr(self, name)

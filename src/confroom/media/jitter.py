@@ -25,7 +25,9 @@ out as exactly one 20 ms frame per pop. Both paths implement one policy:
   quiet (mean |sample| < `QUIET_LEVEL`) holds the cursor and yields None instead (the
   engine's concealment of a quiet frame: one 20 ms frame of pause inserted, `grown`); above
   it (see shrinking) a quiet frame after a quiet one is skipped. Never a frame of speech:
-  while a talker talks, the depth stays as it is.
+  while a talker talks, the depth stays as it is. A stream whose bytes are not G.711 (G.722)
+  has a `pause_hint` instead: its caller says whether the last two frames it decoded were
+  quiet.
 - nothing buffered at a pop (a lost or late packet): for up to 3 pops (`_COAST_FRAMES`, the
   span of the engine's concealment) the cursor runs on and the frames pop as lost, so a lost
   packet costs no latency and no pause; a packet arriving after its frame was passed is late
@@ -207,6 +209,9 @@ class JitterBank:
     clock: npt.NDArray[np.int64]  # pops of the stream so far (its arrival clock)
     counts: npt.NDArray[np.int64]  # (streams, 9): JitterStats counters
     pt: npt.NDArray[np.int64]  # the audio payload type the stream's packets carry (-1: none)
+    # pause hint of a stream whose bytes are not G.711 (G.722): 1 = the caller says its last
+    # decoded frames were quiet, 0 = not; -1 (G.711) = read the levels from the codes
+    pause_hint: npt.NDArray[np.int8]
 
     _FIELDS: Final = (
         ("ring", np.uint8, 0), ("filled", np.int64, 0), ("fill", np.uint8, 0xFF),
@@ -216,7 +221,7 @@ class JitterBank:
         ("deep_pops", np.int64, 0), ("target", np.int64, None), ("jit16", np.int64, 0),
         ("shallow_pops", np.int64, 0), ("starved", np.int64, 0),
         ("transit", np.int64, 0), ("has_transit", np.bool_, 0), ("clock", np.int64, 0),
-        ("counts", np.int64, 0), ("pt", np.int64, -1),
+        ("counts", np.int64, 0), ("pt", np.int64, -1), ("pause_hint", np.int8, -1),
     )
 
     def _allocate(self, capacity: int) -> None:
@@ -244,6 +249,7 @@ class JitterBank:
         self._retired += self.counts[i]  # a closed stream's counts, kept for totals()
         self.counts[i] = 0
         self.pt[i] = -1
+        self.pause_hint[i] = -1
         self.reset(i)
         return i
 
@@ -556,6 +562,9 @@ class JitterBank:
         quiet: npt.NDArray[np.bool_] = (level < QUIET_LEVEL * FRAME_BYTES) | (
             self.filled[streams, slots] == 0
         )
+        hint = self.pause_hint[streams]
+        if (hint >= 0).any():  # not G.711: the caller's word on the frames it decoded last
+            quiet = np.where(hint >= 0, (hint == 1) | (self.filled[streams, slots] == 0), quiet)
         return quiet
 
     def _retarget(self, idx: npt.NDArray[np.intp]) -> None:

@@ -322,6 +322,8 @@ class MediaSession:
         info = codec_info(codec)
         self._codec = codec
         self.jitter.reset(fill=fill_byte(codec))
+        # G.722 bytes are not G.711 levels: the engine tells the buffer where the pauses are
+        self.jitter.bank.pause_hint[self.jitter.index] = -1 if codec in ("PCMU", "PCMA") else 0
         row = self.frame_row
         self.frames.clear(row)  # no concealment from the other codec's audio
         self.frames.alaw[row] = codec == "PCMA"
