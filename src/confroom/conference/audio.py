@@ -18,6 +18,11 @@ once with the `MediaEngine` as its mixer. Each tick the bus:
    listener without a tag hears) and reports talking changes.
 
 So the number of numpy passes per tick does not grow with the number of conferences.
+
+Node-to-node legs of a cluster (`Member.leg`) are rows too: a leg's frame (the peer node's
+local sum) is always summed (no talk detection or gate: the peer already gated its members),
+and a leg is sent its conference's total minus every leg (this node's local sum), so nothing
+received from a node is sent on to another and audio cannot loop.
 """
 
 from __future__ import annotations
@@ -145,6 +150,8 @@ class MixBus:
         self._speak_ok = np.zeros(0, dtype=bool)
         self._listens = np.zeros(0, dtype=bool)
         self._slot_ids = np.zeros(0, dtype=np.intp)
+        self._legs = np.zeros(0, dtype=np.intp)  # rows of node-to-node legs
+        self._not_leg = np.zeros(0, dtype=bool)
         # the FrameTable all rows' sessions share (None: they do not), its version at layout
         # time and each row's frame row in it
         self._table: FrameTable | None = None
@@ -225,6 +232,9 @@ class MixBus:
         self._speak_ok = np.array([not (m.muted or m.on_hold) for m in rows], dtype=bool)
         self._listens = np.array([not m.on_hold for m in rows], dtype=bool)
         self._slot_ids = np.array([self._slots[m.member_id] for m in rows], dtype=np.intp)
+        is_leg = np.array([m.leg for m in rows], dtype=bool)
+        self._legs = np.flatnonzero(is_leg)
+        self._not_leg = ~is_leg
         tables = {id(m.media.frames): m.media.frames for m in rows}
         self._table = next(iter(tables.values())) if len(tables) == 1 else None
         self._table_version = self._table.version if self._table is not None else -1
@@ -266,12 +276,15 @@ class MixBus:
                     buf[i] = frame
                     present[i] = True
         # talking: every member heard this tick except the held ones
-        detect = np.flatnonzero(present & self._listens)
+        legs = self._legs
+        detect = np.flatnonzero(present & self._listens & self._not_leg)
         changes = self._talk.update(buf[detect], self._slot_ids[detect], now)
 
         speaking = present & self._speak_ok
         if self._gate.enabled:
             speaking &= self._talk.open_mask(self._slot_ids, now, self._hang_s)
+            if len(legs):
+                speaking[legs] = present[legs]
         overlays: dict[int, Frame] = {}
         for c, conf in enumerate(self._mixed):
             if conf._overlay:
@@ -293,6 +306,8 @@ class MixBus:
             if c in overlays:
                 totals[c] += overlays[c]
         self._record(totals, now)
+        if len(legs):
+            self._leg_out(buf, speaking, totals, out)
 
         listens = self._listens
         if table is not None:
@@ -314,6 +329,16 @@ class MixBus:
                 if member.talking != talking:
                     member.talking = talking
                     self._row_conf[row].on_talking(member, talking)
+
+    def _leg_out(self, buf: npt.NDArray[np.int16], speaking: npt.NDArray[np.bool_],
+                 totals: npt.NDArray[np.int32], out: npt.NDArray[np.int16]) -> None:
+        """Each leg gets its conference's local sum: the total less every leg's frame."""
+        legs = self._legs
+        confs = self._conf_of_row[legs]
+        remote = np.zeros_like(totals)
+        np.add.at(remote, confs, buf[legs].astype(np.int32) * speaking[legs, None])
+        local = totals[confs] - remote[confs]
+        out[legs] = np.clip(local, -32768, 32767)
 
     def _record(self, totals: npt.NDArray[np.int32], now: float) -> None:
         for rec, c in self._recording:
