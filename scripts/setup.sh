@@ -12,7 +12,7 @@ want_bench=0
 if [ "${1:-}" = "--test" ]; then want_test=1; fi
 if [ "${1:-}" = "--bench" ]; then want_bench=1; fi
 
-apt_pkgs=(espeak-ng libopus0)  # libopus0: the Opus codec (ctypes)
+apt_pkgs=(espeak-ng libopus0 redis-server)  # libopus0: the Opus codec (ctypes); redis-server: clusters (--redis tests, --workers)
 # kamailio: the cluster's SIP front door (deploy/kamailio/); the tests run their own instance
 if [ "$want_test" = 1 ]; then
   apt_pkgs+=(sip-tester sox baresip kamailio build-essential python3-dev)  # C: pesq

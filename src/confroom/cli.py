@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--codec-priority", choices=["caller", "server"],
                    help="whose codec order wins: the caller's offer (default) or --codecs "
                    "(CONFROOM_CODEC_PRIORITY, [media] codec_priority)")
+    s.add_argument("--redis", metavar="URL",
+                   help="join the cluster sharing this Redis: redis://[:password@]host:port/db "
+                   "or rediss:// (CONFROOM_REDIS, [cluster] redis)")
+    s.add_argument("--node-id", metavar="NAME",
+                   help="this node's name in the cluster (CONFROOM_NODE_ID, [cluster] node_id; "
+                   "default: host-pid)")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="run N processes behind the same SIP and HTTP ports, one cluster "
+                   "(with no --redis, a private redis-server) (CONFROOM_WORKERS, [cluster] "
+                   "workers; default 1)")
     s.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -121,12 +131,19 @@ async def _serve(args: argparse.Namespace) -> int:
         "talk_gate": args.talk_gate,
         "codecs": args.codecs,
         "codec_priority": args.codec_priority,
+        "cluster_redis": args.redis,
+        "cluster_node_id": args.node_id,
+        "workers": args.workers,
     }
     try:
         config = load(args.config, overrides=overrides)
     except ConfigError as e:
         logging.getLogger("confroom").error("configuration error: %s", e)
         return 2
+    if config.workers > 1:
+        from confroom.cluster.workers import supervise
+
+        return await supervise(config, getattr(args, "argv", None) or sys.argv[1:])
     server = Server(config)
     try:
         await server.start()
@@ -166,6 +183,7 @@ async def _gc_ticks(policy: GcPolicy, server: Server) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # --workers starts them again
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -66,6 +66,12 @@ TOML layout::
     talk_gate = true            # sum a member into the mix only while it talks (README Media)
     talk_gate_hang_ms = 400     # keep mixing this long after its last speech/loud frame
     talk_gate_level_dbfs = -35.0  # a frame this loud keeps the gate open even if not speech
+    [cluster]                   # off unless redis is set (README "Running a cluster")
+    redis = ""                  # redis://[:password@]host:port/db or rediss:// (TLS)
+    node_id = ""                # this node's name in the cluster (default: host-pid)
+    advertise = ""              # address other nodes send node-to-node RTP to
+                                #   (default: sip.advertised_host / the SIP host)
+    workers = 1                 # processes on this machine behind the same SIP/HTTP ports
     [webhooks]
     timeout = 10.0
     max_body = 1048576          # bytes of a hook's answer read at most; a longer one fails
@@ -111,12 +117,14 @@ control and draining CONFROOM_SIP_UDP_RCVBUF, CONFROOM_DRAIN_TIME, and CONFROOM_
 for every other [limits] key (e.g. CONFROOM_LIMITS_SOURCE_RATE); for outbound calls
 CONFROOM_OUTBOUND_ALLOWED_DOMAINS (comma-separated), CONFROOM_OUTBOUND_MAX_CONCURRENT_CALLS,
 CONFROOM_OUTBOUND_CALLS_PER_SECOND; for talk-gated mixing CONFROOM_TALK_GATE
-(true/false), CONFROOM_TALK_GATE_HANG_MS, CONFROOM_TALK_GATE_LEVEL_DBFS.
+(true/false), CONFROOM_TALK_GATE_HANG_MS, CONFROOM_TALK_GATE_LEVEL_DBFS; for clustering
+CONFROOM_REDIS, CONFROOM_NODE_ID, CONFROOM_CLUSTER_ADVERTISE, CONFROOM_WORKERS.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import uuid
 from collections.abc import Mapping
@@ -278,6 +286,12 @@ class Config:
     talk_gate: bool = True
     talk_gate_hang_ms: int = 400
     talk_gate_level_dbfs: float = -35.0
+    # clustering: "" = a single node with in-memory state (the default)
+    cluster_redis: str = field(default="", repr=False)  # may hold a password
+    cluster_node_id: str = ""
+    cluster_advertise: str = ""
+    workers: int = 1  # >1: a supervisor runs that many cluster nodes on the SIP/HTTP ports
+    reuse_port: bool = False  # SO_REUSEPORT on the SIP and HTTP sockets (set for workers)
     webhook_timeout: float = 10.0
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
     # WebSocket apps (ws(s):// call hooks): ack wait, largest frame taken from an app,
@@ -317,6 +331,11 @@ class Config:
         if self.sip_host in ("0.0.0.0", "::", ""):
             return "127.0.0.1"
         return self.sip_host
+
+    @property
+    def node_advertise(self) -> str:
+        """The address other cluster nodes send node-to-node RTP to."""
+        return self.cluster_advertise or self.contact_host
 
     @property
     def tls_configured(self) -> bool:
@@ -645,6 +664,15 @@ def load(
         kw["talk_gate_hang_ms"] = _num(conference, "talk_gate_hang_ms", "conference", int)
     if "talk_gate_level_dbfs" in conference:
         kw["talk_gate_level_dbfs"] = _num(conference, "talk_gate_level_dbfs", "conference")
+    cluster = data.get("cluster", {})
+    for key, attr in (("redis", "cluster_redis"), ("node_id", "cluster_node_id"),
+                      ("advertise", "cluster_advertise")):
+        if key in cluster:
+            if not isinstance(cluster[key], str):
+                raise ConfigError(f"cluster.{key}: expected a string")
+            kw[attr] = cluster[key]
+    if "workers" in cluster:
+        kw["workers"] = _num(cluster, "workers", "cluster", int)
     if "timeout" in data.get("webhooks", {}):
         kw["webhook_timeout"] = _num(data["webhooks"], "timeout", "webhooks")
     if "max_body" in data.get("webhooks", {}):
@@ -714,6 +742,14 @@ def load(
                                   f", got {env[name]!r}") from None
     if (p := env_int("CONFROOM_SIP_UDP_RCVBUF")) is not None:
         kw["sip_udp_rcvbuf"] = p
+    for name, attr in (("CONFROOM_REDIS", "cluster_redis"), ("CONFROOM_NODE_ID", "cluster_node_id"),
+                       ("CONFROOM_CLUSTER_ADVERTISE", "cluster_advertise")):
+        if env.get(name):
+            kw[attr] = env[name]
+    if (n := env_int("CONFROOM_WORKERS")) is not None:
+        kw["workers"] = n
+    if env.get("CONFROOM_REUSE_PORT") == "1":  # set by the --workers supervisor for its workers
+        kw["reuse_port"] = True
     if env.get("CONFROOM_TALK_GATE"):
         flag = env["CONFROOM_TALK_GATE"].strip().lower()
         if flag not in _BOOLS:
@@ -855,9 +891,37 @@ def validate(cfg: Config) -> None:
         OpusConfig(cfg.opus_bitrate, cfg.opus_complexity).validate()
     except ValueError as e:
         raise ConfigError(f"media.opus_bitrate / media.opus_complexity: {e}") from None
+    _validate_cluster(cfg)
     for app in cfg.apps:
         if (app.call_hook is None) == (app.verbs_file is None):
             raise ConfigError(f"app {app.name!r}: needs exactly one of a call hook or a verb file")
+
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _validate_cluster(cfg: Config) -> None:
+    if not 1 <= cfg.workers <= 256:
+        raise ConfigError(f"cluster.workers (CONFROOM_WORKERS, --workers) must be 1-256, "
+                          f"not {cfg.workers}")
+    if cfg.workers > 1 and cfg.sip_port == 0:
+        raise ConfigError("--workers needs a fixed SIP port (sip.port, --sip-port), not 0")
+    url = cfg.cluster_redis
+    if url:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                "cluster.redis (CONFROOM_REDIS, --redis) must be a redis://, rediss:// or "
+                "unix:// URL, e.g. redis://127.0.0.1:6379/0"
+            )
+    if cfg.cluster_node_id and not _NODE_ID.match(cfg.cluster_node_id):
+        raise ConfigError(
+            f"cluster.node_id (CONFROOM_NODE_ID, --node-id) {cfg.cluster_node_id!r}: 1-64 "
+            "letters, digits, '.', '_' or '-'"
+        )
+    if cfg.cluster_advertise and cfg.cluster_advertise in ("0.0.0.0", "::"):
+        raise ConfigError("cluster.advertise must be an address other nodes can reach, "
+                          "not a wildcard")
 
 
 def _validate_tls(cfg: Config) -> None:

@@ -163,6 +163,12 @@ class Server:
                           config.talk_gate_level_dbfs),
         )
         self.verbs = verb_table(self.conferences)  # what each verb name runs
+        self.cluster: Any = None  # a ClusterNode when [cluster] redis is set
+        if config.cluster_redis:
+            from confroom.cluster.node import ClusterNode  # the only path that imports Redis
+
+            self.cluster = ClusterNode(config, self.conferences, self.engine, self._spawn)
+            self.cluster.find_call = lambda sid: self.calls.get(sid)
         self.calls: dict[str, Call] = {}  # call_sid -> call
         self._by_leg: dict[int, Call] = {}  # id(leg) -> call
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -204,12 +210,14 @@ class Server:
         # done now, not in the event loop while the first calls' media runs.
         parse_verb_list([{"verb": "answer"}])
         await self.engine.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         tls = None
         if cfg.tls_cert is not None and cfg.tls_key is not None:
             tls = server_context(cfg.tls_cert, cfg.tls_key)
         self.transports.configure(sip_limits, cfg.sip_max_message_bytes)
         await self.transports.start(cfg.sip_host, cfg.sip_port, cfg.sip_transports,
-                                    cfg.sip_tls_port, tls)
+                                    cfg.sip_tls_port, tls, reuse_port=cfg.reuse_port)
         self.core = SipCore(cfg.contact_host, self.transports.port,
                             tls_port=self.transports.tls_port, user_agent=cfg.user_agent)
         self.core.gate = self._gate
@@ -224,6 +232,7 @@ class Server:
                                  ssl_context=tls if cfg.https else None,
                                  limits=http_limits, body_timeout=cfg.http_body_timeout,
                                  server_header=cfg.user_agent)
+            self.api.reuse_port = cfg.reuse_port
             await self.api.start()
             if cfg.tls_configured and not cfg.https:
                 log.warning("REST API over plain HTTP although [tls] is configured ([http] tls "
@@ -320,6 +329,8 @@ class Server:
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._timer is not None:
             self._timer.cancel()
         await self.transports.close()

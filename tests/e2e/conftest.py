@@ -18,6 +18,7 @@ from harness import (
     ConfroomFactory,
     ConfroomProcess,
     HookApp,
+    RedisServer,
     RtpPeer,
     SippRunner,
     require_tool,
@@ -71,6 +72,23 @@ def rtp_peer_factory() -> Iterator[Callable[[], RtpPeer]]:
 @pytest.fixture
 def rtp_peer(rtp_peer_factory: Callable[[], RtpPeer]) -> RtpPeer:
     return rtp_peer_factory()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Factory: redis_server(password=None, tls=None) starts a private redis-server (stopped
+    after); tls = (CA, certificate, key) PEM files."""
+    servers: list[RedisServer] = []
+
+    def make(password: str | None = None,
+             tls: tuple[Path, Path, Path] | None = None) -> RedisServer:
+        srv = RedisServer(tmp_path / f"redis{len(servers)}", password=password, tls=tls)
+        servers.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in servers:
+        srv.stop()
 
 
 @pytest.fixture

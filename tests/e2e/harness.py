@@ -400,6 +400,109 @@ ConfroomFactory = Callable[..., ConfroomProcess]
 """The `confroom` fixture: confroom(call_hook | verbs=..., ...) -> a ready server."""
 
 
+class RedisServer:
+    """A private redis-server on a free port of 127.0.0.1, its data in `workdir` (no
+    persistence); `password` sets requirepass; `tls` = (CA, certificate, key) PEM files makes
+    it TLS only. stop()/start() again keep the port."""
+
+    def __init__(self, workdir: Path, password: str | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_tcp_port()
+        self.password = password
+        self.tls = tls
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}{HOST}:{self.port}/0?ssl_ca_certs={self.tls[0]}"
+        return f"redis://{auth}{HOST}:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        exe = require_tool("redis-server")
+        cmd = [exe, "--port", str(self.port), "--bind", HOST, "--save", "",
+               "--appendonly", "no", "--dir", str(self.workdir), "--logfile",
+               str(self.workdir / "redis.log")]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            cmd += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                    "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                    "--tls-auth-clients", "no"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.command("PING") in ("PONG", b"PONG"):
+                    return self
+            except OSError:
+                pass
+            assert self.proc.poll() is None, f"redis-server exited: {self.log_text()}"
+            assert time.monotonic() < deadline, "redis-server did not answer PING"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def log_text(self) -> str:
+        path = self.workdir / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def command(self, *args: str) -> Any:
+        """One Redis command over a fresh connection (RESP, no client library)."""
+        with socket.create_connection((HOST, self.port), timeout=5) as raw:
+            sock = raw
+            if self.tls is not None:
+                import ssl
+
+                ctx = ssl.create_default_context(cafile=str(self.tls[0]))
+                sock = ctx.wrap_socket(raw, server_hostname=HOST)
+            f = sock.makefile("rb")
+            if self.password:
+                sock.sendall(_resp(["AUTH", self.password]))
+                _read_resp(f)
+            sock.sendall(_resp(list(args)))
+            return _read_resp(f)
+
+
+def _resp(args: Sequence[str]) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _read_resp(f: Any) -> Any:
+    line = f.readline()
+    if not line:
+        raise OSError("redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise OSError(f"redis error: {rest.decode()}")
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data.decode(errors="replace")
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_resp(f) for _ in range(n)]
+    raise OSError(f"unexpected RESP reply {line!r}")
+
+
 def parse_kv(line: str) -> dict[str, str]:
     """key=value pairs of a log line (values end at whitespace)."""
     return dict(re.findall(r"(\w+)=(\S+)", line))

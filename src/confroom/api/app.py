@@ -39,6 +39,7 @@ from confroom.api.metrics import CONTENT_TYPE
 from confroom.callupdate import LiveCall, UpdateError, apply_update, parse_update
 from confroom.conference.control import ControlError, conference_detail
 from confroom.conference.service import ConferenceService
+from confroom.conference.shared import SharedStateError
 from confroom.connlimits import Limits
 from confroom.outbound import LimitExceeded, Refused
 from confroom.outcall import CreateCall, CreateCallError, parse_create_call
@@ -156,6 +157,9 @@ async def update_call(request: web.Request) -> web.Response:
     account_sid = request.match_info["account_sid"]
     call_sid = request.match_info["call_sid"]
     call = srv.calls.get(call_sid)
+    svc = srv.conferences
+    if call is None and svc.shared is not None:
+        return await _update_remote_call(request, account_sid, call_sid)
     if call is None or call.info.account_sid != account_sid:
         return error(404, f"no call {call_sid} in account {account_sid}")
     try:
@@ -167,6 +171,26 @@ async def update_call(request: web.Request) -> web.Response:
     except UpdateError as e:
         return error(e.status, str(e))
     return web.json_response(summary, status=202)
+
+
+async def _update_remote_call(request: web.Request, account_sid: str, call_sid: str,
+                              ) -> web.Response:
+    """Cluster: the call is not on this node; the node that has it carries the update out."""
+    shared = _server(request).conferences.shared
+    assert shared is not None
+    try:
+        body = await _json_body(request)
+        parse_update(body)  # a bad body is refused here, not sent round the cluster
+    except ControlError as e:
+        return error(400, str(e))
+    try:
+        done = await shared.update_call(account_sid, call_sid, body)
+    except SharedStateError as e:
+        return error(503, str(e))
+    if done is None:
+        return error(404, f"no call {call_sid} in account {account_sid} on any node of the "
+                          "cluster")
+    return web.json_response(done[1], status=done[0])
 
 
 async def create_call(request: web.Request) -> web.Response:
@@ -191,7 +215,13 @@ async def create_call(request: web.Request) -> web.Response:
 
 async def list_conferences(request: web.Request) -> web.Response:
     svc = _server(request).conferences
-    return web.json_response(svc.registry.names(request.match_info["account_sid"]))
+    account = request.match_info["account_sid"]
+    if svc.shared is not None:
+        try:
+            return web.json_response(await svc.shared.conference_names(account))
+        except SharedStateError as e:
+            return error(503, str(e))
+    return web.json_response(svc.registry.names(account))
 
 
 def _conference(request: web.Request) -> Any:
@@ -201,6 +231,16 @@ def _conference(request: web.Request) -> Any:
 
 
 async def get_conference(request: web.Request) -> web.Response:
+    shared = _server(request).conferences.shared
+    if shared is not None:
+        try:
+            detail = await shared.conference_detail(request.match_info["account_sid"],
+                                                    request.match_info["name"])
+        except SharedStateError as e:
+            return error(503, str(e))
+        if detail is None:
+            return error(404, f"no conference {request.match_info['name']!r} in progress")
+        return web.json_response(detail)
     conf = _conference(request)
     if conf is None:
         return error(404, f"no conference {request.match_info['name']!r} in progress")
@@ -208,6 +248,16 @@ async def get_conference(request: web.Request) -> web.Response:
 
 
 async def delete_conference(request: web.Request) -> web.Response:
+    shared = _server(request).conferences.shared
+    if shared is not None:
+        try:
+            summary = await shared.end_conference(request.match_info["account_sid"],
+                                                  request.match_info["name"])
+        except SharedStateError as e:
+            return error(503, str(e))
+        if summary is None:
+            return error(404, f"no conference {request.match_info['name']!r} in progress")
+        return web.json_response(summary, status=202)
     conf = _conference(request)
     if conf is None:
         return error(404, f"no conference {request.match_info['name']!r} in progress")
@@ -287,6 +337,7 @@ class ApiServer:
                               server_header=server_header)
         self._host = host
         self._want_port = port
+        self.reuse_port = False  # --workers: several processes serve the same port
         self._ssl = ssl_context
         self.port = port
         self.limits = limits or DEFAULT_LIMITS
@@ -304,7 +355,7 @@ class ApiServer:
         self._app[GUARD] = listener
         await runner.setup()
         try:
-            await listener.start(self._host, self._want_port, self._ssl)
+            await listener.start(self._host, self._want_port, self._ssl, self.reuse_port)
         except OSError:
             await runner.cleanup()
             http_log.removeFilter(self._quiet)

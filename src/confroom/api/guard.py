@@ -118,8 +118,8 @@ class GuardedListener:
     def now(self) -> float:
         return self._loop.time() if self._loop is not None else 0.0
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
-                    ) -> None:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    reuse_port: bool = False) -> None:
         loop = self._loop = asyncio.get_running_loop()
         handler_factory = self.runner.server
         assert handler_factory is not None, "runner.setup() first"
@@ -131,7 +131,8 @@ class GuardedListener:
         if ssl_context is not None:  # the handshake is part of the time the headers may take
             tls = {"ssl": ssl_context, "ssl_handshake_timeout": self.table.limits.message_timeout}
         server = await loop.create_server(factory, host, port, reuse_address=True,
-                                          backlog=LISTEN_BACKLOG, **tls)
+                                          backlog=LISTEN_BACKLOG,
+                                          reuse_port=reuse_port or None, **tls)
         self._server = server
         sockets = getattr(server, "sockets", None) or []
         if sockets:

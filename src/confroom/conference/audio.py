@@ -27,6 +27,13 @@ band-limited by the resampler's filter), so everyone hears everyone in its own b
 never itself, with mutes, holds, the talk gate, coach/whisper and beeps as at 8 kHz. The
 recorder of a wideband conference gets the 16 kHz mix. Talk detection stays at 8 kHz (every
 member has an 8 kHz frame). A pure G.711 node skips all of this (`FrameTable.n_wide` is 0).
+
+Node-to-node legs of a cluster (`Member.leg`) are rows too: a leg's frame (the peer node's
+local sum) is always summed (no talk detection or gate: the peer already gated its members),
+and a leg is sent its conference's total minus every leg (this node's local sum), so nothing
+received from a node is sent on to another and audio cannot loop.
+Legs carry 8 kHz: in a wideband conference a leg still gets the 8 kHz local sum
+(written after the 16 kHz pass), so members on another node hear it band-limited.
 """
 
 from __future__ import annotations
@@ -161,6 +168,8 @@ class MixBus:
         self._speak_ok = np.zeros(0, dtype=bool)
         self._listens = np.zeros(0, dtype=bool)
         self._slot_ids = np.zeros(0, dtype=np.intp)
+        self._legs = np.zeros(0, dtype=np.intp)  # rows of node-to-node legs
+        self._not_leg = np.zeros(0, dtype=bool)
         # the FrameTable all rows' sessions share (None: they do not), its version at layout
         # time and each row's frame row in it
         self._table: FrameTable | None = None
@@ -241,6 +250,9 @@ class MixBus:
         self._speak_ok = np.array([not (m.muted or m.on_hold) for m in rows], dtype=bool)
         self._listens = np.array([not m.on_hold for m in rows], dtype=bool)
         self._slot_ids = np.array([self._slots[m.member_id] for m in rows], dtype=np.intp)
+        is_leg = np.array([m.leg for m in rows], dtype=bool)
+        self._legs = np.flatnonzero(is_leg)
+        self._not_leg = ~is_leg
         tables = {id(m.media.frames): m.media.frames for m in rows}
         self._table = next(iter(tables.values())) if len(tables) == 1 else None
         self._table_version = self._table.version if self._table is not None else -1
@@ -282,12 +294,15 @@ class MixBus:
                     buf[i] = frame
                     present[i] = True
         # talking: every member heard this tick except the held ones
-        detect = np.flatnonzero(present & self._listens)
+        legs = self._legs
+        detect = np.flatnonzero(present & self._listens & self._not_leg)
         changes = self._talk.update(buf[detect], self._slot_ids[detect], now)
 
         speaking = present & self._speak_ok
         if self._gate.enabled:
             speaking &= self._talk.open_mask(self._slot_ids, now, self._hang_s)
+            if len(legs):
+                speaking[legs] = present[legs]
         overlays: dict[int, Frame] = {}
         for c, conf in enumerate(self._mixed):
             if conf._overlay:
@@ -312,6 +327,8 @@ class MixBus:
         if table is not None and table.n_wide:
             wide_totals = self._mix_wide(table, buf, present, speaking, overlays, out)
         self._record(totals, now, wide_totals)
+        if len(legs):
+            self._leg_out(buf, speaking, totals, out)
 
         listens = self._listens
         if table is not None:
@@ -390,6 +407,16 @@ class MixBus:
             out[sel[to_nb]], table.mix_down_hist[fr[to_nb]] = down2(
                 out16[to_nb], table.mix_down_hist[fr[to_nb]])
         return {c: totals16[j] for j, c in enumerate(wconfs.tolist())}
+
+    def _leg_out(self, buf: npt.NDArray[np.int16], speaking: npt.NDArray[np.bool_],
+                 totals: npt.NDArray[np.int32], out: npt.NDArray[np.int16]) -> None:
+        """Each leg gets its conference's local sum: the total less every leg's frame."""
+        legs = self._legs
+        confs = self._conf_of_row[legs]
+        remote = np.zeros_like(totals)
+        np.add.at(remote, confs, buf[legs].astype(np.int32) * speaking[legs, None])
+        local = totals[confs] - remote[confs]
+        out[legs] = np.clip(local, -32768, 32767)
 
     def _record(
         self, totals: npt.NDArray[np.int32], now: float,

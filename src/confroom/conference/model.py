@@ -56,6 +56,9 @@ class Member:
     on_change: Callable[[], None] | None = None
     # the socket of the member's WebSocket app, if it has one
     ws: WsRequestor | None = None
+    # A node-to-node leg of a cluster (cluster/legs.py), not a caller: its row carries the
+    # peer node's local sum in and gets this node's local sum out (see conference/audio.py).
+    leg: bool = False
 
 
 @dataclass(eq=False)
@@ -74,6 +77,8 @@ class Conference:
     members: dict[str, Member] = field(default_factory=dict)  # call_sid -> member (admitted)
     ended: bool = False
     end_pending: bool = False  # an endConferenceDuration countdown is running
+    retired: bool = False  # cluster: this node's part ended, the conference goes on elsewhere
+    owner: str = ""  # cluster: the node that delivers the status events ("" single node)
 
     @property
     def mixed_count(self) -> int:
@@ -101,7 +106,7 @@ class ConferenceRegistry:
 
     def __init__(self) -> None:
         self._live: dict[tuple[str, str], Conference] = {}
-        self._start_waiters: dict[tuple[str, str], list[Callable[[Conference], None]]] = {}
+        self._start_waiters: dict[tuple[str, str], list[Callable[[Conference | None], None]]] = {}
 
     def get(self, account_sid: str, name: str) -> Conference | None:
         return self._live.get((account_sid, name))
@@ -111,16 +116,22 @@ class ConferenceRegistry:
         if key in self._live:
             raise RuntimeError(f"conference {conf.name!r} already exists")
         self._live[key] = conf
-        for notify in self._start_waiters.pop(key, []):
-            notify(conf)
+        self.started(conf.account_sid, conf.name, conf)
         return conf
+
+    def started(self, account_sid: str, name: str, conf: Conference | None) -> None:
+        """That conference started (here, or on another node of the cluster: conf None):
+        wake its waiters."""
+        for notify in self._start_waiters.pop((account_sid, name), []):
+            notify(conf)
 
     def remove(self, conf: Conference) -> None:
         key = (conf.account_sid, conf.name)
         if self._live.get(key) is conf:
             del self._live[key]
 
-    def on_start(self, account_sid: str, name: str, notify: Callable[[Conference], None]) -> (
+    def on_start(self, account_sid: str, name: str,
+                 notify: Callable[[Conference | None], None]) -> (
         Callable[[], None]
     ):
         """Call `notify` once when that conference starts; returns a function to cancel."""

@@ -33,6 +33,7 @@ from confroom.app.verbs import MEDIA_ONLY, WAIT_HOOK_VERBS
 from confroom.app.verbs_impl import positive_int
 from confroom.conference.model import Conference, Member
 from confroom.conference.service import ConferenceService
+from confroom.conference.shared import SharedStateError
 from confroom.media.sources import SilenceSource
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("confroom.conference")
 
 WAIT_ROUND_GAP_S = 0.75
+RECHECK_START_S = 1.0  # cluster: how often a waiter asks the shared registry itself
 
 
 def verb_table(svc: ConferenceService) -> Mapping[str, verbs_impl.VerbImpl]:
@@ -92,24 +94,27 @@ async def run_conference(
         while True:
             if s.interrupted:
                 return None
-            conf = svc.registry.get(account, name)
-            if conf is None and start_on_enter:
-                conf = svc.start(member, verb)
-                break
-            if conf is None:
+            outcome, conf = await svc.enter(member, verb, start=start_on_enter,
+                                            limit=positive_int(limit))
+            if outcome == "error":
+                return await _action_hook(s, svc, verb, None, "error", name)
+            if outcome == "wait":
                 conf = await _wait_for_start(s, svc, account, name, verb, leave_asked)
                 if leave_asked.done() and not s.interrupted:
                     return await _left_while_waiting(s, verb, name)
                 if conf is None:
                     return None  # the call ended (or was redirected) while waiting
+                conf = None
                 continue  # it started: look again (it may be full already)
-            if conf.is_full(positive_int(limit)):
+            assert conf is not None
+            if outcome == "full":
                 log.info("conference %s is full: call_sid=%s not admitted",
                          name, call.info.call_sid)
-                return await _action_hook(s, svc, verb, conf, "full")
-            svc.admit(conf, member)
+                conf, full = None, conf
+                return await _action_hook(s, svc, verb, full, "full", name)
             break
         admitted = True
+        assert conf is not None
         left = loop.create_future()
 
         def on_leave(reason: str) -> None:
@@ -193,11 +198,14 @@ async def _stop_loop(s: CallSession, task: asyncio.Task[None]) -> None:
 
 
 async def _action_hook(
-    s: CallSession, svc: ConferenceService, verb: dict[str, Any], conf: Conference, result: str
+    s: CallSession, svc: ConferenceService, verb: dict[str, Any], conf: Conference | None,
+    result: str, name: str = "",
 ) -> list[dict[str, Any]] | None:
     if s.call.ended or not verb.get("actionHook"):
         return None
-    body = s.fields(conference_result=result, **svc.conference_fields(conf))
+    fields = (svc.conference_fields(conf) if conf is not None
+              else {"friendly_name": name, "friendlyName": name})
+    body = s.fields(conference_result=result, **fields)
     verbs = await s.call_hook(verb["actionHook"], body, what="conference actionHook")
     return verbs or None
 
@@ -239,30 +247,50 @@ async def _wait_for_start(
 ) -> Conference | None:
     """Wait (unmixed) until the conference starts, running the waitHook loop meanwhile."""
     loop = asyncio.get_running_loop()
-    started: asyncio.Future[Conference] = loop.create_future()
+    started: asyncio.Future[Conference | None] = loop.create_future()
 
-    def notify(conf: Conference) -> None:
+    def notify(conf: Conference | None) -> None:
         if not started.done():
             started.set_result(conf)
 
     cancel = svc.registry.on_start(account, name, notify)
     log.info("conference %s: call_sid=%s waits for it to start", name, s.call_sid)
     waiting = loop.create_task(_wait_loop(s, svc, verb, name, started))
+    recheck = (loop.create_task(_recheck_start(svc, account, name, notify))
+               if svc.shared is not None else None)
     try:
         either: set[asyncio.Future[Any]] = {started, leave_asked}
         await s.guarded(asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED))
     finally:
         cancel()
         waiting.cancel()
+        if recheck is not None:
+            recheck.cancel()
         s.call.stop_playback()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
-    return started.result() if started.done() else None
+    if not started.done():
+        return None
+    return started.result() or Conference(account, name, 0.0)  # started elsewhere: look up
+
+
+async def _recheck_start(svc: ConferenceService, account: str, name: str,
+                         notify: Callable[[Conference | None], None]) -> None:
+    """Cluster: a start announced while this waiter was not yet listening is not missed."""
+    assert svc.shared is not None
+    while True:
+        await asyncio.sleep(RECHECK_START_S)
+        try:
+            if await svc.shared.is_started(account, name):
+                notify(None)
+                return
+        except SharedStateError:
+            continue  # logged by the cluster; the waiter keeps waiting
 
 
 async def _wait_loop(
     s: CallSession, svc: ConferenceService, verb: dict[str, Any], name: str,
-    started: asyncio.Future[Conference],
+    started: asyncio.Future[Conference | None],
 ) -> None:
     hook = verb.get("waitHook")
     if not hook:

@@ -44,6 +44,9 @@ out as exactly one 20 ms frame per pop. Both paths implement one policy:
   latency back, at the first pop where the frame played and the one skipped are both quiet;
   then one every 100 ms while that lasts.
 - a new SSRC, or a timestamp more than 1 s away from the cursor, resets the stream.
+- a stream's target can be capped (`cap_target`): a cluster's node-to-node leg is capped at
+  one frame, so a listener on another node is at most about one frame later than one on the
+  talker's node (a late packet there is concealed rather than waited for).
 
 `push_frames()` takes only the packets whose effect is simple (same SSRC, the next sequence
 numbers, 160 bytes at a frame boundary inside the buffer, no re-base) and hands the others
@@ -70,6 +73,7 @@ _COAST_FRAMES: Final = 3  # empty pops played as lost frames before an underrun 
 _GROW_AFTER_POPS: Final = 5  # 100 ms of pops finding fewer frames than the target
 _SHRINK_AGAIN: Final = 5  # after a skip, 100 ms more of that skip the next frame
 QUIET_LEVEL: Final = 100  # mean |sample| of a frame this low (about -50 dBFS) is a pause
+_NO_CAP: Final = 1 << 30  # a stream's target cap when none was set
 _JITTER_K: Final = 3  # the target covers this many times the jitter estimate
 _TICK_SLACK: Final = FRAME_BYTES // 2  # jitter the 20 ms tick's quantisation explains
 _UNDERRUN_JITTER: Final = 16 * FRAME_BYTES // _JITTER_K  # J16 added by an underrun (a frame)
@@ -203,6 +207,7 @@ class JitterBank:
     shallow_pops: npt.NDArray[np.int64]  # consecutive pops finding fewer than target queued
     starved: npt.NDArray[np.int64]  # consecutive pops that found nothing buffered (coasting)
     target: npt.NDArray[np.int64]  # the stream's target depth in frames
+    cap: npt.NDArray[np.int64]  # the stream's highest target (`cap_target`)
     jit16: npt.NDArray[np.int64]  # RFC 3550 jitter estimate in samples, times 16
     transit: npt.NDArray[np.int64]  # the last packet's transit (pop clock - RTP timestamp)
     has_transit: npt.NDArray[np.bool_]
@@ -222,6 +227,7 @@ class JitterBank:
         ("shallow_pops", np.int64, 0), ("starved", np.int64, 0),
         ("transit", np.int64, 0), ("has_transit", np.bool_, 0), ("clock", np.int64, 0),
         ("counts", np.int64, 0), ("pt", np.int64, -1), ("pause_hint", np.int8, -1),
+        ("cap", np.int64, _NO_CAP),
     )
 
     def _allocate(self, capacity: int) -> None:
@@ -250,8 +256,14 @@ class JitterBank:
         self.counts[i] = 0
         self.pt[i] = -1
         self.pause_hint[i] = -1
+        self.cap[i] = _NO_CAP
         self.reset(i)
         return i
+
+    def cap_target(self, i: int, frames: int) -> None:
+        """Never let stream `i`'s target exceed `frames` (>= 1)."""
+        self.cap[i] = max(1, frames)
+        self.target[i] = min(int(self.target[i]), int(self.cap[i]))
 
     def close(self, i: int) -> None:
         self.reset(i)
@@ -270,7 +282,7 @@ class JitterBank:
         self.deep_pops[i] = 0
         self.shallow_pops[i] = 0
         self.starved[i] = 0
-        self.target[i] = self.depth
+        self.target[i] = min(self.depth, int(self.cap[i]))
         self.jit16[i] = self.jit16_start
         self.has_transit[i] = False
 
@@ -570,7 +582,8 @@ class JitterBank:
     def _retarget(self, idx: npt.NDArray[np.intp]) -> None:
         """Each stream's target from its jitter estimate (see the module docstring)."""
         extra = -((_TICK_SLACK * 16 - _JITTER_K * self.jit16[idx]) // (16 * FRAME_BYTES))
-        self.target[idx] = np.clip(self.min_depth + extra, self.min_depth, self.max_target)
+        self.target[idx] = np.minimum(
+            np.clip(self.min_depth + extra, self.min_depth, self.max_target), self.cap[idx])
 
 
 class JitterBuffer:

@@ -14,7 +14,9 @@ rule:
   off-path stranger cannot fake: the SSRC of the latched stream and a sequence number and a
   timestamp that continue plausibly from the last accepted packet given the time since (a
   genuine NAT re-binding: the phone keeps its stream, only the address changes);
-- an SDP that moves the remote address (`expect()`) re-opens the latch to that address.
+- an SDP that moves the remote address (`expect()`) re-opens the latch to that address;
+- a pinned guard (`pin()`, node-to-node legs of a cluster) accepts only the one address it
+  was pinned to: no first-source latch, no re-binding.
 
 Every accepted change of address (not the first latch) and the first rejection of each
 stranger address are appended to `events` (an engine shares one list among its sessions and
@@ -77,8 +79,8 @@ class SourceGuard:
     """The source rule of one session (see the module docstring)."""
 
     __slots__ = (
-        "_reported", "at", "clock_scale", "counters", "events", "expected", "latched", "port",
-        "seq", "ssrc", "ts",
+        "_reported", "at", "clock_scale", "counters", "events", "expected", "latched", "pinned",
+        "port", "seq", "ssrc", "ts",
     )
 
     def __init__(self, port: int) -> None:
@@ -94,6 +96,13 @@ class SourceGuard:
         self.events: list[SourceEvent] = []
         self.counters: SourceCounters = GuardCounters()
         self._reported: set[Addr] = set()
+        self.pinned = False
+
+    def pin(self, addr: Addr | None) -> None:
+        """Accept packets from `addr` only (None: from nobody), whatever they carry."""
+        self.pinned = True
+        self.expected = addr
+        self.latched = None
 
     def expect(self, addr: Addr | None) -> None:
         """The SDP says the remote's RTP address is `addr` (None: none usable). A new address
@@ -109,6 +118,15 @@ class SourceGuard:
             return Verdict.SAME
         if addr == self.expected:
             reason = "the SDP's address"
+        elif self.pinned:
+            self.counters.rtp_source_rejected += 1
+            # (pinned to nobody yet: the peer's port is not known yet, nothing to report)
+            if (self.expected is not None and addr not in self._reported
+                    and len(self._reported) < _MAX_REPORTED):
+                self._reported.add(addr)
+                self.events.append(SourceEvent(self.port, self.expected, addr, False,
+                                               "not the cluster node this leg is pinned to"))
+            return Verdict.REJECTED
         elif latched is None:
             reason = "first source"
         else:

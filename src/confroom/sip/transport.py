@@ -94,11 +94,13 @@ class _Udp:
             self.sock.close()
 
 
-def _udp_socket(host: str, port: int, rcvbuf: int) -> socket.socket:
+def _udp_socket(host: str, port: int, rcvbuf: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        if reuse_port:  # --workers: the kernel spreads datagrams by source over the workers
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if rcvbuf > 0:
             set_rcvbuf(sock, rcvbuf)
         sock.bind((host, port))
@@ -270,17 +272,17 @@ class SipTransports:
 
     async def start(
         self, host: str, port: int, transports: tuple[str, ...], tls_port: int = 0,
-        tls_context: ssl.SSLContext | None = None,
+        tls_context: ssl.SSLContext | None = None, reuse_port: bool = False,
     ) -> None:
         loop = self._loop = asyncio.get_running_loop()
         if "udp" in transports:
-            sock = _udp_socket(host, port, self.udp_rcvbuf)
+            sock = _udp_socket(host, port, self.udp_rcvbuf, reuse_port)
             self._udp = _Udp(self.on_message, sock, self.udp_batch, self.udp_budget)
             port = port or int(sock.getsockname()[1])
         if "tcp" in transports:
             self._tcp_server = await loop.create_server(
                 lambda: _TcpConnection(self), host=host, port=port, reuse_address=True,
-                backlog=LISTEN_BACKLOG,
+                backlog=LISTEN_BACKLOG, reuse_port=reuse_port or None,
             )
             port = port or int(self._tcp_server.sockets[0].getsockname()[1])
         self.port = port
@@ -288,7 +290,7 @@ class SipTransports:
             self._tls_server = await loop.create_server(
                 lambda: _TlsConnection(self), host=host, port=tls_port, reuse_address=True,
                 ssl=tls_context, ssl_handshake_timeout=_TLS_HANDSHAKE_TIMEOUT,
-                backlog=LISTEN_BACKLOG,
+                backlog=LISTEN_BACKLOG, reuse_port=reuse_port or None,
             )
             self.tls_port = int(self._tls_server.sockets[0].getsockname()[1])
         if self._tcp_server is not None or self._tls_server is not None:
