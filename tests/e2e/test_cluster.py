@@ -515,8 +515,9 @@ def test_distribute_dtmf_and_record_across_nodes(confroom: ConfroomFactory,
         "bob": conference("rec")}))
     nodes = start_nodes(confroom, hook_app, redis, 2)
     e = envs(nodes, hook_app, sipp, rtp_peer_factory)
-    alice, bob = e[0].dial("alice"), e[1].dial("bob")
-    e[0].join("rec", alice)
+    alice = e[0].dial("alice")
+    e[0].join("rec", alice)  # alice starts it (and its recording) before bob calls
+    bob = e[1].dial("bob")
     e[1].join("rec", bob)
     sender = send_tone_until_stopped(bob, TONES["bob"])
     try:
