@@ -1,6 +1,6 @@
-"""TLS configuration ([tls], [sip] tls_port, [http] tls, [security] and per-app policies; env
-vars and flags), the TLS server context, the client context of `[webhooks] ca_file`, the security policy checks, and SipCore's Contact and
-Via for SIP over TLS (sans-IO)."""
+"""TLS configuration ([tls], [sip] tls_port, [http] tls, [security] and per-app policies; env vars
+and flags), the TLS server context, the client context of `[webhooks] ca_file`, the security
+policy checks, and SipCore's Contact and Via for SIP over TLS (sans-IO)."""
 
 from __future__ import annotations
 

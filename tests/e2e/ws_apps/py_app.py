@@ -3,14 +3,14 @@ endpoint), run by the e2e tests as a separate process.
 
     python py_app.py PORT SPEC_JSON
 
-SPEC_JSON: {"verbs": {from_user or "*": [verbs]}, "hooks": {hook path: [verbs]},
-"no_ack": bool, "tls": {"cert": PEM path, "key": PEM path}}. With "tls", PORT serves wss://
-(a TLS site added to the SDK's own aiohttp runner; the SDK's plain site gets a free port). Each session gets the verb list of its caller (built with the SDK's verb
-methods); each verb:hook with a path in "hooks" is answered with those verbs. It prints one JSON
-line per event to stdout ({"ev": "session", "from", "call_sid"}, {"ev": "hook", "hook",
-"data"}, {"ev": "call:status", ...}), and reads commands from stdin, one JSON line each:
-{"call_sid", "command", "data"} -> session.inject_command(command, data).
-"""
+SPEC_JSON: {"verbs": {from_user or "*": [verbs]}, "hooks": {hook path: [verbs]}, "no_ack": bool,
+"tls": {"cert": PEM path, "key": PEM path}}. With "tls", PORT serves wss:// (a TLS site added to
+the SDK's own aiohttp runner; the SDK's plain site gets a free port). Each session gets the verb
+list of its caller (built with the SDK's verb methods); each verb:hook with a path in "hooks" is
+answered with those verbs. It prints one JSON line per event to stdout ({"ev": "session",
+"from", "call_sid"}, {"ev": "hook", "hook", "data"}, {"ev": "call:status", ...}), and reads
+commands from stdin, one JSON line each: {"call_sid", "command", "data"} ->
+session.inject_command(command, data)."""
 
 from __future__ import annotations
 
