@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--webhook-max-body", type=int, metavar="BYTES",
                    help="largest webhook answer read; a longer one fails the hook "
                    "(default 1048576)")
+    s.add_argument("--webhook-ca-file", type=Path, metavar="PEM",
+                   help="CA bundle that https webhooks and wss app sockets trust instead of "
+                   "the system CA store")
     s.add_argument("--ws-ack-timeout", type=float, metavar="SECONDS",
                    help="how long a WebSocket app has to ack session:new and hooks "
                    "(default 5)")
@@ -119,6 +122,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "app": args.app,
         "http_port": args.http_port,
         "webhook_max_body": args.webhook_max_body,
+        "webhook_ca_file": args.webhook_ca_file,
         "ws_ack_timeout": args.ws_ack_timeout,
         "user_agent": args.user_agent,
         "sip_tcp_max_connections": args.tcp_max_connections,

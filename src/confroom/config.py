@@ -75,6 +75,8 @@ TOML layout::
     [webhooks]
     timeout = 10.0
     max_body = 1048576          # bytes of a hook's answer read at most; a longer one fails
+    ca_file = ""                # PEM CA bundle trusted by https hooks and wss app sockets
+                                #   instead of the system store ("" = the system store)
     ws_ack_timeout = 5.0        # WebSocket apps: seconds to ack session:new / a hook
     ws_max_payload = 24576      #   largest frame taken from an app (bigger: jambonz:error)
     ws_max_reconnects = 5       #   reconnect tries after a drop (0-5), then the call ends
@@ -106,8 +108,9 @@ Environment: CONFROOM_SIP_HOST, CONFROOM_SIP_PORT, CONFROOM_SIP_TLS_PORT, CONFRO
 CONFROOM_TLS_KEY, CONFROOM_RTP_PORTS, CONFROOM_RTP_TIMEOUT,
 CONFROOM_HTTP_PORT, CONFROOM_API_TOKEN (the REST API's bearer token), CONFROOM_MEDIA_DIR,
 CONFROOM_APP (call hook of the default app), CONFROOM_WEBHOOK_SECRET (secret of the default app),
-CONFROOM_WEBHOOK_MAX_BODY, CONFROOM_WS_ACK_TIMEOUT, CONFROOM_WS_MAX_PAYLOAD,
-CONFROOM_WS_MAX_RECONNECTS, CONFROOM_WS_HANDSHAKE_TIMEOUT, and for the connection limits
+CONFROOM_WEBHOOK_MAX_BODY, CONFROOM_WEBHOOK_CA_FILE, CONFROOM_WS_ACK_TIMEOUT,
+CONFROOM_WS_MAX_PAYLOAD, CONFROOM_WS_MAX_RECONNECTS, CONFROOM_WS_HANDSHAKE_TIMEOUT, and for
+the connection limits
 CONFROOM_SIP_USER_AGENT,
 CONFROOM_SIP_TCP_MAX_CONNECTIONS, CONFROOM_SIP_TCP_MAX_PER_SOURCE,
 CONFROOM_SIP_TCP_MESSAGE_TIMEOUT, CONFROOM_SIP_TCP_IDLE_TIMEOUT, CONFROOM_SIP_MAX_MESSAGE_BYTES,
@@ -294,6 +297,8 @@ class Config:
     reuse_port: bool = False  # SO_REUSEPORT on the SIP and HTTP sockets (set for workers)
     webhook_timeout: float = 10.0
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
+    # CA bundle trusted by outgoing TLS (https hooks, wss app sockets); None = system store
+    webhook_ca_file: Path | None = None
     # WebSocket apps (ws(s):// call hooks): ack wait, largest frame taken from an app,
     # reconnect tries after a drop, opening handshake timeout
     ws_ack_timeout: float = 5.0
@@ -677,6 +682,10 @@ def load(
         kw["webhook_timeout"] = _num(data["webhooks"], "timeout", "webhooks")
     if "max_body" in data.get("webhooks", {}):
         kw["webhook_max_body"] = _num(data["webhooks"], "max_body", "webhooks", int)
+    if data.get("webhooks", {}).get("ca_file"):
+        if not isinstance(data["webhooks"]["ca_file"], str):
+            raise ConfigError("webhooks.ca_file: expected the path of a PEM CA bundle")
+        kw["webhook_ca_file"] = Path(data["webhooks"]["ca_file"])
     for key, cast in _WS_KEYS.items():
         if key in data.get("webhooks", {}):
             kw[key] = _num(data["webhooks"], key, "webhooks", cast)
@@ -732,6 +741,8 @@ def load(
         kw["opus_complexity"] = p
     if (n := env_int("CONFROOM_WEBHOOK_MAX_BODY")) is not None:
         kw["webhook_max_body"] = n
+    if env.get("CONFROOM_WEBHOOK_CA_FILE"):
+        kw["webhook_ca_file"] = Path(env["CONFROOM_WEBHOOK_CA_FILE"])
     for key, cast in _WS_KEYS.items():
         name = "CONFROOM_" + key.upper()
         if env.get(name):
@@ -850,6 +861,14 @@ def validate(cfg: Config) -> None:
             f"positive number of bytes, not {cfg.webhook_max_body}"
         )
     _validate_limits(cfg)
+    if cfg.webhook_ca_file is not None:
+        from confroom.tls import TlsError, client_context
+
+        try:
+            client_context(cfg.webhook_ca_file)
+        except TlsError as e:
+            raise ConfigError(f"webhooks.ca_file (CONFROOM_WEBHOOK_CA_FILE, --webhook-ca-file): "
+                              f"{e}") from None
     if cfg.ws_ack_timeout <= 0 or cfg.ws_handshake_timeout <= 0:
         raise ConfigError("webhooks.ws_ack_timeout and webhooks.ws_handshake_timeout "
                           "(CONFROOM_WS_ACK_TIMEOUT, CONFROOM_WS_HANDSHAKE_TIMEOUT) must be > 0")

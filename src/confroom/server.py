@@ -75,7 +75,7 @@ from confroom.sip.peer import Peer
 from confroom.sip.sdp import NoCommonCodec, SdpError, SrtpRequired, negotiate, parse_sdp
 from confroom.sip.transaction import ServerTransaction
 from confroom.sip.transport import SipTransports
-from confroom.tls import server_context
+from confroom.tls import client_context, server_context
 
 log = logging.getLogger("confroom.server")
 
@@ -151,12 +151,15 @@ class Server:
             config.sip_host or "0.0.0.0", config.rtp_port_min, config.rtp_port_max,
             config.rtp_timeout, codec_policy=codec_policy(config),
         )
+        # one client TLS context (the [webhooks] ca_file) for https hooks and wss app sockets
+        client_tls = client_context(config.webhook_ca_file)
         self.hooks = WebhookClient(timeout=config.webhook_timeout,
-                                   max_body=config.webhook_max_body)
+                                   max_body=config.webhook_max_body, ssl_context=client_tls)
         self.ws = WsClient(WsSettings(
             ack_timeout=config.ws_ack_timeout, max_payload=config.ws_max_payload,
             max_reconnects=config.ws_max_reconnects,
-            handshake_timeout=config.ws_handshake_timeout), user_agent=config.user_agent)
+            handshake_timeout=config.ws_handshake_timeout), user_agent=config.user_agent,
+            ssl_context=client_tls)
         self.conferences = ConferenceService(
             self.engine, self.hooks, self._spawn, media_dir=config.media_dir,
             gate=TalkGate(config.talk_gate, config.talk_gate_hang_ms,

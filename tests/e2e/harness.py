@@ -584,7 +584,7 @@ class WsAppProcess:
     `spec` tells it which verbs each caller gets (see those files). The app prints one JSON
     line per event; `events()` / `wait_event()` read them. `command()` makes it send a
     `command` over the call's socket. `kill()` (SIGKILL) and `start()` again restart it on the
-    same port."""
+    same port. A python app whose spec has "tls" ({"cert", "key"}) serves wss://."""
 
     def __init__(self, kind: str, spec: Mapping[str, Any], port: int | None = None) -> None:
         self.kind = kind
@@ -596,7 +596,7 @@ class WsAppProcess:
 
     @property
     def url(self) -> str:
-        return f"ws://{HOST}:{self.port}/"
+        return f"{'wss' if 'tls' in self.spec else 'ws'}://{HOST}:{self.port}/"
 
     def command_line(self) -> list[str]:
         spec = json.dumps(self.spec)

@@ -1,16 +1,19 @@
 """jambonz WebSocket apps end to end: real SIPp calls into confroom, whose call hook is a ws://
 URL served by an app written with an UNMODIFIED jambonz SDK running as a separate process
-(`@jambonz/sdk` from npm under Node.js, or `jambonz-python-sdk`'s websocket endpoint). Audio is
-checked on the wire by FFT."""
+(`@jambonz/sdk` from npm under Node.js, or `jambonz-python-sdk`'s websocket endpoint; wss://
+with a certificate from a CA made by the test). Audio is checked on the wire by FFT."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from harness import (
+    HOST,
     ConfroomFactory,
     ConfroomProcess,
     HookApp,
@@ -270,3 +273,57 @@ def test_app_that_never_acks_is_released_within_the_timeout(
     assert app.sessions(), "the app never got session:new"
     assert elapsed < 5.0, f"released after {elapsed:.1f} s"
     srv.wait_log(r"no ack for session:new .* within 1 s")
+
+
+def test_wss_app_trusted_through_ca_file_and_refused_with_a_wrong_ca(
+    confroom: ConfroomFactory, sipp: SippRunner, ws_apps: Callable[..., WsAppProcess],
+    rtp_peer_factory: Callable[[], RtpPeer], tmp_path: Path,
+) -> None:
+    """A wss:// app (jambonz-python-sdk behind TLS, certificate from a CA made here) trusted
+    through `[webhooks] ca_file`: two SIPp callers join its conference and hear each other
+    (FFT); its status events come over the TLS socket. A server whose ca_file is another CA
+    refuses the certificate: the caller gets 480 at once (no retries, no hang) and the log
+    says the certificate is not trusted."""
+    ca, wrong = trustme.CA(), trustme.CA()
+    leaf = ca.issue_cert(HOST)
+    pem = {n: tmp_path / f"{n}.pem" for n in ("ca", "wrong", "cert", "key")}
+    ca.cert_pem.write_to_path(str(pem["ca"]))
+    wrong.cert_pem.write_to_path(str(pem["wrong"]))
+    leaf.cert_chain_pems[0].write_to_path(str(pem["cert"]))
+    leaf.private_key_pem.write_to_path(str(pem["key"]))
+    app = ws_apps("python", {"verbs": {"*": [{"verb": "conference", "name": "tls-room",
+                                              **STATUS}]},
+                             "tls": {"cert": str(pem["cert"]), "key": str(pem["key"])}})
+    assert app.url.startswith("wss://")
+    srv = confroom(app.url, extra_toml={"webhooks": {"ca_file": str(pem["ca"])}})
+    peers = {"alice": rtp_peer_factory(), "bob": rtp_peer_factory()}
+    runs, addrs = dial(sipp, srv, peers, pause_ms=6000)
+    srv.wait_log(r"conference join name=tls-room .*members=2", timeout=15)
+    sids = app.sessions(n=2)
+    t0 = time.monotonic()
+    senders = [peers["alice"].send_tone_async(440.0, 2.5, addrs["alice"], amplitude=0.2),
+               peers["bob"].send_tone_async(1000.0, 2.5, addrs["bob"], amplitude=0.2)]
+    for sender in senders:
+        sender.join(timeout=15)
+    t_end = t0 + 2.3
+    assert hears(window(peers["alice"], t0 + MARGIN, t_end), 1000), "alice does not hear bob"
+    assert hears(window(peers["bob"], t0 + MARGIN, t_end), 440), "bob does not hear alice"
+    events = status_events(app)
+    assert ("join", sids["alice"]) in events and ("join", sids["bob"]) in events
+    for run in runs:
+        res = run.wait()
+        assert res.ok(), res.describe()
+
+    untrusting = confroom(app.url, extra_toml={"webhooks": {"ca_file": str(pem["wrong"])}})
+    sessions_before = len(app.events("session"))
+    t = time.monotonic()
+    res = sipp.run("uac_expect_status", untrusting.target, variables={"expected_status": 480},
+                   timeout=15)
+    elapsed = time.monotonic() - t
+    assert res.ok(), res.describe()
+    assert elapsed < 5.0, f"released after {elapsed:.1f} s"
+    untrusting.wait_log(r"ws app lost: could not connect to wss://.*: TLS certificate not "
+                        r"trusted \(unable to get local issuer certificate; the trusted CAs "
+                        r"are \[webhooks\] ca_file")
+    assert len(untrusting.find_logs(r"ws connect to .* failed")) == 0, "a cert error was retried"
+    assert len(app.events("session")) == sessions_before

@@ -6,17 +6,20 @@ import asyncio
 import base64
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp import web
 
 from confroom.app.hooks import HookResult, WebhookClient, parse_response, sign, verify
 from confroom.cli import build_parser
 from confroom.config import ConfigError, Hook, load
+from confroom.tls import client_context
 from gccheck import confroom_garbage, no_automatic_gc
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -409,3 +412,37 @@ async def test_an_answer_stalling_mid_body_is_a_timeout_not_a_bad_body(
     res = await client.call(Hook(url=server.base + "/stall"), {}, base_url=None, secret=None)
     # status None: the call hook's caller gets 480 (unreachable app), not 500 (app error)
     assert not res.ok and res.kind == "timeout" and res.status is None
+
+
+async def test_https_hook_trusts_the_ca_file_context(tmp_path: Path) -> None:
+    """An https hook whose certificate comes from the `[webhooks] ca_file` CA is called; with
+    another CA's bundle it fails as a connection error (the same context serves wss apps)."""
+    ca, other = trustme.CA(), trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response([{"verb": "hangup"}])
+
+    app = web.Application()
+    app.router.add_post("/call", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    good = WebhookClient(ssl_context=client_context(tmp_path / "ca.pem"))
+    bad = WebhookClient(ssl_context=client_context(tmp_path / "other.pem"))
+    hook = Hook(f"https://127.0.0.1:{port}/call")
+    try:
+        ok = await good.call(hook, {"a": 1}, base_url=None, secret=None)
+        assert ok.ok and ok.verbs == [{"verb": "hangup"}]
+        failed = await bad.call(hook, {"a": 1}, base_url=None, secret=None)
+        assert not failed.ok and failed.kind == "connection"
+        assert failed.error is not None and "certificate verify failed" in failed.error
+    finally:
+        await good.close()
+        await bad.close()
+        await runner.cleanup()

@@ -17,6 +17,7 @@ from prometheus_client.samples import Sample
 
 from confroom.api.metrics import metrics_registry
 from confroom.app.control import CallInfo
+from confroom.app.wsclient import WsStats
 from confroom.conference.model import Member
 from confroom.config import Hook, load
 from confroom.histogram import Histogram
@@ -147,6 +148,23 @@ async def test_exposition_carries_the_servers_state(server: Server) -> None:
     assert value(m, "confroom_open_fds") > 3
     assert value(m, "confroom_max_fds") >= value(m, "confroom_open_fds")
     assert value(m, "process_open_fds") > 3  # prometheus-client's process metrics
+
+
+def test_ws_app_metrics_read_the_ws_client(server: Server) -> None:
+    """The WebSocket app metrics are the WsClient's counters (tests/unit/test_wsclient.py
+    shows real sockets moving them)."""
+    m = scrape(server)
+    for name in ("confroom_ws_app_sockets", "confroom_ws_app_reconnects_total",
+                 "confroom_ws_app_ack_timeouts_total", "confroom_ws_app_refused_total",
+                 "confroom_ws_app_lost_total"):
+        assert value(m, name) == 0
+    server.ws.stats = WsStats(open=3, reconnects=2, ack_timeouts=5, refused=7, lost=1)
+    m = scrape(server)
+    assert value(m, "confroom_ws_app_sockets") == 3
+    assert value(m, "confroom_ws_app_reconnects_total") == 2
+    assert value(m, "confroom_ws_app_ack_timeouts_total") == 5
+    assert value(m, "confroom_ws_app_refused_total") == 7
+    assert value(m, "confroom_ws_app_lost_total") == 1
 
 
 def test_each_server_has_its_own_registry(tmp_path: Path) -> None:

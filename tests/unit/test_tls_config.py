@@ -1,6 +1,6 @@
-"""TLS configuration ([tls], [sip] tls_port, [http] tls, [security] and per-app policies; env
-vars and flags), the TLS server context, the security policy checks, and SipCore's Contact and
-Via for SIP over TLS (sans-IO)."""
+"""TLS configuration ([tls], [sip] tls_port, [http] tls, [security] and per-app policies; env vars
+and flags), the TLS server context, the client context of `[webhooks] ca_file`, the security
+policy checks, and SipCore's Contact and Via for SIP over TLS (sans-IO)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from confroom.security import check_transport, insecure_keys
 from confroom.sip.core import IncomingCall, SipCore
 from confroom.sip.message import Request, Response, parse_message
 from confroom.sip.peer import Peer
-from confroom.tls import server_context
+from confroom.tls import client_context, server_context
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,10 @@ def test_tls_keys_from_toml_env_and_flags(pki: tuple[Path, Path, Path], tmp_path
     ('[[apps]]\ncall_hook = "http://x/c"\nsrtp = 1\n', "apps[0].srtp"),
     ('[sip]\nport = 5060\ntls_port = 5060\n[tls]\ncert = "{cert}"\nkey = "{key}"\n',
      "is the TCP port too"),
+    ('[webhooks]\nca_file = "{tmp}/nope.pem"\n', "webhooks.ca_file (CONFROOM_WEBHOOK_CA_FILE"),
+    ('[webhooks]\nca_file = "{key}"\n', "not a PEM CA bundle"),
+    ('[webhooks]\nca_file = "{cert}"\n', "holds no CA certificate"),
+    ('[webhooks]\nca_file = 3\n', "webhooks.ca_file: expected the path"),
 ])
 def test_tls_config_errors(pki: tuple[Path, Path, Path], tmp_path: Path, toml: str,
                            message: str) -> None:
@@ -151,3 +155,23 @@ def test_tls_dialog_contact_via_and_bye(uri: str, contact: str) -> None:
     bye = parse_message(data)
     assert isinstance(bye, Request) and bye.method == "BYE" and peer == TLS_PEER
     assert str(bye.top_via).startswith("SIP/2.0/TLS 10.1.1.1:5061;")
+
+
+def test_webhook_ca_file_from_toml_env_and_flag(tmp_path: Path) -> None:
+    """One key, `[webhooks] ca_file` / CONFROOM_WEBHOOK_CA_FILE / --webhook-ca-file (the
+    later wins); the client context trusts only that bundle and checks host names."""
+    cas = [tmp_path / f"ca{i}.pem" for i in range(3)]
+    for p in cas:
+        trustme.CA().cert_pem.write_to_path(str(p))
+    assert load(None, env={}).webhook_ca_file is None
+    toml = write(tmp_path, f'[webhooks]\nca_file = "{cas[0]}"\n')
+    assert load(toml, env={}).webhook_ca_file == cas[0]
+    env = {"CONFROOM_WEBHOOK_CA_FILE": str(cas[1])}
+    assert load(toml, env=env).webhook_ca_file == cas[1]
+    args = build_parser().parse_args(["serve", "--webhook-ca-file", str(cas[2])])
+    cfg = load(toml, env=env, overrides={"webhook_ca_file": args.webhook_ca_file})
+    assert cfg.webhook_ca_file == cas[2]
+    ctx = client_context(cas[2])
+    assert len(ctx.get_ca_certs()) == 1
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2

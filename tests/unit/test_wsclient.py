@@ -1,24 +1,29 @@
 """`WsRequestor` against a real aiohttp WebSocket server on a real socket: subprotocol, basic
 auth and signature on the upgrade, acks, ack timeout, refused frames answered with
 jambonz:error, commands in order, reconnect with session:reconnect and queued messages,
-giving up after the bounded tries."""
+giving up after the bounded tries, `wss://` checked against the client TLS context (an
+untrusted certificate ends at once), and the `WsStats` counters the metrics read."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import WSMsgType, web
 
 from confroom.app.hooks import SIGNATURE_HEADER, verify
 from confroom.app.wsclient import WsClient, WsRequestor, WsSettings, socket_url
 from confroom.app.wsproto import Command
 from confroom.config import Hook
+from confroom.tls import client_context
 
 Handler = Callable[[web.WebSocketResponse, "App"], Awaitable[None]]
 
@@ -35,7 +40,7 @@ class App:
     port: int = 0
     sockets: list[web.WebSocketResponse] = field(default_factory=list)
 
-    async def start(self, port: int = 0) -> App:
+    async def start(self, port: int = 0, tls: ssl.SSLContext | None = None) -> App:
         async def ws_handler(request: web.Request) -> web.WebSocketResponse:
             ws = web.WebSocketResponse(protocols=["ws.jambonz.org"])
             await ws.prepare(request)
@@ -49,7 +54,7 @@ class App:
         app.router.add_get("/{p:.*}", ws_handler)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        site = web.TCPSite(self.runner, "127.0.0.1", port, ssl_context=tls)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
@@ -151,10 +156,14 @@ async def test_session_new_ack_commands_and_refusals(client: WsClient) -> None:
         slow = await r.request("verb:hook", {"event": "join"}, "/status")
         assert not slow.ok and slow.kind == "timeout"
         await asyncio.wait_for(done.wait(), 5)
+        assert client.stats.open == 1
     finally:
         await r.close()
         await app.stop()
     assert calls.lost == []
+    await wait_until(lambda: client.stats.open == 0)
+    st = client.stats
+    assert (st.refused, st.ack_timeouts, st.reconnects, st.lost) == (4, 1, 0, 0)
 
 
 async def test_reconnect_resends_and_queues(client: WsClient) -> None:
@@ -197,6 +206,7 @@ async def test_reconnect_resends_and_queues(client: WsClient) -> None:
         assert seen == [["session:new", "verb:hook"],
                         ["session:reconnect", "verb:hook", "call:status"]]
         assert calls.lost == []
+        assert client.stats.reconnects == 1 and client.stats.open == 1
     finally:
         await r.close()
         await app.stop()
@@ -218,4 +228,54 @@ async def test_gives_up_after_bounded_tries(client: WsClient) -> None:
     await wait_until(lambda: bool(calls.lost), timeout=10)
     assert "tries" in calls.lost[0] or "not acked" in calls.lost[0]
     assert r.gone
+    assert client.stats.lost == 1 and client.stats.open == 0
     await r.close()
+
+
+def _tls_app_context(tmp_path: Path) -> tuple[ssl.SSLContext, Path, Path]:
+    """(server context of the app, the CA that issued its certificate, another CA)."""
+    ca, other = trustme.CA(), trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    paths = tmp_path / "ca.pem", tmp_path / "other.pem"
+    ca.cert_pem.write_to_path(str(paths[0]))
+    other.cert_pem.write_to_path(str(paths[1]))
+    return server, paths[0], paths[1]
+
+
+async def test_wss_trusts_the_ca_file_and_refuses_an_untrusted_certificate(
+        tmp_path: Path) -> None:
+    server_ctx, ca, other = _tls_app_context(tmp_path)
+
+    async def handler(ws: web.WebSocketResponse, app: App) -> None:
+        new = await app.next(ws)
+        await ws.send_str(json.dumps({"type": "ack", "msgid": new["msgid"],
+                                      "data": [{"verb": "pause", "length": 1}]}))
+        await ws.receive()
+
+    app = await App(handler).start(tls=server_ctx)
+    settings = WsSettings(ack_timeout=2.0, max_reconnects=3, handshake_timeout=2.0)
+    good = WsClient(settings, ssl_context=client_context(ca))
+    bad = WsClient(settings, ssl_context=client_context(other))
+    ok_calls, bad_calls = Calls(), Calls()
+    url = f"wss://127.0.0.1:{app.port}/app"
+    r_ok = WsRequestor(good, Hook(url=url), "sid-ok", None, ok_calls.on_command,
+                       ok_calls.lost.append)
+    r_bad = WsRequestor(bad, Hook(url=url), "sid-bad", None, bad_calls.on_command,
+                        bad_calls.lost.append)
+    try:
+        result = await r_ok.request("session:new", {"n": 1})
+        assert result.ok and result.verbs == [{"verb": "pause", "length": 1}]
+        failed = await asyncio.wait_for(r_bad.request("session:new", {"n": 1}), 5)
+        assert not failed.ok and failed.kind == "connection"
+        # not retried: a certificate does not become trusted by waiting
+        assert r_bad.proto.attempts == 0 and len(bad_calls.lost) == 1
+        assert "TLS certificate not trusted" in bad_calls.lost[0]
+        assert "ca_file" in bad_calls.lost[0]
+        assert bad.stats.lost == 1 and good.stats.lost == 0 and good.stats.open == 1
+    finally:
+        for r in (r_ok, r_bad):
+            await r.close()
+        await app.stop()
+        await good.close()
+        await bad.close()

@@ -2,12 +2,12 @@
 
 `ServerCollector` reads the server's state when Prometheus scrapes (calls by state,
 conferences, members, the counters the server, the media engine, the jitter bank, the webhook
-client and the SIP transports already keep) instead of updating metric objects on every event:
-nothing here runs on the media clock or per packet. `metrics_registry()` builds a fresh
-`CollectorRegistry` for one server (never the process-global default registry, so several
-servers in one process stay independent) with this collector and prometheus-client's
-`ProcessCollector` (process_* CPU, memory, descriptors). Every metric is listed in README,
-"Metrics".
+client, the WebSocket app client and the SIP transports already keep) instead of updating
+metric objects on every event: nothing here runs on the media clock or per packet.
+`metrics_registry()` builds a fresh `CollectorRegistry` for one server (never the
+process-global default registry, so several servers in one process stay independent) with this
+collector and prometheus-client's `ProcessCollector` (process_* CPU, memory, descriptors).
+Every metric is listed in README, "Metrics".
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from confroom.app.control import CallInfo
 from confroom.app.hooks import FAILURE_KINDS, HookStats
+from confroom.app.wsclient import WsStats
 from confroom.conference.service import ConferenceService
 from confroom.histogram import Histogram
 from confroom.media.engine import EngineStats
@@ -56,6 +57,10 @@ class _Engine(Protocol):
 
 class _Hooks(Protocol):
     stats: HookStats
+
+
+class _Ws(Protocol):
+    stats: WsStats
 
 
 class _Limiter(Protocol):
@@ -95,6 +100,9 @@ class MetricsSource(Protocol):
 
     @property
     def hooks(self) -> _Hooks: ...
+
+    @property
+    def ws(self) -> _Ws: ...
 
     @property
     def transports(self) -> _Transports: ...
@@ -241,6 +249,21 @@ class ServerCollector(Collector):
         for kind in FAILURE_KINDS:
             f.add_metric([kind], hs.failures.get(kind, 0))
         yield f
+        ws = self.server.ws.stats
+        yield GaugeMetricFamily("confroom_ws_app_sockets", "Open WebSocket app sockets.",
+                                value=ws.open)
+        yield CounterMetricFamily("confroom_ws_app_reconnects",
+                                  "WebSocket app sockets opened again after a drop.",
+                                  value=ws.reconnects)
+        yield CounterMetricFamily("confroom_ws_app_ack_timeouts",
+                                  "Messages to WebSocket apps not acked in time.",
+                                  value=ws.ack_timeouts)
+        yield CounterMetricFamily("confroom_ws_app_refused",
+                                  "Frames and commands from WebSocket apps refused with "
+                                  "jambonz:error.", value=ws.refused)
+        yield CounterMetricFamily("confroom_ws_app_lost",
+                                  "Calls ended because their app socket could not be opened "
+                                  "or reopened.", value=ws.lost)
 
     def _resources(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("confroom_sip_tcp_connections", "Open SIP TCP connections.",

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -161,10 +162,12 @@ class WebhookClient:
     """Calls hooks over one reused aiohttp session (created on first use, in the running loop)."""
 
     def __init__(
-        self, timeout: float = DEFAULT_TIMEOUT, max_body: int = DEFAULT_WEBHOOK_MAX_BODY
+        self, timeout: float = DEFAULT_TIMEOUT, max_body: int = DEFAULT_WEBHOOK_MAX_BODY,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.timeout = timeout
         self.max_body = max_body  # bytes of an answer read at most
+        self.ssl_context = ssl_context  # https: None = aiohttp's default (system CA store)
         self.stats = HookStats()
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -173,7 +176,9 @@ class WebhookClient:
         """The shared aiohttp session (also used for audio downloads), created on first use."""
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(ssl=self.ssl_context or True))
             self._loop = loop
         return self._session
 

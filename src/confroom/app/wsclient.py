@@ -6,7 +6,9 @@ when the app has a webhook secret), writes what the protocol queues, feeds it wh
 sends, arms one timer for the next ack deadline, reconnects with the protocol's backoff, and
 hands commands to the call (`on_command`, one at a time, in order). Requests answer with the
 same `HookResult` as an HTTP hook, so the verb runner does not care which transport it uses.
-`WsClient` holds what all sockets share (settings, the aiohttp session, refusal logging).
+`WsClient` holds what all sockets share (settings, the aiohttp session with the client TLS
+context of `[webhooks] ca_file`, refusal logging, the `WsStats` counters of the metrics).
+A `wss://` server whose certificate is not trusted is not retried: the call ends at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import base64
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -65,6 +68,17 @@ def socket_url(url: str) -> tuple[str, int | None]:
     return urlunsplit(parts._replace(scheme=scheme, fragment="")), int(m[1]) if m else None
 
 
+@dataclass
+class WsStats:
+    """What the metrics endpoint reports about app sockets."""
+
+    open: int = 0  # sockets open now
+    reconnects: int = 0  # sockets opened again after a drop
+    ack_timeouts: int = 0  # messages not acked in time
+    refused: int = 0  # frames / commands from apps answered with jambonz:error
+    lost: int = 0  # calls ended because their socket could not be (re)opened
+
+
 @dataclass(frozen=True)
 class WsSettings:
     ack_timeout: float = DEFAULT_ACK_TIMEOUT
@@ -76,12 +90,14 @@ class WsSettings:
 class WsClient:
     """What every call's socket shares: settings and one aiohttp session."""
 
-    def __init__(self, settings: WsSettings | None = None, user_agent: str = "confroom") -> None:
+    def __init__(self, settings: WsSettings | None = None, user_agent: str = "confroom",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.settings = settings or WsSettings()
         self.user_agent = user_agent
+        self.ssl_context = ssl_context  # wss: None = aiohttp's default (system CA store)
+        self.stats = WsStats()
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.open_sockets = 0
 
     def http_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -90,7 +106,8 @@ class WsClient:
             # connections (one per call; the default pool of 100 would queue calls)
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None),
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0,
+                                               ssl=self.ssl_context or True))
             self._loop = loop
         return self._session
 
@@ -234,8 +251,14 @@ class WsRequestor:
                     ws = await self._connect()
                 except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
                     forget_traceback(e)
-                    delay = self.proto.connect_failed()
                     what = "connect" if self.proto.reconnects == 0 else "reconnect"
+                    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+                        self._give_up(  # retrying cannot help
+                            f"could not {what} to {self.url}: TLS certificate not trusted "
+                            f"({_cert_why(e)}; the trusted CAs are [webhooks] ca_file, else "
+                            "the system store)")
+                        return
+                    delay = self.proto.connect_failed()
                     if delay is None:
                         self._give_up(f"could not {what} to {self.url} after "
                                       f"{self.proto.attempts} tries: {_why(e)}")
@@ -245,8 +268,9 @@ class WsRequestor:
                     await asyncio.sleep(delay)
                     continue
                 self._ws = ws
-                self.client.open_sockets += 1
+                self.client.stats.open += 1
                 if self.proto.state == "down":
+                    self.client.stats.reconnects += 1
                     logger.info("call_sid=%s: ws reconnected to %s", self.call_sid, self.url)
                 self.proto.connected()
                 if self._writer is None:
@@ -256,7 +280,7 @@ class WsRequestor:
                     code = await self._read(ws)
                 finally:
                     self._ws = None
-                    self.client.open_sockets -= 1
+                    self.client.stats.open -= 1
                 if self.closing:
                     return
                 if code == 1000:
@@ -336,6 +360,7 @@ class WsRequestor:
         self._timer = None
         for ex in self.proto.expire(time.monotonic()):
             msg = ex.message
+            self.client.stats.ack_timeouts += 1
             logger.warning("call_sid=%s: no ack for %s (msgid %s) within %g s", self.call_sid,
                            msg.type, msg.msgid, self.proto.ack_timeout)
             self._resolve(msg, self._failure(
@@ -365,6 +390,7 @@ class WsRequestor:
                              _short({"command": cmd.name, "data": cmd.data}))
 
     def _refuse(self, details: str, content: str) -> None:
+        self.client.stats.refused += 1
         _refusals(time.monotonic(), "call_sid=%s: refused from the ws app %s: %s",
                   self.call_sid, self.url, details)
         self.notify("jambonz:error", {"msg": "InvalidMessage", "details": details,
@@ -389,12 +415,20 @@ class WsRequestor:
         self.gone = True
         self._fail_all(why)
         if not self._closing:
+            self.client.stats.lost += 1
             logger.error("call_sid=%s: ws app lost: %s; ending the call", self.call_sid, why)
             self.on_lost(why)
 
 
 def _why(e: BaseException) -> str:
     return str(e) or type(e).__name__
+
+
+def _cert_why(e: aiohttp.ClientConnectorCertificateError) -> str:
+    cert_error = e.certificate_error
+    if isinstance(cert_error, ssl.SSLCertVerificationError):
+        return cert_error.verify_message or str(cert_error)
+    return str(cert_error)
 
 
 def _short(obj: Any) -> str:

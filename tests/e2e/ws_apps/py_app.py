@@ -3,21 +3,24 @@ endpoint), run by the e2e tests as a separate process.
 
     python py_app.py PORT SPEC_JSON
 
-SPEC_JSON: {"verbs": {from_user or "*": [verbs]}, "hooks": {hook path: [verbs]},
-"no_ack": bool}. Each session gets the verb list of its caller (built with the SDK's verb
-methods); each verb:hook with a path in "hooks" is answered with those verbs. It prints one JSON
-line per event to stdout ({"ev": "session", "from", "call_sid"}, {"ev": "hook", "hook",
-"data"}, {"ev": "call:status", ...}), and reads commands from stdin, one JSON line each:
-{"call_sid", "command", "data"} -> session.inject_command(command, data).
-"""
+SPEC_JSON: {"verbs": {from_user or "*": [verbs]}, "hooks": {hook path: [verbs]}, "no_ack": bool,
+"tls": {"cert": PEM path, "key": PEM path}}. With "tls", PORT serves wss:// (a TLS site added to
+the SDK's own aiohttp runner; the SDK's plain site gets a free port). Each session gets the verb
+list of its caller (built with the SDK's verb methods); each verb:hook with a path in "hooks" is
+answered with those verbs. It prints one JSON line per event to stdout ({"ev": "session",
+"from", "call_sid"}, {"ev": "hook", "hook", "data"}, {"ev": "call:status", ...}), and reads
+commands from stdin, one JSON line each: {"call_sid", "command", "data"} ->
+session.inject_command(command, data)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 from typing import Any
 
+from aiohttp import web
 from jambonz_sdk.websocket import create_endpoint
 from jambonz_sdk.websocket.session import Session
 
@@ -36,7 +39,12 @@ async def main() -> None:
     port = int(sys.argv[1])
     spec = json.loads(sys.argv[2])
     sessions: dict[str, Session] = {}
-    make_service, runner = await create_endpoint(host="127.0.0.1", port=port)
+    tls = spec.get("tls")
+    make_service, runner = await create_endpoint(host="127.0.0.1", port=0 if tls else port)
+    if tls:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(tls["cert"], tls["key"])
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
     svc = make_service(path="/")
 
     async def on_session(session: Session) -> None:
