@@ -36,7 +36,7 @@ class Refusal:
 
 def check_transport(transport: str, request_uri: str, tls_policy: str) -> Refusal | None:
     """None when an INVITE received over `transport` to `request_uri` may proceed."""
-    if transport == "tls":
+    if transport in ("tls", "wss"):
         return None
     if request_uri[:5].lower() == "sips:":
         return Refusal(403, "SIPS Requires TLS",
@@ -49,4 +49,4 @@ def check_transport(transport: str, request_uri: str, tls_policy: str) -> Refusa
 
 def insecure_keys(transport: str) -> bool:
     """True when SDES keys received and sent over `transport` travel in clear."""
-    return transport != "tls"
+    return transport not in ("tls", "wss")

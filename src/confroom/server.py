@@ -75,6 +75,7 @@ from confroom.sip.peer import Peer
 from confroom.sip.sdp import NoCommonCodec, SdpError, SrtpRequired, negotiate, parse_sdp
 from confroom.sip.transaction import ServerTransaction
 from confroom.sip.transport import SipTransports
+from confroom.sip.websocket import SipWebSocket
 from confroom.tls import client_context, server_context
 
 log = logging.getLogger("confroom.server")
@@ -230,13 +231,17 @@ class Server:
         self._cpu_at.append((now, time.process_time()))
         self._sample()
         if cfg.http_port > 0:
+            sip_ws = SipWebSocket(self._on_sip_bytes, secure=cfg.https,
+                                  max_message_bytes=cfg.sip_max_message_bytes)
+            self.transports.websocket = sip_ws
             self.api = ApiServer(self, cfg.http_host, cfg.http_port, cfg.api_token,
                                  metrics=metrics_registry(self),
                                  ssl_context=tls if cfg.https else None,
                                  limits=http_limits, body_timeout=cfg.http_body_timeout,
-                                 server_header=cfg.user_agent)
+                                 server_header=cfg.user_agent, sip_websocket=sip_ws.handle)
             self.api.reuse_port = cfg.reuse_port
             await self.api.start()
+            self.core.ws_port = self.api.port
             if cfg.tls_configured and not cfg.https:
                 log.warning("REST API over plain HTTP although [tls] is configured ([http] tls "
                             "= false): its bearer token travels in clear")
@@ -244,6 +249,9 @@ class Server:
                      ] if cfg.sip_transports else []
         if self.transports.tls_port:
             listening.append(f"tls on {cfg.sip_host}:{self.transports.tls_port}")
+        if self.api is not None:
+            listening.append(f"{'wss' if cfg.https else 'ws'} on {cfg.http_host}:"
+                             f"{self.api.port}/sip")
         log.info(
             "confroom ready: sip %s, rtp %d-%d, apps: %s",
             ", ".join(listening), cfg.rtp_port_min, cfg.rtp_port_max,

@@ -15,6 +15,7 @@ Routes (documented in `openapi.json`):
   GET      /health                                        {"status": "ok", "calls", "conferences"}
   GET      /openapi.json                                  the OpenAPI document
   GET      /metrics                   Prometheus text format (`confroom.api.metrics`), when given
+  GET      /sip                       SIP over WebSocket (`confroom.sip.websocket`), when given
 """
 
 from __future__ import annotations
@@ -293,11 +294,13 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
 def build_app(
     server: ServerLike, token: str, metrics_registry: CollectorRegistry | None = None, *,
     body_timeout: float = 10.0, server_header: str = USER_AGENT,
+    sip_websocket: Handler | None = None,
 ) -> web.Application:
     """The API application for `server`, guarded by bearer `token` (must not be empty);
     with `metrics_registry`, `GET /metrics` exposes it. A request body must arrive within
     `body_timeout` seconds (else 408); responses carry `Server: <server_header>` (none when
-    empty)."""
+    empty); with `sip_websocket`, `GET /sip` is that handler (SIP over WebSocket, no token:
+    SIP has its own admission)."""
     if not token:
         raise ValueError("the REST API needs a bearer token")
     app = web.Application(middlewares=[_guarded, _auth_and_errors], client_max_size=MAX_BODY)
@@ -320,6 +323,8 @@ def build_app(
     if metrics_registry is not None:
         app[METRICS] = metrics_registry
         app.router.add_get("/metrics", metrics, allow_head=False)
+    if sip_websocket is not None:
+        app.router.add_get("/sip", sip_websocket, allow_head=False)
     return app
 
 
@@ -332,9 +337,10 @@ class ApiServer:
     def __init__(self, server: ServerLike, host: str, port: int, token: str,
                  metrics: CollectorRegistry | None = None,
                  ssl_context: ssl.SSLContext | None = None, *, limits: Limits | None = None,
-                 body_timeout: float = 10.0, server_header: str = USER_AGENT) -> None:
+                 body_timeout: float = 10.0, server_header: str = USER_AGENT,
+                 sip_websocket: Handler | None = None) -> None:
         self._app = build_app(server, token, metrics, body_timeout=body_timeout,
-                              server_header=server_header)
+                              server_header=server_header, sip_websocket=sip_websocket)
         self._host = host
         self._want_port = port
         self.reuse_port = False  # --workers: several processes serve the same port

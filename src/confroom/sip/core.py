@@ -22,7 +22,9 @@ answered dialog is an ordinary `Leg` (`outbound=True`): re-INVITE and BYE from t
 
 SIP over TLS: a dialog whose INVITE came over TLS gets our TLS port in Contact and Via
 (`;transport=tls`, or a `sips:` Contact when the INVITE's Request-URI was `sips:`, RFC 3261
-12.1.1), and its BYE goes back over the same connection.
+12.1.1), and its BYE goes back over the same connection. SIP over WebSocket (RFC 7118,
+transports `ws`/`wss`) likewise: our HTTP port in Via and Contact (`;transport=ws`), and every
+request of the dialog back on the client's connection.
 """
 
 from __future__ import annotations
@@ -274,6 +276,7 @@ class SipCore:
         self._ua: list[tuple[str, str]] = [("User-Agent", user_agent)] if user_agent else []
         self.local_port = local_port
         self.tls_port = tls_port  # our SIP over TLS port (0: none)
+        self.ws_port = 0  # the HTTP port serving SIP over WebSocket at /sip (0: none)
         self.tx = TransactionLayer(t1=t1, t2=t2, t4=t4)
         self._legs: dict[tuple[str, str, str], Leg] = {}
         self._by_invite_tx: dict[int, Leg] = {}  # id(invite server tx) -> leg
@@ -347,7 +350,10 @@ class SipCore:
     # ---- actions of the layer above -------------------------------------------------------
 
     def port_for(self, peer: Peer) -> int:
-        """Our port for messages to `peer` (the TLS port for TLS peers)."""
+        """Our port for messages to `peer` (the TLS port for TLS peers, the HTTP port for
+        WebSocket peers)."""
+        if peer.websocket and self.ws_port:
+            return self.ws_port
         return self.tls_port if peer.transport == "tls" and self.tls_port else self.local_port
 
     def contact(self, peer: Peer, sips: bool = False) -> str:
@@ -357,6 +363,8 @@ class SipCore:
             if sips:
                 return f"<sips:confroom@{host}:{port}>"
             return f"<sip:confroom@{host}:{port};transport=tls>"
+        if peer.websocket:  # RFC 7118 section 5.2: "ws" for both ws and wss
+            return f"<sip:confroom@{host}:{port};transport=ws>"
         suffix = ";transport=tcp" if peer.transport == "tcp" else ""
         return f"<sip:confroom@{host}:{port}{suffix}>"
 
@@ -903,7 +911,7 @@ class SipCore:
             self._forget(leg)
 
     def _dialog_peer(self, leg: Leg) -> Peer:
-        if leg.route_set:
+        if leg.route_set and not leg.peer.websocket:
             try:
                 uri = parse_name_addr(leg.route_set[0]).uri
             except SipParseError:

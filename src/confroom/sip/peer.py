@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 
 class Peer(NamedTuple):
-    transport: str  # "udp" | "tcp" | "tls"
+    transport: str  # "udp" | "tcp" | "tls" | "ws" | "wss"
     host: str
     port: int
 
@@ -14,3 +14,8 @@ class Peer(NamedTuple):
     def reliable(self) -> bool:
         """True for stream transports, where SIP does not retransmit."""
         return self.transport != "udp"
+
+    @property
+    def websocket(self) -> bool:
+        """True for SIP over WebSocket (RFC 7118), plain or secure."""
+        return self.transport in ("ws", "wss")

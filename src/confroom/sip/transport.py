@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 from confroom.connlimits import ConnectionTable, Limits
 from confroom.sip.message import SipParseError, StreamFramer
@@ -30,6 +30,10 @@ from confroom.sip.peer import Peer
 log = logging.getLogger("confroom.sip.transport")
 
 OnMessage = Callable[[bytes, Peer], None]
+
+
+class WebSocketSender(Protocol):
+    def send(self, peer: Peer, data: bytes) -> None: ...
 
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 # what SipTransports uses unless the server passes limits sized from the descriptor limit
@@ -246,6 +250,8 @@ class SipTransports:
         self.max_message_bytes = max_message_bytes
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # SIP over WebSocket (`confroom.sip.websocket`), served by the HTTP server when set
+        self.websocket: WebSocketSender | None = None
 
     def configure(self, limits: Limits, max_message_bytes: int) -> None:
         """Set the stream limits (before `start`)."""
@@ -258,11 +264,11 @@ class SipTransports:
     def hold(self, peer: Peer) -> None:
         """A call uses the stream connection `peer` (its in-dialog requests and our BYE travel
         on it): it is not closed for idleness until every `hold` is `release`d."""
-        if peer.reliable:
+        if peer.reliable and not peer.websocket:
             self.limits.hold(peer)
 
     def release(self, peer: Peer) -> None:
-        if peer.reliable:
+        if peer.reliable and not peer.websocket:
             self.limits.release(peer)
 
     @property
@@ -312,6 +318,10 @@ class SipTransports:
         self._sweeper = self._loop.call_later(self.limits.limits.sweep_interval, self._sweep)
 
     def send(self, peer: Peer, data: bytes) -> None:
+        if peer.websocket:
+            if self.websocket is not None:
+                self.websocket.send(peer, data)
+            return
         if peer.transport == "udp":
             if self._udp is not None:
                 self._udp.sendto(data, (peer.host, peer.port))
