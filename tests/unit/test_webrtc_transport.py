@@ -1,0 +1,117 @@
+"""The sans-IO WebRTC transport pieces: the ICE-lite responder (`media/ice.py`) against STUN
+checks built like a browser's, and DTLS-SRTP (`media/dtls.py`) between two real OpenSSL
+endpoints over memory BIOs, keys checked by protecting on one side and unprotecting on the
+other."""
+
+from __future__ import annotations
+
+import pytest
+from aioice import stun
+
+from confroom.media.dtls import DtlsError, DtlsIdentity, DtlsSrtp, parse_fingerprint
+from confroom.media.ice import IceLite, is_dtls, is_stun
+from confroom.media.rtp import build_rtp_header
+
+
+def _check(ice: IceLite, username: str, pwd: str, use_candidate: bool = True) -> bytes:
+    req = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    req.attributes["USERNAME"] = username
+    req.attributes["PRIORITY"] = 1853817087
+    req.attributes["ICE-CONTROLLING"] = 0x1234567890
+    if use_candidate:
+        req.attributes["USE-CANDIDATE"] = None
+    req.add_message_integrity(pwd.encode())
+    return bytes(req)
+
+
+def test_ice_lite_answers_only_checks_signed_with_our_password() -> None:
+    ice = IceLite(remote_ufrag="brws")
+    addr = ("192.0.2.7", 50123)
+    data = _check(ice, f"{ice.local_ufrag}:brws", ice.local_pwd)
+    assert is_stun(data[0]) and not is_dtls(data[0])
+    raw = ice.handle(data, addr)
+    assert raw is not None
+    resp = stun.parse_message(raw)  # also verifies our FINGERPRINT
+    assert resp.message_class == stun.Class.RESPONSE
+    assert resp.transaction_id == stun.parse_message(data).transaction_id
+    assert resp.attributes["XOR-MAPPED-ADDRESS"] == addr
+    assert resp.check_message_integrity(ice.local_pwd.encode())
+    assert ice.selected == addr and ice.answered == 1
+    # wrong password, wrong ufrag (ours or theirs), garbage: no answer, counted
+    assert ice.handle(_check(ice, f"{ice.local_ufrag}:brws", "x" * 32), addr) is None
+    assert ice.handle(_check(ice, "nope:brws", ice.local_pwd), addr) is None
+    assert ice.handle(_check(ice, f"{ice.local_ufrag}:evil", ice.local_pwd), addr) is None
+    assert ice.handle(b"\x00\x01\x00\x00garbage", addr) is None
+    assert ice.rejected == 4 and ice.answered == 1
+
+
+def _pump(a: DtlsSrtp, b: DtlsSrtp, first: list[bytes], now: float = 0.0) -> None:
+    to_b, to_a = first, []
+    for _ in range(20):
+        for d in to_b:
+            to_a += b.feed(d, now)
+        to_b = []
+        for d in to_a:
+            to_b += a.feed(d, now)
+        to_a = []
+        if not to_b and not to_a:
+            return
+
+
+def test_dtls_handshake_derives_matching_srtp_keys() -> None:
+    server_id, client_id = DtlsIdentity.generate(), DtlsIdentity.generate()
+    server = DtlsSrtp(server_id, client_id.fingerprint, 0.0, server=True)
+    client = DtlsSrtp(client_id, server_id.fingerprint, 0.0, server=False)
+    _pump(client, server, client.start(0.0))
+    assert server.error is None and client.error is None
+    assert server.srtp is not None and client.srtp is not None
+    rtp = build_rtp_header(0, False, 1, 160, 0x1234) + bytes(range(160))
+    protected = client.srtp.protect(rtp)
+    assert protected is not None and protected != rtp
+    assert server.srtp.unprotect(protected) == rtp
+    back = server.srtp.protect(rtp)
+    assert back is not None and client.srtp.unprotect(back) == rtp
+    assert server.srtp.unprotect(protected) is None  # a replay is refused
+
+
+def test_dtls_peer_with_another_certificate_than_its_fingerprint_fails() -> None:
+    server_id, client_id = DtlsIdentity.generate(), DtlsIdentity.generate()
+    other = DtlsIdentity.generate()
+    server = DtlsSrtp(server_id, other.fingerprint, 0.0)
+    client = DtlsSrtp(client_id, server_id.fingerprint, 0.0, server=False)
+    _pump(client, server, client.start(0.0))
+    assert server.srtp is None
+    assert server.error == "DTLS peer certificate does not match the SDP fingerprint"
+
+
+def test_dtls_client_that_never_completes_times_out() -> None:
+    server_id, client_id = DtlsIdentity.generate(), DtlsIdentity.generate()
+    server = DtlsSrtp(server_id, client_id.fingerprint, 100.0, timeout=5.0)
+    client = DtlsSrtp(client_id, server_id.fingerprint, 100.0, server=False)
+    hello = client.start(100.0)
+    assert hello and is_dtls(hello[0][0])
+    reply = server.feed(hello[0], 100.0)  # the server's flight; the client goes silent
+    assert reply and not server.connected
+    server.poll(104.9)
+    assert not server.failed
+    server.poll(105.0)
+    assert server.failed and server.error == "DTLS handshake not completed within 5 s"
+    assert server.feed(hello[0], 105.1) == []
+
+
+def test_dtls_garbage_fails_the_handshake_clearly() -> None:
+    server_id, client_id = DtlsIdentity.generate(), DtlsIdentity.generate()
+    server = DtlsSrtp(server_id, client_id.fingerprint, 0.0)
+    server.feed(b"\x16\xfe\xfd" + b"\x00" * 60, 0.0)
+    assert not server.connected
+    # a malformed record is either dropped by OpenSSL (then the deadline ends it) or an error
+    server.poll(20.0)
+    assert server.failed and server.error is not None and "DTLS" in server.error
+
+
+def test_fingerprint_parsing() -> None:
+    assert parse_fingerprint("sha-256 AB:cd:01") == ("sha-256", b"\xab\xcd\x01")
+    with pytest.raises(DtlsError):
+        parse_fingerprint("md5 AB:CD")
+    with pytest.raises(DtlsError):
+        parse_fingerprint("sha-256 zz:11")
