@@ -32,6 +32,7 @@ from confroom.sip.sdp import (
     parse_sdp,
 )
 from confroom.sip.transaction import ServerTransaction
+from confroom.sip.webrtc_sdp import WebRtcOffer, split_webrtc, webrtc_answer
 
 if TYPE_CHECKING:
     from confroom.app.session import CallSession
@@ -78,6 +79,7 @@ class Call:
         local_media_host: str,
         on_status: Callable[[Call], None] | None = None,
         srtp_key: bytes | None = None,
+        webrtc_offer: WebRtcOffer | None = None,
     ) -> None:
         self.info = info
         self.app = app
@@ -93,6 +95,7 @@ class Call:
         self._sdp_session_id = random.randint(1, 2**31)
         self._sdp_version = 1
         self._srtp_key = srtp_key  # our SDES key (SRTP calls: media.srtp protects with it)
+        self._webrtc_offer = webrtc_offer  # a browser's ICE/DTLS parameters (WebRTC calls)
         self.started_at = time.time()
         self.answered_at: float | None = None
         self.session_kill: Callable[[], None] | None = None  # set by the runner
@@ -215,7 +218,10 @@ class Call:
             old = self.negotiated.crypto
             try:
                 policy = self.media.codec_policy
-                neg = negotiate(parse_sdp(body), supported=policy.codecs,
+                offer, rtc = split_webrtc(parse_sdp(body))
+                if (rtc is None) != (self._webrtc_offer is None):
+                    raise NoCommonCodec("a call cannot switch between WebRTC and RTP")
+                neg = negotiate(offer, supported=policy.codecs,
                                 require_srtp=old is not None, prefer_ours=policy.prefer_ours)
                 if old is None and neg.crypto is not None:
                     raise NoCommonCodec("a plain RTP call cannot switch to SRTP")
@@ -268,10 +274,16 @@ class Call:
     # ---- internals ----------------------------------------------------------------------------
 
     def _answer_sdp(self) -> bytes:
-        return build_answer(
+        sdp = build_answer(
             self.negotiated, local_host=self._media_host, local_port=self.media.local_port,
             session_id=self._sdp_session_id, version=self._sdp_version, srtp_key=self._srtp_key,
         )
+        rtc, offer = self.media.webrtc, self._webrtc_offer
+        if rtc is not None and offer is not None:
+            sdp = webrtc_answer(sdp, offer, ufrag=rtc.ice.local_ufrag, pwd=rtc.ice.local_pwd,
+                                fingerprint=rtc.dtls.local_fingerprint, host=self._media_host,
+                                port=self.media.local_port)
+        return sdp
 
     def _on_play_done(self, finished: bool) -> None:
         self._resolve_play(finished)

@@ -50,8 +50,10 @@ from confroom.fdlimit import fd_limit, is_resource_error, raise_fd_limit
 from confroom.media.bridge import Bridges
 from confroom.media.codecs import CodecPolicy, OpusConfig
 from confroom.media.codecs.opus import available as opus_available
+from confroom.media.dtls import DtlsIdentity
 from confroom.media.engine import MediaEngine, MediaError
 from confroom.media.srtp import SrtpContext, new_key
+from confroom.media.webrtc import WebRtcTransport
 from confroom.ordered import KeyedSerial
 from confroom.outcall import OutboundCalls
 from confroom.security import SRTP_REQUIRED_WARNING, check_transport, insecure_keys
@@ -75,6 +77,7 @@ from confroom.sip.peer import Peer
 from confroom.sip.sdp import NoCommonCodec, SdpError, SrtpRequired, negotiate, parse_sdp
 from confroom.sip.transaction import ServerTransaction
 from confroom.sip.transport import SipTransports
+from confroom.sip.webrtc_sdp import WebRtcOffer, split_webrtc
 from confroom.sip.websocket import SipWebSocket
 from confroom.tls import client_context, server_context
 
@@ -184,6 +187,7 @@ class Server:
         self._bye_waiters: dict[int, asyncio.Future[None]] = {}
         self._ordered = KeyedSerial(self._spawn)
         self.api: ApiServer | None = None  # the REST API, when http_port > 0
+        self._dtls_identity: DtlsIdentity | None = None  # see dtls_identity()
         # INVITEs refused, by the reason logged with them (the metrics read this)
         self.rejected: Counter[str] = Counter()
         # calls that reached each call_status (ringing = set up; the metrics read this)
@@ -216,6 +220,7 @@ class Server:
         await self.engine.start()
         if self.cluster is not None:
             await self.cluster.start()
+        self.dtls_identity()  # made (or loaded) now: the log line comes at start
         tls = None
         if cfg.tls_cert is not None and cfg.tls_key is not None:
             tls = server_context(cfg.tls_cert, cfg.tls_key)
@@ -602,11 +607,13 @@ class Server:
                         "supported)", info.call_sid)
             refuse(488, "SDP Offer Required", "no SDP offer")
             return
+        rtc_offer: WebRtcOffer | None = None
         try:
             policy = self.engine.codec_policy
-            negotiated = negotiate(parse_sdp(req.body), supported=policy.codecs,
-                                   require_srtp=self.config.srtp_policy(app) == "required",
-                                   prefer_ours=policy.prefer_ours)
+            offer, rtc_offer = split_webrtc(parse_sdp(req.body))
+            negotiated = negotiate(offer, supported=policy.codecs, require_srtp=(
+                rtc_offer is None and self.config.srtp_policy(app) == "required"),
+                prefer_ours=policy.prefer_ours)
         except SrtpRequired as e:
             log.warning("call_sid=%s: refused: %s", info.call_sid, e)
             refuse(488, None, "srtp required", [("Warning", SRTP_REQUIRED_WARNING)])
@@ -650,10 +657,15 @@ class Server:
             log.info("call_sid=%s: srtp %s, keys exchanged over %s%s", info.call_sid,
                      negotiated.crypto.suite, leg.peer.transport,
                      " (in clear: visible to whoever sees the signalling)" if clear else "")
+        if rtc_offer is not None:
+            self.engine.set_webrtc(media, WebRtcTransport(
+                self.dtls_identity(), rtc_offer.fingerprint, rtc_offer.ufrag, self._now()))
+            log.info("call_sid=%s: WebRTC media (ICE-lite, DTLS-SRTP) over %s",
+                     info.call_sid, leg.peer.transport)
         call = Call(
             info=info, app=app, leg=leg, media=media, negotiated=negotiated, signalling=self,
             local_media_host=self.config.contact_host, on_status=self._status_changed,
-            srtp_key=srtp_key,
+            srtp_key=srtp_key, webrtc_offer=rtc_offer,
         )
         log.info("call_sid=%s codec=%s pt=%d telephone-event=%s", info.call_sid,
                  negotiated.codec, negotiated.payload_type, negotiated.dtmf_payload_type)
@@ -662,6 +674,23 @@ class Server:
         self.transports.hold(leg.peer)  # a TCP connection stays open while the call uses it
         call.ring()
         await self.run_verbs(call)
+
+    def dtls_identity(self) -> DtlsIdentity:
+        """The DTLS certificate of WebRTC calls: `[tls]`'s, else one generated on first use
+        (self-signed P-256, logged with its fingerprint)."""
+        identity = self._dtls_identity
+        if identity is None:
+            cfg = self.config
+            if cfg.tls_cert is not None and cfg.tls_key is not None:
+                identity = DtlsIdentity.load(cfg.tls_cert, cfg.tls_key)
+                log.info("WebRTC: DTLS certificate %s, fingerprint %s", identity.origin,
+                         identity.fingerprint)
+            else:
+                identity = DtlsIdentity.generate()
+                log.info("WebRTC: no [tls] certificate; DTLS uses a self-signed certificate "
+                         "generated at start, fingerprint %s", identity.fingerprint)
+            self._dtls_identity = identity
+        return identity
 
     async def run_verbs(self, call: Call) -> None:
         """Run the call's application (its verb list) to the end, inbound or outbound; a

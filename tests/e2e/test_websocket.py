@@ -1,24 +1,39 @@
-"""SIP over WebSocket (RFC 7118) end to end: callers on `ws://.../sip` of the HTTP port join a
-conference like UDP callers (INVITE, 200 with WS Via/Contact, ACK, audio heard on the wire,
-BYE), and garbage closes the connection without hurting the server."""
+"""SIP over WebSocket (RFC 7118) and WebRTC media end to end: callers on `ws://.../sip` of the
+HTTP port join a conference like UDP callers (INVITE, 200 with WS Via/Contact, ACK, audio heard
+on the wire, BYE); garbage closes the connection without hurting the server; a WebRTC peer
+(ICE check, DTLS client, SRTP, from the libraries browsers' stacks are built like) hears and is
+heard; one that never completes DTLS is ended with a clear log line and a BYE."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import socket
+import time
 import uuid
 
 import aiohttp
+import numpy as np
 import pytest
+from aioice import stun
 from conftest import ConfroomFactory
 from harness import (
     HOST,
     ConfroomProcess,
+    Int16Array,
     RtpPeer,
+    build_rtp,
     dominant_frequency,
     free_tcp_port,
+    g711_decode,
+    g711_encode,
     tone,
+    tone_power,
 )
+
+from confroom.media.dtls import DtlsIdentity, DtlsSrtp
+from confroom.media.srtp import SrtpContext
 
 pytestmark = pytest.mark.e2e
 
@@ -58,8 +73,9 @@ class WsCaller:
             if status >= 200:
                 return text
 
-    async def invite(self, rtp: RtpPeer) -> str:
-        await self.ws.send_str(self._request("INVITE", 1, _sdp(rtp)))
+    async def invite(self, rtp: RtpPeer | str) -> str:
+        body = rtp if isinstance(rtp, str) else _sdp(rtp)
+        await self.ws.send_str(self._request("INVITE", 1, body))
         resp = await self.final_response()
         m = re.search(r"^To:.*;tag=([^;\r\n]+)", resp, re.M)
         assert m is not None, resp
@@ -121,3 +137,162 @@ def test_websocket_callers_join_a_conference_and_hear_each_other(
     asyncio.run(scenario())
     srv.wait_log(r"SIP over WebSocket: closed: not a SIP message")
     assert srv.proc is not None and srv.proc.poll() is None
+
+
+# ---- WebRTC media: a Python peer made of the same pieces a browser uses ---------------------
+
+
+class WebRtcPeer:
+    """A WebRTC endpoint on a real UDP socket: sends ICE checks (controlling, USE-CANDIDATE),
+    is the DTLS client, then sends and receives SRTP (PCMU), like a browser does."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.setblocking(False)
+        self.identity = DtlsIdentity.generate("browser")
+        self.ufrag, self.pwd = "brws", "b" * 24
+        self.received: list[bytes] = []
+
+    def offer(self) -> str:
+        port = self.sock.getsockname()[1]
+        return (f"v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nt=0 0\r\n"
+                "a=group:BUNDLE 0\r\n"
+                f"m=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\n"
+                "a=rtpmap:0 PCMU/8000\r\na=sendrecv\r\na=mid:0\r\na=rtcp-mux\r\n"
+                f"a=ice-ufrag:{self.ufrag}\r\na=ice-pwd:{self.pwd}\r\n"
+                f"a=fingerprint:{self.identity.fingerprint}\r\na=setup:actpass\r\n"
+                f"a=candidate:1 1 udp 2122260223 {HOST} {port} typ host\r\n")
+
+    async def recv(self, timeout: float = 5.0) -> bytes:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.sock_recv(self.sock, 65535), timeout)
+
+    async def connect(self, answer: str, *, dtls: bool = True) -> DtlsSrtp | None:
+        """ICE check against the answer's candidate, then (with `dtls`) the handshake."""
+        attrs = dict(re.findall(r"^a=([\w-]+):(.*?)\r?$", answer, re.M))
+        assert "ice-lite" in answer and attrs["setup"] == "passive"
+        assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF 0", answer, re.M)
+        assert "a=rtcp-mux" in answer and attrs["mid"] == "0"
+        cand = attrs["candidate"].split()
+        self.sock.connect((cand[4], int(cand[5])))
+        req = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        req.attributes["USERNAME"] = f"{attrs['ice-ufrag']}:{self.ufrag}"
+        req.attributes["ICE-CONTROLLING"] = 1
+        req.attributes["USE-CANDIDATE"] = None
+        req.add_message_integrity(attrs["ice-pwd"].encode())
+        self.sock.send(bytes(req))
+        resp = stun.parse_message(await self.recv())
+        assert resp.message_class == stun.Class.RESPONSE
+        assert resp.check_message_integrity(attrs["ice-pwd"].encode())
+        if not dtls:
+            return None
+        now = time.monotonic()
+        client = DtlsSrtp(self.identity, attrs["fingerprint"], now, server=False)
+        for d in client.start(now):
+            self.sock.send(d)
+        while not client.connected:
+            assert client.error is None, client.error
+            data = await self.recv()
+            if data[0] >= 128:
+                continue  # media only starts after the handshake, but be lenient
+            for d in client.feed(data, time.monotonic()):
+                self.sock.send(d)
+        return client
+
+    async def send_tone(self, srtp: SrtpContext, pcm: Int16Array) -> None:
+        """20 ms PCMU packets, SRTP-protected, paced by deadlines; what arrives meanwhile is
+        collected (`received`, still protected)."""
+        t0 = time.monotonic()
+        for i in range(len(pcm) // 160):
+            pkt = build_rtp(0, i, i * 160, 0xC0FFEE, g711_encode(pcm[i * 160:(i + 1) * 160], 0))
+            protected = srtp.protect(pkt)
+            assert protected is not None
+            self.sock.send(protected)
+            deadline = t0 + (i + 1) * 0.02
+            while (left := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    self.received.append(await self.recv(left))
+
+    def heard(self, srtp: SrtpContext) -> Int16Array:
+        payloads = []
+        for data in self.received:
+            if data[0] < 128:
+                continue
+            plain = srtp.unprotect(data)
+            if plain is not None and (plain[1] & 0x7F) == 0:
+                payloads.append(g711_decode(plain[12:], 0))
+        return np.concatenate(payloads) if payloads else np.zeros(0, dtype=np.int16)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_webrtc_member_over_websocket_hears_and_is_heard(
+    confroom: ConfroomFactory, rtp_peer_factory: type[RtpPeer]
+) -> None:
+    port = free_tcp_port()
+    srv: ConfroomProcess = confroom(
+        verbs=[{"verb": "conference", "name": "rtc-room"}],
+        extra_toml={"http": {"port": port, "token": "ws-e2e-token"}})
+    srv.wait_log(r"DTLS uses a self-signed certificate generated at start, fingerprint sha-256")
+    phone_rtp = rtp_peer_factory()
+    rtc = WebRtcPeer()
+    url = f"http://{HOST}:{port}/sip"
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as s, \
+                s.ws_connect(url, protocols=("sip",)) as ws_a, \
+                s.ws_connect(url, protocols=("sip",)) as ws_b:
+            browser, phone = WsCaller(ws_a, "browser"), WsCaller(ws_b, "phone")
+            ok = await browser.invite(rtc.offer())
+            assert ok.startswith("SIP/2.0 200"), ok
+            ok_phone = await phone.invite(phone_rtp)
+            client = await rtc.connect(ok)
+            assert client is not None and client.srtp is not None
+            loop = asyncio.get_running_loop()
+            # the phone talks (440 Hz) while the browser talks (1000 Hz)
+            phone_talks = loop.run_in_executor(None, phone_rtp.send_pcm, tone(440, 2.0),
+                                               _rtp_target(ok_phone))
+            await rtc.send_tone(client.srtp, tone(1000, 2.0))
+            await phone_talks
+            heard_by_browser = rtc.heard(client.srtp)
+            assert len(heard_by_browser) > 8000, len(heard_by_browser)
+            assert abs(dominant_frequency(heard_by_browser) - 440) < 15
+            heard_by_phone = phone_rtp.decoded_pcm()
+            assert abs(dominant_frequency(heard_by_phone) - 1000) < 15
+            assert tone_power(heard_by_browser, 1000) < 0.01 * tone_power(heard_by_browser, 440)
+            bye = await browser.bye()
+            assert bye.startswith("SIP/2.0 200"), bye
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        rtc.close()
+
+
+def test_webrtc_member_that_never_completes_dtls_is_ended_clearly(
+    confroom: ConfroomFactory,
+) -> None:
+    port = free_tcp_port()
+    srv: ConfroomProcess = confroom(
+        verbs=[{"verb": "conference", "name": "rtc-room"}],
+        extra_toml={"http": {"port": port, "token": "ws-e2e-token"}})
+    srv.wait_log(r"ws on ")
+    rtc = WebRtcPeer()
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as s, \
+                s.ws_connect(f"http://{HOST}:{port}/sip", protocols=("sip",)) as ws:
+            browser = WsCaller(ws, "browser")
+            ok = await browser.invite(rtc.offer())
+            assert ok.startswith("SIP/2.0 200"), ok
+            await rtc.connect(ok, dtls=False)  # ICE works, then silence: no ClientHello
+            msg = await ws.receive(timeout=20)  # the server's BYE, on the same connection
+            assert msg.type == aiohttp.WSMsgType.TEXT and msg.data.startswith("BYE "), msg
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        rtc.close()
+    srv.wait_log(r"WebRTC media on port \d+: DTLS handshake not completed within 10 s")

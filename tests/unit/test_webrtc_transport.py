@@ -11,6 +11,8 @@ from aioice import stun
 from confroom.media.dtls import DtlsError, DtlsIdentity, DtlsSrtp, parse_fingerprint
 from confroom.media.ice import IceLite, is_dtls, is_stun
 from confroom.media.rtp import build_rtp_header
+from confroom.sip.sdp import SdpError, build_answer, negotiate, parse_sdp
+from confroom.sip.webrtc_sdp import split_webrtc, webrtc_answer
 
 
 def _check(ice: IceLite, username: str, pwd: str, use_candidate: bool = True) -> bytes:
@@ -115,3 +117,53 @@ def test_fingerprint_parsing() -> None:
         parse_fingerprint("md5 AB:CD")
     with pytest.raises(DtlsError):
         parse_fingerprint("sha-256 zz:11")
+
+
+CHROME_OFFER = (
+    "v=0\r\no=- 46117 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
+    "a=msid-semantic: WMS\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0 8 13 126\r\n"
+    "c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n"
+    "a=candidate:842163049 1 udp 1677729535 198.51.100.4 53517 typ srflx raddr 0.0.0.0\r\n"
+    "a=ice-ufrag:Zx9d\r\na=ice-pwd:a1b2c3d4e5f6a1b2c3d4e5f6\r\n"
+    "a=fingerprint:sha-256 0A:1B:2C:3D\r\na=setup:actpass\r\na=mid:0\r\na=sendrecv\r\n"
+    "a=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+    "a=rtpmap:8 PCMA/8000\r\na=rtpmap:13 CN/8000\r\na=rtpmap:126 telephone-event/8000\r\n"
+)
+
+
+def test_webrtc_offer_is_split_and_the_answer_made_webrtc() -> None:
+    offer, rtc = split_webrtc(parse_sdp(CHROME_OFFER))
+    assert rtc is not None
+    assert (rtc.ufrag, rtc.pwd, rtc.setup, rtc.mid, rtc.bundle) == (
+        "Zx9d", "a1b2c3d4e5f6a1b2c3d4e5f6", "actpass", "0", True)
+    assert rtc.fingerprint == "sha-256 0A:1B:2C:3D"
+    neg = negotiate(offer)  # the ordinary negotiation, on the stream as RTP/AVPF
+    assert (neg.codec, neg.dtmf_payload_type, neg.remote_direction) == ("PCMU", 126, "sendrecv")
+    assert neg.remote_host == "198.51.100.4"  # not 0.0.0.0 (= hold): a candidate's address
+    plain = build_answer(neg, local_host="203.0.113.9", local_port=40000, session_id=1,
+                         version=1)
+    sdp = webrtc_answer(plain, rtc, ufrag="ourufrag", pwd="p" * 32,
+                        fingerprint="sha-256 AA:BB", host="203.0.113.9",
+                        port=40000).decode()
+    lines = sdp.split("\r\n")
+    assert lines.index("a=ice-lite") < lines.index("a=group:BUNDLE 0") < next(
+        i for i, x in enumerate(lines) if x.startswith("m="))
+    assert "m=audio 40000 UDP/TLS/RTP/SAVPF 0 126" in lines
+    for want in ("a=mid:0", "a=ice-ufrag:ourufrag", f"a=ice-pwd:{'p' * 32}",
+                 "a=fingerprint:sha-256 AA:BB", "a=setup:passive", "a=rtcp-mux",
+                 "a=candidate:1 1 udp 2130706431 203.0.113.9 40000 typ host"):
+        assert want in lines
+    parsed = parse_sdp(sdp)  # still valid SDP for our own parser
+    assert parsed.media[0].proto == "UDP/TLS/RTP/SAVPF"
+
+
+def test_webrtc_offer_errors() -> None:
+    plain = parse_sdp(CHROME_OFFER.replace("UDP/TLS/RTP/SAVPF", "RTP/AVP"))
+    assert split_webrtc(plain) == (plain, None)
+    with pytest.raises(SdpError, match="ice-ufrag"):
+        split_webrtc(parse_sdp(CHROME_OFFER.replace("a=ice-ufrag:Zx9d\r\n", "")))
+    with pytest.raises(SdpError, match="fingerprint"):
+        split_webrtc(parse_sdp(CHROME_OFFER.replace("a=fingerprint:sha-256 0A:1B:2C:3D\r\n",
+                                                    "")))
+    with pytest.raises(SdpError, match="setup:passive"):
+        split_webrtc(parse_sdp(CHROME_OFFER.replace("setup:actpass", "setup:passive")))

@@ -118,6 +118,7 @@ class DtlsSrtp:
         self.server = server
         self.deadline = now + timeout
         self.timeout = timeout
+        self.local_fingerprint = identity.fingerprint
         self.srtp: SrtpContext | None = None
         self.error: str | None = None
         self._conn = SSL.Connection(identity.context, None)

@@ -68,6 +68,7 @@ from confroom.media.rtp import RtpSenders
 from confroom.media.session import MediaSession, fill_byte
 from confroom.media.sources import FRAME_SAMPLES, Frame
 from confroom.media.srtp import SrtpContext
+from confroom.media.webrtc import WebRtcTransport
 
 __all__ = ["DatagramSender", "EngineStats", "MediaEngine", "MediaError", "Mixer"]
 
@@ -216,6 +217,7 @@ class MediaEngine:
         # there is at least one
         self._srtp_streams = np.zeros(self.jitter.capacity, dtype=bool)
         self._srtp_count = 0
+        self._webrtc_count = 0  # sessions of WebRTC members (ICE/DTLS handled per tick)
         self._cursor = first
         self._task: asyncio.Task[None] | None = None
 
@@ -327,6 +329,8 @@ class MediaEngine:
         if self._srtp_streams[s.jitter.index]:
             self._srtp_streams[s.jitter.index] = False
             self._srtp_count -= 1
+        if s.webrtc is not None:
+            self._webrtc_count -= 1
         del self.sessions[port]
         transport = self._transports.pop(port)
         self._set_entries([e for e in self._entries if e[0] is not s])
@@ -351,9 +355,18 @@ class MediaEngine:
         if self.sessions.get(s.local_port) is s:
             stream = s.jitter.index
             was = bool(self._srtp_streams[stream])
-            self._srtp_streams[stream] = srtp is not None
-            self._srtp_count += int(srtp is not None) - int(was)
+            now_srtp = srtp is not None or s.webrtc is not None  # WebRTC: always SRTP
+            self._srtp_streams[stream] = now_srtp
+            self._srtp_count += int(now_srtp) - int(was)
         s.srtp = srtp
+
+    def set_webrtc(self, s: MediaSession, rtc: WebRtcTransport) -> None:
+        """Make `s` a WebRTC member's session: ICE and DTLS on its port, SRTP once DTLS is
+        done, nothing sent before."""
+        if s.webrtc is None and self.sessions.get(s.local_port) is s:
+            self._webrtc_count += 1
+        s.webrtc = rtc
+        self.set_srtp(s, s.srtp)
 
     # --- the clock --------------------------------------------------------------------------
 
@@ -401,6 +414,10 @@ class MediaEngine:
             if self._source_events:
                 self._log_sources()
 
+        # (0b) WebRTC members: STUN answers, DTLS flights and retransmissions, deadlines.
+        if self._webrtc_count:
+            self._webrtc_io(now)
+
         # (1) inbound: pop every jitter buffer in one pass, decode in one lookup per codec.
         if entries:
             self._inbound()
@@ -434,7 +451,8 @@ class MediaEngine:
                     send = p.send
                 else:  # the SDP moved the media: hear other sources (vetted) again
                     self._release(p)
-            if not s.send_enabled or remote is None or s.closed:
+            if not s.send_enabled or remote is None or s.closed or (
+                    s.webrtc is not None and s.srtp is None):  # WebRTC: not before DTLS
                 s.sender.skip(s.sender.samples_per_packet)  # keep RTP time running
                 continue
             if s.dtmf_tx is not None:
@@ -468,6 +486,32 @@ class MediaEngine:
             stats.recent_tick_duration = elapsed
         if elapsed > stats.max_tick_duration:
             stats.max_tick_duration = elapsed
+
+    def _webrtc_io(self, now: float) -> None:
+        """Send what the WebRTC members' ICE/DTLS produced; end a call whose DTLS failed
+        or did not complete in time (one clear log line per call)."""
+        for s, transport in self._entries:
+            rtc = s.webrtc
+            if rtc is None:
+                continue
+            rtc.poll(now)
+            if rtc.outbox:
+                out, rtc.outbox = rtc.outbox, []
+                for data, addr in out:
+                    try:
+                        transport.sendto(data, addr)
+                    except OSError as e:
+                        log.debug("WebRTC send to %s failed: %s", _fmt(addr), e)
+            if rtc.error is not None and not rtc.failure_reported:
+                rtc.failure_reported = True
+                log.warning("WebRTC media on port %d: %s (ICE checks answered %d, refused "
+                            "%d); ending the call", s.local_port, rtc.error, rtc.ice.answered,
+                            rtc.ice.rejected)
+                if s.on_timeout is not None:
+                    try:
+                        s.on_timeout()
+                    except Exception:
+                        log.exception("on_timeout callback failed for %r", s)
 
     def _receive(self, now: float) -> None:
         """Rounds of one datagram per readable socket (see the module docstring)."""

@@ -6,8 +6,11 @@ from the remote SDP direction, the inbound jitter buffer and DTMF receiver, the 
 sender state and DTMF send queue, the current audio source and the per-tick frame slots
 (`inbound`, `mix_out`: a row of a `FrameTable`, the engine's once the session is added to one),
 and its SRTP context when the call negotiated SRTP (`srtp`: every datagram is unprotected in
-`on_datagram()` before anything reads it; the engine protects what it sends). No sockets and
-no asyncio here: the engine feeds datagrams in with `on_datagram()` and drives the 20 ms tick.
+`on_datagram()` before anything reads it; the engine protects what it sends). A WebRTC
+member has `webrtc` (`confroom.media.webrtc`): STUN and DTLS on the same port go there, and
+`srtp` is set from DTLS once its handshake completes (nothing is sent or decoded before).
+No sockets and no asyncio here: the engine feeds datagrams in with `on_datagram()` and
+drives the 20 ms tick.
 
 Codecs: PCMU/PCMA go through the engine's batched table paths; a wideband leg (G.722, Opus)
 also has a `WideStream` (`wide`: its decoder, encoder and, for Opus, its packet buffer).
@@ -30,6 +33,7 @@ from confroom.media.latch import SourceGuard, Verdict
 from confroom.media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse_rtp
 from confroom.media.sources import Frame, Source
 from confroom.media.srtp import SrtpContext
+from confroom.media.webrtc import WebRtcTransport
 from confroom.media.wideband import WideStream
 
 __all__ = ["DIRECTIONS", "MediaSession", "fill_byte"]
@@ -77,6 +81,7 @@ class MediaSession:
         "sender",
         "source",
         "srtp",
+        "webrtc",
         "wide",
     )
 
@@ -115,6 +120,7 @@ class MediaSession:
         self.on_timeout: Callable[[], None] | None = None
         # SRTP: set before the first packet (`MediaEngine.set_srtp`); None = plain RTP
         self.srtp: SrtpContext | None = None
+        self.webrtc: WebRtcTransport | None = None  # ICE-lite + DTLS-SRTP of a WebRTC member
         self.closed = False
         # Engine-private state (the inactivity timer).
         self._rx_rearm = False
@@ -185,6 +191,18 @@ class MediaSession:
         is where we send from now on); a rejected source's packet is dropped unread."""
         if self.closed:
             return False
+        webrtc = self.webrtc
+        if webrtc is not None:  # ICE + DTLS share the port (RFC 7983); media waits for DTLS
+            if data and data[0] < 128:
+                a2 = (addr[0], addr[1])
+                webrtc.handle(data, a2, now)
+                if self.srtp is None and webrtc.srtp is not None:
+                    self.srtp = webrtc.srtp
+                    self.remote = self.sdp_remote = webrtc.selected
+                    self.guard.expect(webrtc.selected)  # the ICE-checked address latches
+                return False
+            if self.srtp is None:
+                return False
         if self.srtp is not None:
             plain = self.srtp.unprotect(data)
             if plain is None:
