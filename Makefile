@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test lint setup setup-test setup-bench bench
+.PHONY: run test lint setup setup-test setup-bench bench vendor-js
 
 setup:
 	@scripts/setup.sh
@@ -32,3 +32,11 @@ lint: setup-test
 BENCH_ARGS ?= --n 300
 bench: setup-bench
 	$(PY) bench/run $(BENCH_ARGS)
+
+## Rebuild the vendored JsSIP bundle of the web phone from web/package-lock.json (pinned; the
+## result is committed under src/confroom/web/static/, nothing is fetched at run time).
+vendor-js:
+	cd web && npm ci --no-audit --no-fund && ./node_modules/.bin/esbuild node_modules/jssip/lib/JsSIP.js \
+	  --bundle --format=iife --global-name=JsSIP --minify --platform=browser --legal-comments=inline \
+	  --outfile=../src/confroom/web/static/jssip-3.13.8.min.js
+	cp web/node_modules/jssip/LICENSE.md src/confroom/web/static/jssip-LICENSE.md

@@ -15,7 +15,8 @@ if [ "${1:-}" = "--bench" ]; then want_bench=1; fi
 apt_pkgs=(espeak-ng libopus0 redis-server)  # libopus0: the Opus codec (ctypes); redis-server: clusters (--redis tests, --workers)
 # kamailio: the cluster's SIP front door (deploy/kamailio/); the tests run their own instance
 if [ "$want_test" = 1 ]; then
-  apt_pkgs+=(sip-tester sox baresip kamailio build-essential python3-dev)  # C: pesq
+  apt_pkgs+=(sip-tester sox baresip kamailio build-essential python3-dev  # C: pesq
+            chromium chromium-driver)  # the browser e2e test (tests/e2e/test_browser.py)
 fi
 # the @jambonz/sdk e2e app (tests/e2e/ws_apps) needs Node.js and npm (Node 18+)
 if [ "$want_test" = 1 ] && ! command -v npm >/dev/null 2>&1; then apt_pkgs+=(nodejs npm); fi

@@ -6,6 +6,7 @@ token setting."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -151,8 +152,9 @@ def check_against_openapi(method: str, path: str, status: int, body: Any) -> Non
     responses = op["responses"]
     assert str(status) in responses, f"{method} {template} -> {status} is not documented"
     content = responses[str(status)]["content"]
-    if "application/json" not in content:  # /metrics: text, its format is checked elsewhere
-        assert isinstance(body, str) and "text/plain" in content, (method, template, status)
+    if "application/json" not in content:  # /metrics, pages: text, checked elsewhere
+        assert isinstance(body, str) and any(c.startswith("text/") for c in content), (
+            method, template, status)
         SEEN.add((template, method.lower(), str(status)))
         return
     schema = content["application/json"]["schema"]
@@ -290,6 +292,32 @@ async def test_conference_list_detail_and_delete(api: Api) -> None:
     assert conf.ended and reasons == ["ended", "ended"]
     assert (await api.req("DELETE", f"{CONFS}/room"))[0] == 404
     assert await api.req("GET", CONFS) == (200, ["z-other"])
+
+
+async def test_browser_pages_and_the_token_checked_live_feed(api: Api) -> None:
+    api.server.add_call("a")
+    api.room("a", name="live-room")
+    status, page = await api.req("GET", "/phone?conference=room", token=None)
+    assert status == 200 and "/static/jssip-3.13.8.min.js" in page and "/sip" not in page
+    status, page = await api.req("GET", "/dashboard", token=None)
+    assert status == 200 and 'id="token"' in page and "live-room" not in page
+    status, js = await api.req("GET", "/static/phone.js", token=None)
+    assert status == 200 and "JsSIP.UA" in js
+    assert (await api.req("GET", "/static/..%2Fapp.py", token=None))[0] == 404
+    assert (await api.req("GET", "/v1/Events", token=None))[0] == 401
+    assert (await api.req("GET", "/v1/Events", token="wrong"))[0] == 401
+    async with api.http.get(api.base + "/v1/Events",
+                            headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        check_against_openapi("GET", "/v1/Events", 200, "")
+        event = b""
+        while b"\n\n" not in event:
+            event += await asyncio.wait_for(r.content.readany(), 5)
+    name, data = event.decode().split("\n")[:2]
+    assert name == "event: conferences"
+    confs = json.loads(data.removeprefix("data: "))
+    assert [c["friendly_name"] for c in confs] == ["live-room"]
+    assert confs[0]["participants"][0]["call_sid"] == "a" and confs[0]["node"]
 
 
 async def test_unknown_routes_and_methods_answer_json(api: Api) -> None:

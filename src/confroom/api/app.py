@@ -16,6 +16,8 @@ Routes (documented in `openapi.json`):
   GET      /openapi.json                                  the OpenAPI document
   GET      /metrics                   Prometheus text format (`confroom.api.metrics`), when given
   GET      /sip                       SIP over WebSocket (`confroom.sip.websocket`), when given
+  GET      /phone, /dashboard, /static/*, /v1/Events   browser pages and their live feed
+                                      (`confroom.web`)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from confroom.connlimits import Limits
 from confroom.outbound import LimitExceeded, Refused
 from confroom.outcall import CreateCall, CreateCallError, parse_create_call
 from confroom.ratelog import RateLimitedWarning
+from confroom.web import add_routes
 
 log = logging.getLogger("confroom.api")
 # the logger aiohttp's request handlers write to (QuietHttpErrors filters it while serving)
@@ -325,6 +328,7 @@ def build_app(
         app.router.add_get("/metrics", metrics, allow_head=False)
     if sip_websocket is not None:
         app.router.add_get("/sip", sip_websocket, allow_head=False)
+    add_routes(app, server)  # the browser pages (confroom.web) and their live feed
     return app
 
 

@@ -1,0 +1,98 @@
+"""The browser pages served by the HTTP server: `/phone`, `/dashboard`, `/static/*`, and the
+dashboard's live feed `GET /v1/Events` (Server-Sent Events, bearer token like every `/v1`
+route).
+
+Pages and the vendored JsSIP build (pinned in `web/package.json` and its lockfile, built by
+`make vendor-js`) ship inside this package; nothing is loaded from a CDN. The pages are
+static: `/phone?conference=NAME` joins NAME over SIP over WebSocket (`/sip`), `/dashboard`
+asks for the API token and shows nothing without it. The feed sends the state of every live
+conference of this node as one JSON event whenever it changed (checked every
+`FEED_INTERVAL` seconds, so talking changes reach the page within that), and a comment line
+every `KEEPALIVE` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from importlib import resources
+from typing import Any, Final, Protocol
+
+from aiohttp import web
+
+from confroom.conference.control import conference_detail
+from confroom.conference.service import ConferenceService
+
+__all__ = ["add_routes", "snapshot"]
+
+FEED_INTERVAL: Final = 0.2
+KEEPALIVE: Final = 15.0
+_TYPES: Final = {".js": "text/javascript", ".html": "text/html", ".css": "text/css",
+                 ".md": "text/plain", ".png": "image/png"}
+
+
+class HasConferences(Protocol):
+    @property
+    def conferences(self) -> ConferenceService: ...
+
+
+def _read(name: str) -> bytes:
+    return (resources.files("confroom.web") / "static" / name).read_bytes()
+
+
+def snapshot(server: HasConferences, node: str) -> list[dict[str, Any]]:
+    """Every live conference with its members, for the dashboard."""
+    now = time.time()
+    out = []
+    for conf in server.conferences.registry.all():
+        detail = conference_detail(conf, now)
+        detail["account_sid"] = conf.account_sid
+        detail["node"] = node
+        out.append(detail)
+    out.sort(key=lambda c: str(c["friendly_name"]))
+    return out
+
+
+def add_routes(app: web.Application, server: HasConferences) -> None:
+    node = socket.gethostname()
+    static_names = {p.name for p in (resources.files("confroom.web") / "static").iterdir()}
+
+    async def page(request: web.Request) -> web.Response:
+        name = "phone.html" if request.path == "/phone" else "dashboard.html"
+        return web.Response(body=_read(name), content_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    async def static(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in static_names:
+            raise web.HTTPNotFound(reason=f"no file {name[:100]!r}")
+        ctype = _TYPES.get(name[name.rfind("."):], "application/octet-stream")
+        return web.Response(body=_read(name), content_type=ctype)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        last = ""
+        quiet_since = time.monotonic()
+        try:
+            while True:
+                text = json.dumps(snapshot(server, node), sort_keys=True)
+                if text != last:
+                    await resp.write(f"event: conferences\ndata: {text}\n\n".encode())
+                    last = text
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > KEEPALIVE:
+                    await resp.write(b": keepalive\n\n")
+                    quiet_since = time.monotonic()
+                await asyncio.sleep(FEED_INTERVAL)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+    app.router.add_get("/phone", page, allow_head=False)
+    app.router.add_get("/dashboard", page, allow_head=False)
+    app.router.add_get("/static/{name}", static, allow_head=False)
+    app.router.add_get("/v1/Events", events, allow_head=False)
