@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, metavar="N",
                    help="port of the REST API and health endpoint; default off. Needs a "
                    "bearer token: [http] token in the config file or CONFROOM_API_TOKEN")
+    s.add_argument("--http-self-signed", action="store_true", default=None,
+                   help="serve HTTPS (pages, API, wss://.../sip) with a self-signed certificate "
+                   "generated at start, for local use without [tls]")
     s.add_argument("--webhook-max-body", type=int, metavar="BYTES",
                    help="largest webhook answer read; a longer one fails the hook "
                    "(default 1048576)")
@@ -121,6 +124,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "rtp_ports": args.rtp_ports,
         "app": args.app,
         "http_port": args.http_port,
+        "http_self_signed": args.http_self_signed,
         "webhook_max_body": args.webhook_max_body,
         "webhook_ca_file": args.webhook_ca_file,
         "ws_ack_timeout": args.ws_ack_timeout,

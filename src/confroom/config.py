@@ -106,7 +106,8 @@ TOML layout::
 
 Environment: CONFROOM_SIP_HOST, CONFROOM_SIP_PORT, CONFROOM_SIP_TLS_PORT, CONFROOM_TLS_CERT,
 CONFROOM_TLS_KEY, CONFROOM_RTP_PORTS, CONFROOM_RTP_TIMEOUT,
-CONFROOM_HTTP_PORT, CONFROOM_API_TOKEN (the REST API's bearer token), CONFROOM_MEDIA_DIR,
+CONFROOM_HTTP_PORT, CONFROOM_API_TOKEN (the REST API's bearer token),
+CONFROOM_HTTP_SELF_SIGNED (1: HTTPS/wss with a certificate generated at start), CONFROOM_MEDIA_DIR,
 CONFROOM_APP (call hook of the default app), CONFROOM_WEBHOOK_SECRET (secret of the default app),
 CONFROOM_WEBHOOK_MAX_BODY, CONFROOM_WEBHOOK_CA_FILE, CONFROOM_WS_ACK_TIMEOUT,
 CONFROOM_WS_MAX_PAYLOAD, CONFROOM_WS_MAX_RECONNECTS, CONFROOM_WS_HANDSHAKE_TIMEOUT, and for
@@ -271,6 +272,7 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     http_tls: bool | None = None  # None: HTTPS exactly when [tls] is configured
+    http_self_signed: bool = False  # HTTPS/wss with a certificate generated at start
     security_tls: str = "optional"
     security_srtp: str = "optional"
     rtp_port_min: int = 20000
@@ -348,7 +350,9 @@ class Config:
 
     @property
     def https(self) -> bool:
-        """Whether the REST API is served over TLS."""
+        """Whether the REST API (and the pages, and /sip as wss) is served over TLS."""
+        if self.http_self_signed:
+            return True
         return self.tls_configured if self.http_tls is None else self.http_tls
 
     def tls_policy(self, app: AppConfig) -> str:
@@ -642,9 +646,12 @@ def load(
             raise ConfigError("http.token: expected a string")
         kw["api_token"] = http["token"]
     if "tls" in http:
-        if not isinstance(http["tls"], bool):
-            raise ConfigError("http.tls: expected true or false")
-        kw["http_tls"] = http["tls"]
+        if http["tls"] == "self-signed":
+            kw["http_self_signed"] = True
+        elif not isinstance(http["tls"], bool):
+            raise ConfigError('http.tls: expected true, false or "self-signed"')
+        else:
+            kw["http_tls"] = http["tls"]
     media = data.get("media", {})
     if "dir" in media:
         kw["media_dir"] = Path(media["dir"])
@@ -716,6 +723,12 @@ def load(
         kw["tls_cert"] = Path(env["CONFROOM_TLS_CERT"])
     if env.get("CONFROOM_TLS_KEY"):
         kw["tls_key"] = Path(env["CONFROOM_TLS_KEY"])
+    if env.get("CONFROOM_HTTP_SELF_SIGNED"):
+        value = env["CONFROOM_HTTP_SELF_SIGNED"].strip().lower()
+        if value not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(f"CONFROOM_HTTP_SELF_SIGNED: expected 1/true or 0/false, got "
+                              f"{value!r}")
+        kw["http_self_signed"] = value in ("1", "true", "yes")
     if env.get("CONFROOM_RTP_PORTS"):
         kw["rtp_port_min"], kw["rtp_port_max"] = parse_port_range(
             env["CONFROOM_RTP_PORTS"], "CONFROOM_RTP_PORTS"
@@ -964,6 +977,9 @@ def _validate_tls(cfg: Config) -> None:
         raise ConfigError("sip.transports is empty and SIP over TLS is off: nothing to listen on")
     elif cfg.http_tls:
         raise ConfigError("http.tls = true needs [tls] cert and key")
+    if cfg.http_self_signed and cfg.tls_configured:
+        raise ConfigError('http.tls = "self-signed" (or CONFROOM_HTTP_SELF_SIGNED, '
+                          "--http-self-signed) and [tls] cert/key are both set: choose one")
     if cfg.sip_tls_port == cfg.sip_port and cfg.sip_port and "tcp" in cfg.sip_transports:
         raise ConfigError(f"sip.tls_port {cfg.sip_tls_port} is the TCP port too")
     for name, policy in [("[security] tls", cfg.security_tls),

@@ -23,9 +23,12 @@ import asyncio
 import logging
 import os
 import resource
+import ssl
+import tempfile
 import time
 import uuid
 from collections import Counter, deque
+from pathlib import Path
 from typing import Any, Final
 
 from confroom.admission import NO_PORTS, Admission, Admit, Headroom, ShedLog
@@ -241,7 +244,8 @@ class Server:
             self.transports.websocket = sip_ws
             self.api = ApiServer(self, cfg.http_host, cfg.http_port, cfg.api_token,
                                  metrics=metrics_registry(self),
-                                 ssl_context=tls if cfg.https else None,
+                                 ssl_context=self._self_signed_context() if
+                                 cfg.http_self_signed else (tls if cfg.https else None),
                                  limits=http_limits, body_timeout=cfg.http_body_timeout,
                                  server_header=cfg.user_agent, sip_websocket=sip_ws.handle)
             self.api.reuse_port = cfg.reuse_port
@@ -674,6 +678,17 @@ class Server:
         self.transports.hold(leg.peer)  # a TCP connection stays open while the call uses it
         call.ring()
         await self.run_verbs(call)
+
+    def _self_signed_context(self) -> ssl.SSLContext:
+        """The HTTPS context of `[http] tls = "self-signed"`: the generated DTLS certificate
+        (written to a private temporary directory, which `server_context` loads)."""
+        identity = self.dtls_identity()
+        folder = Path(tempfile.mkdtemp(prefix="confroom-tls-"))
+        cert, key = identity.write_pem(folder)
+        log.warning("HTTPS and wss with a self-signed certificate generated at start (browsers "
+                    "will ask to trust it; for local use only), fingerprint %s",
+                    identity.fingerprint)
+        return server_context(cert, key)
 
     def dtls_identity(self) -> DtlsIdentity:
         """The DTLS certificate of WebRTC calls: `[tls]`'s, else one generated on first use

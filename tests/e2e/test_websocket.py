@@ -296,3 +296,34 @@ def test_webrtc_member_that_never_completes_dtls_is_ended_clearly(
     finally:
         rtc.close()
     srv.wait_log(r"WebRTC media on port \d+: DTLS handshake not completed within 10 s")
+
+
+def test_wss_with_a_self_signed_certificate_generated_at_start(
+    confroom: ConfroomFactory,
+) -> None:
+    port = free_tcp_port()
+    srv: ConfroomProcess = confroom(
+        verbs=[{"verb": "conference", "name": "wss-room"}],
+        extra_toml={"http": {"port": port, "token": "ws-e2e-token", "tls": "self-signed"}})
+    srv.wait_log(r"HTTPS and wss with a self-signed certificate generated at start")
+    srv.wait_log(rf"wss on {re.escape(HOST)}:{port}/sip")
+    options = ("OPTIONS sip:wss-room@confroom SIP/2.0\r\n"
+               "Via: SIP/2.0/WSS abc.invalid;branch=z9hG4bKwss1\r\nMax-Forwards: 70\r\n"
+               "From: <sip:b@ws.invalid>;tag=1\r\nTo: <sip:wss-room@confroom>\r\n"
+               "Call-ID: wss-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as s:
+            # plain HTTP to the port gets nothing: it speaks TLS only
+            with pytest.raises(aiohttp.ClientError):
+                await s.get(f"http://{HOST}:{port}/phone", timeout=aiohttp.ClientTimeout(5))
+            async with s.ws_connect(f"https://{HOST}:{port}/sip", protocols=("sip",),
+                                    ssl=False) as ws:
+                await ws.send_str(options)
+                msg = await ws.receive(timeout=10)
+                assert msg.type == aiohttp.WSMsgType.TEXT and msg.data.startswith(
+                    "SIP/2.0 200"), msg
+            async with s.get(f"https://{HOST}:{port}/phone", ssl=False) as r:
+                assert r.status == 200 and "jssip" in await r.text()
+
+    asyncio.run(scenario())

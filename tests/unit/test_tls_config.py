@@ -114,6 +114,38 @@ def test_transport_policy() -> None:
     assert insecure_keys("udp") and not insecure_keys("tls")
 
 
+def test_websocket_transports_and_policy() -> None:
+    assert check_transport("wss", "sip:1000@h", "required") is None  # wss counts as TLS
+    refused = check_transport("ws", "sip:1000@h", "required")
+    assert refused is not None and refused.status == 403
+    assert insecure_keys("ws") and not insecure_keys("wss")
+
+
+def test_http_self_signed_from_toml_env_and_flag(pki: tuple[Path, Path, Path],
+                                                 tmp_path: Path) -> None:
+    base = '[http]\nport = 8443\ntoken = "t"\n'
+    cfg = load(write(tmp_path, base + 'tls = "self-signed"\n'), env={})
+    assert cfg.http_self_signed and cfg.https
+    cfg = load(write(tmp_path, base), env={"CONFROOM_HTTP_SELF_SIGNED": "1"})
+    assert cfg.http_self_signed and cfg.https
+    args = build_parser().parse_args(["serve", "--http-self-signed"])
+    cfg = load(write(tmp_path, base), env={},
+               overrides={"http_self_signed": args.http_self_signed})
+    assert cfg.http_self_signed
+    args = build_parser().parse_args(["serve"])
+    cfg = load(write(tmp_path, base), env={},
+               overrides={"http_self_signed": args.http_self_signed})
+    assert not cfg.http_self_signed and not cfg.https
+    with pytest.raises(ConfigError, match="CONFROOM_HTTP_SELF_SIGNED"):
+        load(write(tmp_path, base), env={"CONFROOM_HTTP_SELF_SIGNED": "maybe"})
+    with pytest.raises(ConfigError, match='expected true, false or "self-signed"'):
+        load(write(tmp_path, base + 'tls = "yes"\n'), env={})
+    cert, key, _ = pki
+    with pytest.raises(ConfigError, match="choose one"):
+        load(write(tmp_path, base + f'tls = "self-signed"\n[tls]\ncert = "{cert}"\n'
+                   f'key = "{key}"\n'), env={})
+
+
 TLS_PEER = Peer("tls", "127.0.0.1", 40123)
 
 

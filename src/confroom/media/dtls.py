@@ -28,6 +28,7 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
@@ -75,9 +76,9 @@ _HASHES: Final[dict[str, hashes.HashAlgorithm]] = {
 class DtlsIdentity:
     """A certificate and key for DTLS, and the SSL context built from them."""
 
-    def __init__(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | object,
-                 origin: str) -> None:
+    def __init__(self, cert: x509.Certificate, key: PrivateKeyTypes, origin: str) -> None:
         self.cert = cert
+        self._key = key
         self.origin = origin  # "generated" or the certificate's path, for the log
         self.fingerprint = "sha-256 " + format_fingerprint(cert.fingerprint(hashes.SHA256()))
         ctx = SSL.Context(SSL.DTLS_METHOD)
@@ -89,6 +90,17 @@ class DtlsIdentity:
         # after the handshake, not against a CA
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *_: True)
         self.context = ctx
+
+    def write_pem(self, folder: Path) -> tuple[Path, Path]:
+        """Write the certificate and its key (mode 0600) as PEM files into `folder`."""
+        cert = folder / "cert.pem"
+        key = folder / "key.pem"
+        cert.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        key.touch(mode=0o600)
+        key.write_bytes(self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        return cert, key
 
     @classmethod
     def generate(cls, common_name: str = "confroom") -> DtlsIdentity:
