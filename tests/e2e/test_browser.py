@@ -1,6 +1,6 @@
 """A real browser in a conference: Debian's headless Chromium (chromium-driver + selenium) with
 a fake microphone playing a 1000 Hz WAV opens `/phone?conference=...` (JsSIP over `/sip`,
-WebRTC media: ICE-lite, DTLS-SRTP); a SIPp caller's RTP peer in the same conference sends
+WebRTC media: ICE-lite, DTLS-SRTP, Opus); a SIPp caller's RTP peer in the same conference sends
 440 Hz. Proven on both sides: the page's WebAudio FFT of the remote track peaks at 440 Hz;
 the SIPp side decodes 1000 Hz from its RTP; nobody hears themselves. The dashboard, in the
 same browser, shows both members, marks the SIPp member talking within 1 s of its tone
@@ -96,6 +96,7 @@ def test_browser_joins_hears_is_heard_and_the_dashboard_mutes_it(
     _wait(lambda: chromium.execute_script("return window.confroomPhone.status")
           == "in conference", 20, "the phone page to join")
     srv.wait_log(r"WebRTC media \(ICE-lite, DTLS-SRTP\) over ws")
+    srv.wait_log(r"codec=OPUS pt=111")  # Chromium offers Opus first: the browser leg is Opus
 
     peer = rtp_peer_factory()
     run = sipp.start("uac_basic", srv.target, keys={"rtp_port": peer.port}, pause_ms=16000,
