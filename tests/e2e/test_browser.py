@@ -74,6 +74,29 @@ def chromium(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
+def _attrs(driver: Any, selector: str, name: str) -> list[str | None]:
+    """Attribute `name` of every element matching `selector`, read in one script: the
+    dashboard re-renders its rows on every live update, so element handles go stale."""
+    return list(driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]),"
+        " e => e.getAttribute(arguments[1]))", selector, name))
+
+
+def _click(driver: Any, selector: str) -> None:
+    """Click the element matching `selector`, finding it again if a re-render replaced it."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    def attempt() -> bool:
+        try:
+            driver.find_element(By.CSS_SELECTOR, selector).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    _wait(attempt, 5, f"a clickable {selector}")
+
+
 def _server_addr(peer: RtpPeer) -> tuple[str, int]:
     return peer.wait_packets(1, timeout=15, payload_types=[0])[0].source
 
@@ -115,11 +138,10 @@ def test_browser_joins_hears_is_heard_and_the_dashboard_mutes_it(
     assert chromium.find_elements(By.CSS_SELECTOR, "tr[data-call-sid]") == []
     chromium.find_element(By.ID, "token").send_keys(TOKEN)
     chromium.find_element(By.CSS_SELECTOR, "#token-form button").click()
-    rows = _wait(lambda: len(chromium.find_elements(By.CSS_SELECTOR, "tr[data-call-sid]")) == 2
-                 and chromium.find_elements(By.CSS_SELECTOR, "tr[data-call-sid]"), 10,
-                 "two members on the dashboard")
-    froms = {r.get_attribute("data-from") for r in rows}
-    assert any(f.startswith("web-") for f in froms), froms
+    froms = _wait(lambda: len(_attrs(chromium, "tr[data-call-sid]", "data-from")) == 2
+                  and _attrs(chromium, "tr[data-call-sid]", "data-from"), 10,
+                  "two members on the dashboard")
+    assert any((f or "").startswith("web-") for f in froms), froms
     sipp_row = "tr[data-call-sid]:not([data-from^='web-'])"
     browser_row = "tr[data-call-sid][data-from^='web-']"
 
@@ -130,8 +152,8 @@ def test_browser_joins_hears_is_heard_and_the_dashboard_mutes_it(
     t_speech = time.monotonic()
     speaker = threading.Thread(target=peer.send_pcm, args=(speech, addr), daemon=True)
     speaker.start()
-    _wait(lambda: chromium.find_element(By.CSS_SELECTOR, sipp_row)
-          .get_attribute("data-talking") == "true", 1.0, "the SIP member shown talking")
+    _wait(lambda: _attrs(chromium, sipp_row, "data-talking") == ["true"], 1.0,
+          "the SIP member shown talking")
     talking_after = time.monotonic() - t_speech
     if shots:
         chromium.save_screenshot(str(Path(shots) / "dashboard.png"))
@@ -163,9 +185,9 @@ def test_browser_joins_hears_is_heard_and_the_dashboard_mutes_it(
 
     # Mute on the browser's row: the SIP side hears silence on the wire
     chromium.switch_to.window(dashboard)
-    chromium.find_element(By.CSS_SELECTOR, f"{browser_row} button[data-action='Mute']").click()
-    _wait(lambda: chromium.find_element(By.CSS_SELECTOR, browser_row)
-          .get_attribute("data-muted") == "true", 5, "the browser shown muted")
+    _click(chromium, f"{browser_row} button[data-action='Mute']")
+    _wait(lambda: _attrs(chromium, browser_row, "data-muted") == ["true"], 5,
+          "the browser shown muted")
     t_mute = time.monotonic()
     _wait(lambda: len(peer.decoded_pcm(since=t_mute + 0.4)) >= 8000, 5, "1 s of audio")
     muted = peer.decoded_pcm(since=t_mute + 0.4)[:8000]

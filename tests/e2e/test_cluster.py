@@ -95,6 +95,19 @@ def share(peer: RtpPeer, freq: float, t0: float, t1: float) -> float:
 TONES = {"alice": 500.0, "bob": 1100.0, "carol": 1700.0}
 
 
+def wait_hearing(want: list[tuple[RtpPeer, float]], what: str, timeout: float = 10.0) -> None:
+    """Wait (1 s windows) until every peer in `want` hears its tone (> 30 % of what it
+    receives); fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        t0 = time.monotonic()
+        for peer, _ in want:
+            wait_received_until(peer, t0 + 1.0)
+        if all(share(peer, freq, t0, t0 + 1.0) > 0.3 for peer, freq in want):
+            return
+        assert time.monotonic() < deadline, what
+
+
 def test_three_nodes_one_conference(confroom: ConfroomFactory, hook_app: HookApp,
                                     sipp: SippRunner, rtp_peer_factory: Callable[[], RtpPeer],
                                     redis_server: Callable[..., RedisServer]) -> None:
@@ -302,14 +315,7 @@ def test_redis_outage_password_and_bad_data(confroom: ConfroomFactory, hook_app:
     senders = {n: send_tone_until_stopped(c, TONES[n]) for n, c in
                (("alice", alice), ("bob", bob))}
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            t0 = time.monotonic()
-            t1 = t0 + 1.0
-            wait_received_until(alice.peer, t1)
-            if share(alice.peer, TONES["bob"], t0, t1) > 0.3:
-                break
-            assert time.monotonic() < deadline, "alice never heard bob"
+        wait_hearing([(alice.peer, TONES["bob"])], "alice never heard bob")
         down_at = time.monotonic()
         redis.stop()
         carol = e[0].dial("carol", WAIT_BYE)
@@ -334,13 +340,8 @@ def test_redis_outage_password_and_bad_data(confroom: ConfroomFactory, hook_app:
             time.sleep(0.1)
         dave = e[1].dial("dave")
         e[1].join("room", dave)
-        deadline = time.monotonic() + 10  # the legs come back within a few heartbeats
-        while True:
-            t0 = time.monotonic()
-            wait_received_until(dave.peer, t0 + 1.0)
-            if share(dave.peer, TONES["alice"], t0, t0 + 1.0) > 0.3:
-                break
-            assert time.monotonic() < deadline, "dave (node1) never heard alice (node0)"
+        # the legs come back within a few heartbeats
+        wait_hearing([(dave.peer, TONES["alice"])], "dave (node1) never heard alice (node0)")
     finally:
         for s in senders.values():
             s.stop()
@@ -379,13 +380,7 @@ def test_rest_on_any_node_controls_the_cluster(confroom: ConfroomFactory, hook_a
     senders = [send_tone_until_stopped(alice, TONES["alice"]),
                send_tone_until_stopped(bob, TONES["bob"])]
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            t0 = time.monotonic()
-            wait_received_until(alice.peer, t0 + 1.0)
-            if share(alice.peer, TONES["bob"], t0, t0 + 1.0) > 0.3:
-                break
-            assert time.monotonic() < deadline, "alice never heard bob"
+        wait_hearing([(alice.peer, TONES["bob"])], "alice never heard bob")
         status, body = rest[0].update(bob.sid, {"conferenceParticipantAction": {
             "action": "mute"}})
         assert status == 202, body
@@ -435,13 +430,7 @@ def test_rediss_tls_with_password(confroom: ConfroomFactory, hook_app: HookApp,
     e[1].join("room", bob)
     sender = send_tone_until_stopped(bob, TONES["bob"])
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            t0 = time.monotonic()
-            wait_received_until(alice.peer, t0 + 1.0)
-            if share(alice.peer, TONES["bob"], t0, t0 + 1.0) > 0.3:
-                break
-            assert time.monotonic() < deadline, "alice never heard bob over a rediss:// cluster"
+        wait_hearing([(alice.peer, TONES["bob"])], "alice never heard bob over a rediss:// cluster")
     finally:
         sender.stop()
     assert "rediss://***@" in nodes[0].log_text()  # the password is not logged
@@ -476,15 +465,8 @@ def test_waiters_join_when_a_moderator_starts_it_elsewhere_and_end_on_exit_ends_
     e[2].join("board", dave)
     sender = send_tone_until_stopped(moderator, TONES["alice"])
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            t0 = time.monotonic()
-            wait_received_until(carol.peer, t0 + 1.0)
-            wait_received_until(dave.peer, t0 + 1.0)
-            if (share(carol.peer, TONES["alice"], t0, t0 + 1.0) > 0.3
-                    and share(dave.peer, TONES["alice"], t0, t0 + 1.0) > 0.3):
-                break
-            assert time.monotonic() < deadline, "the waiters never heard the moderator"
+        wait_hearing([(carol.peer, TONES["alice"]), (dave.peer, TONES["alice"])],
+                     "the waiters never heard the moderator")
     finally:
         sender.stop()
     moderator.hang_up()
@@ -521,13 +503,7 @@ def test_distribute_dtmf_and_record_across_nodes(confroom: ConfroomFactory,
     e[1].join("rec", bob)
     sender = send_tone_until_stopped(bob, TONES["bob"])
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            t0 = time.monotonic()
-            wait_received_until(alice.peer, t0 + 1.0)
-            if share(alice.peer, TONES["bob"], t0, t0 + 1.0) > 0.3:
-                break
-            assert time.monotonic() < deadline, "alice never heard bob"
+        wait_hearing([(alice.peer, TONES["bob"])], "alice never heard bob")
         alice.peer.send_dtmf("7", alice.addr)
         events = bob.peer.wait_packets(4, timeout=5, payload_types=[101])
         assert {ev.payload[0] for ev in events} == {7}
