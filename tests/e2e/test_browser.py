@@ -55,7 +55,7 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
 def chromium(tmp_path: Path) -> Iterator[Any]:
     binary = require_tool("chromium")
     driver_path = require_tool("chromedriver")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver  # the test extra's dependency: missing is a failure
     from selenium.webdriver.chrome.service import Service
 
     wav = write_wav(tmp_path / "mic.wav", tone(1000, 30.0, rate=48000, amplitude=0.25),
