@@ -67,7 +67,11 @@ def free_udp_port(host: str = HOST) -> int:
 # Ports for servers the tests start are drawn below Linux's ephemeral range (32768+), where the
 # kernel never puts a client socket: a port found free stays free until the server binds it
 # (a port taken from bind(0) can be handed to somebody's outgoing connection meanwhile).
-_SERVER_PORTS = (20000, 32000)
+# Two pools: a confroom's RTP range is bound lazily, port by port, as calls come, so a port in
+# it looks free long after the probe; no other picker may draw from that pool (a SIPp port
+# drawn inside a node's RTP range lost the bind race to the node's next call).
+_RTP_RANGES = (20000, 26000)  # confroom's --rtp-ports blocks only
+_SERVER_PORTS = (26000, 32000)  # listeners and blocks bound as soon as they are picked
 
 
 def _bindable(host: str, ports: Iterable[int], kinds: Iterable[int]) -> bool:
@@ -106,7 +110,8 @@ def free_sip_port(host: str = HOST) -> int:
     return _free_server_port(host, (socket.SOCK_STREAM, socket.SOCK_DGRAM))
 
 
-def free_port_block(count: int, host: str = HOST, lo: int = 20000, hi: int = 32000) -> int:
+def free_port_block(count: int, host: str = HOST, lo: int = _SERVER_PORTS[0],
+                    hi: int = _SERVER_PORTS[1]) -> int:
     """The first port of `count` consecutive UDP ports that are free now.
 
     Drawn below the Linux ephemeral range (32768+) so that client sockets do not take them.
@@ -294,7 +299,7 @@ class ConfroomProcess(LoggedProcess):
         self.cache_dir.mkdir(exist_ok=True)
         self.config_path = workdir / "confroom.toml"
         self.sip_port = free_sip_port()
-        self.rtp_lo = free_port_block(rtp_port_count)
+        self.rtp_lo = free_port_block(rtp_port_count, lo=_RTP_RANGES[0], hi=_RTP_RANGES[1])
         self.rtp_hi = self.rtp_lo + rtp_port_count - 1
         self.apps = [dict(a) for a in apps]
         self.cli_app = cli_app
