@@ -91,11 +91,28 @@ def _bindable(host: str, ports: Iterable[int], kinds: Iterable[int]) -> bool:
             s.close()
 
 
+# Ports handed out recently, by when: a port picked for a process that has not bound it yet
+# still probes free, so the pickers never hand the same port out twice within _HELD_S (three
+# SIPp runs started in a row once got overlapping ports and one call was never placed).
+_HELD_S = 30.0
+_handed_out: dict[int, float] = {}
+
+
+def _take(ports: range) -> bool:
+    """Mark `ports` handed out, unless one of them was handed out within _HELD_S."""
+    now = time.monotonic()
+    if any(now - _handed_out.get(p, -_HELD_S) < _HELD_S for p in ports):
+        return False
+    for p in ports:
+        _handed_out[p] = now
+    return True
+
+
 def _free_server_port(host: str, kinds: tuple[int, ...], attempts: int = 500) -> int:
     rng = random.Random()
     for _ in range(attempts):
         port = rng.randrange(*_SERVER_PORTS)
-        if _bindable(host, (port,), kinds):
+        if _bindable(host, (port,), kinds) and _take(range(port, port + 1)):
             return port
     raise RuntimeError(f"no port in {_SERVER_PORTS} free for socket types {kinds}")
 
@@ -120,7 +137,8 @@ def free_port_block(count: int, host: str = HOST, lo: int = _SERVER_PORTS[0],
     for _ in range(500):
         base = rng.randrange(lo, hi - count)
         base -= base % 2  # RTP ports are even by convention
-        if _bindable(host, range(base, base + count), (socket.SOCK_DGRAM,)):
+        block = range(base, base + count)
+        if _bindable(host, block, (socket.SOCK_DGRAM,)) and _take(block):
             return base
     raise RuntimeError(f"no block of {count} free UDP ports in {lo}-{hi}")
 
