@@ -128,7 +128,7 @@ def free_sip_port(host: str = HOST) -> int:
 
 
 def free_port_block(count: int, host: str = HOST, lo: int = _SERVER_PORTS[0],
-                    hi: int = _SERVER_PORTS[1]) -> int:
+                    hi: int = _SERVER_PORTS[1], hold: bool = True) -> int:
     """The first port of `count` consecutive UDP ports that are free now.
 
     Drawn below the Linux ephemeral range (32768+) so that client sockets do not take them.
@@ -138,7 +138,7 @@ def free_port_block(count: int, host: str = HOST, lo: int = _SERVER_PORTS[0],
         base = rng.randrange(lo, hi - count)
         base -= base % 2  # RTP ports are even by convention
         block = range(base, base + count)
-        if _bindable(host, block, (socket.SOCK_DGRAM,)) and _take(block):
+        if _bindable(host, block, (socket.SOCK_DGRAM,)) and (not hold or _take(block)):
             return base
     raise RuntimeError(f"no block of {count} free UDP ports in {lo}-{hi}")
 
@@ -317,7 +317,9 @@ class ConfroomProcess(LoggedProcess):
         self.cache_dir.mkdir(exist_ok=True)
         self.config_path = workdir / "confroom.toml"
         self.sip_port = free_sip_port()
-        self.rtp_lo = free_port_block(rtp_port_count, lo=_RTP_RANGES[0], hi=_RTP_RANGES[1])
+        # not held: two servers' ranges may overlap (each skips a port the other has bound)
+        self.rtp_lo = free_port_block(rtp_port_count, lo=_RTP_RANGES[0], hi=_RTP_RANGES[1],
+                                      hold=False)
         self.rtp_hi = self.rtp_lo + rtp_port_count - 1
         self.apps = [dict(a) for a in apps]
         self.cli_app = cli_app
