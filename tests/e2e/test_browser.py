@@ -6,7 +6,8 @@ the SIPp side decodes 1000 Hz from its RTP; nobody hears themselves. The dashboa
 same browser, shows both members, marks the SIPp member talking within 1 s of its tone
 starting, and its Mute button silences the browser for the SIPp side (checked on the wire).
 With CONFROOM_SCREENSHOTS=dir the two pages are saved there as PNG (docs/ holds the ones in
-the README)."""
+the README). A second test does the same two-way audio check with an unmodified SIP.js client
+(tests/e2e/web/: SIP.js's Web.SimpleUser, bundled from web/sipjs-e2e.js by `make vendor-js`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import pytest
 from conftest import ConfroomFactory
 from harness import (
     HOST,
+    HookApp,
+    Reply,
     RtpPeer,
     SippRunner,
     free_tcp_port,
@@ -197,3 +200,69 @@ def test_browser_joins_hears_is_heard_and_the_dashboard_mutes_it(
     assert res.ok(), res.describe()
     print(f"dashboard showed talking after {talking_after:.2f}s; browser heard "
           f"{heard['peakHz']:.0f} Hz at rms {heard['rms']:.3f}")
+
+
+WEB = Path(__file__).resolve().parent / "web"
+
+
+def test_unmodified_sipjs_client_joins_hears_and_is_heard(
+    confroom: ConfroomFactory, sipp: SippRunner, rtp_peer_factory: Callable[[], RtpPeer],
+    hook_app: HookApp, chromium: Any,
+) -> None:
+    """SIP.js 0.21.2 (pinned in web/package.json, bundled by `make vendor-js`) with its own
+    Web.SimpleUser and session description handler, on a page served by the test, calls the
+    conference over `/sip`; the SIPp member and the browser hear each other's tone (FFT in the
+    page, decoded RTP on the SIPp side) and not their own."""
+    for name, ctype in (("sipjs.html", "text/html"),
+                        ("sipjs-e2e.bundle.js", "application/javascript")):
+        hook_app.route(f"/{name}", Reply(body=(WEB / name).read_bytes(), content_type=ctype))
+    port = free_tcp_port()
+    srv = confroom(verbs=[{"verb": "conference", "name": ROOM}],
+                   extra_toml={"http": {"port": port, "token": TOKEN}})
+    srv.wait_log(rf"ws on {re.escape(HOST)}:{port}/sip")
+
+    chromium.get(hook_app.url(f"/sipjs.html?conference={ROOM}&name=sipjs"
+                              f"&ws=ws://{HOST}:{port}/sip"))
+
+    def joined() -> bool:
+        st = chromium.execute_script("return window.sipjsClient")
+        if st["status"] in ("failed", "disconnected", "left"):
+            raise AssertionError(f"the SIP.js client did not join: {st}")
+        return bool(st["status"] == "in conference")
+
+    _wait(joined, 20, "the SIP.js client to join")
+    srv.wait_log(r"WebRTC media \(ICE-lite, DTLS-SRTP\) over ws")
+    srv.wait_log(r"codec=OPUS pt=111")
+
+    peer = rtp_peer_factory()
+    run = sipp.start("uac_basic", srv.target, keys={"rtp_port": peer.port}, pause_ms=12000,
+                     timeout=60)
+    srv.wait_log(r"conference join .*members=2", timeout=15)
+    addr = _server_addr(peer)
+
+    # the browser hears the SIP side's silence, not its own 1000 Hz
+    own = [chromium.execute_script("return window.sipjsClient.rms") for _ in range(5)]
+    assert max(own) < 0.01, f"the SIP.js client hears itself (rms {own})"
+
+    t0 = time.monotonic()
+    sender = peer.send_tone_async(440, 3.0, addr, amplitude=0.2)
+    try:
+        heard = _wait(lambda: (lambda s: s if s["rms"] > 0.02 and abs(s["peakHz"] - 440) < 30
+                               else None)(chromium.execute_script(
+                                   "const s = window.sipjsClient;"
+                                   "return {rms: s.rms, peakHz: s.peakHz}")),
+                      5, "the SIP.js client to hear 440 Hz")
+    except AssertionError:
+        state = chromium.execute_script("return window.sipjsClient")
+        raise AssertionError(f"the SIP.js client does not hear 440 Hz: {state}") from None
+    sender.join(timeout=10)
+
+    pcm = peer.decoded_pcm(since=t0 + 0.5)[: 2 * 8000]
+    assert len(pcm) >= 8000
+    assert tone_power(pcm, 1000) > 0.2, "the SIP member does not hear the SIP.js client"
+    assert tone_power(pcm, 440) < 0.01, "the SIP member hears itself"
+    chromium.execute_script("window.sipjsClient.hangup()")
+    srv.wait_log(r"conference leave .*reason=hangup members=1", timeout=10)
+    res = run.wait()
+    assert res.ok(), res.describe()
+    print(f"SIP.js client heard {heard['peakHz']:.0f} Hz at rms {heard['rms']:.3f}")
