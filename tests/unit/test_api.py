@@ -317,7 +317,7 @@ async def test_browser_pages_and_the_token_checked_live_feed(api: Api) -> None:
     assert name == "event: conferences"
     confs = json.loads(data.removeprefix("data: "))
     assert [c["friendly_name"] for c in confs] == ["live-room"]
-    assert confs[0]["participants"][0]["call_sid"] == "a" and confs[0]["node"]
+    assert confs[0]["participants"][0]["call_sid"] == "a" and confs[0]["participants"][0]["node"]
 
 
 async def test_unknown_routes_and_methods_answer_json(api: Api) -> None:

@@ -329,3 +329,29 @@ async def test_service_records_from_start_to_end_and_refuses_escapes(
     assert "recording refused" in caplog.text and "outside the media directory" in caplog.text
     assert not (tmp_path / "escape.wav").exists()
     assert not conf2.ended  # the conference goes on without recording
+
+
+def test_merge_live_joins_each_conference_across_nodes() -> None:
+    """The cluster dashboard: one conference per (account, name, sid) with the participants
+    of every node (each naming its node), ordered by joining; distinct conferences stay
+    apart."""
+    from confroom.conference.control import merge_live
+
+    def conf(name: str, sid: str, start: str, *parts: tuple[str, str, str]) -> dict[str, Any]:
+        return {"account_sid": "acct", "friendly_name": name, "conference_sid": sid,
+                "start_time": start, "duration": 5, "members": len(parts),
+                "participants": [{"call_sid": c, "node": n, "joined_at": j}
+                                 for c, n, j in parts]}
+
+    node0 = [conf("room", "S1", "2026-12-01T10:00:02Z", ("b", "node0", "2026-12-01T10:00:03Z")),
+             conf("solo", "S2", "2026-12-01T10:00:00Z", ("s", "node0", None))]
+    node1 = [conf("room", "S1", "2026-12-01T10:00:01Z", ("a", "node1", "2026-12-01T10:00:01Z"))]
+    merged = merge_live([node0, node1, []])
+    assert [c["friendly_name"] for c in merged] == ["room", "solo"]
+    room = merged[0]
+    assert room["members"] == 2 and room["start_time"] == "2026-12-01T10:00:01Z"
+    assert [(p["call_sid"], p["node"]) for p in room["participants"]] == [("a", "node1"),
+                                                                           ("b", "node0")]
+    assert merged[1]["participants"] == [{"call_sid": "s", "node": "node0", "joined_at": None}]
+    # the inputs are not changed
+    assert len(node0[0]["participants"]) == 1

@@ -368,7 +368,7 @@ class ClusterNode:
     async def _answer(self, msg: dict[str, Any]) -> None:
         """Carry out a command another node (or this one) sent, and reply."""
         from confroom.callupdate import UpdateError, apply_update, parse_update
-        from confroom.conference.control import ControlError, participant_view
+        from confroom.conference.control import ControlError, live_conferences, participant_view
 
         kind, p = msg.get("kind"), msg.get("p")
         reply: dict[str, Any] = {"node": self.node_id, "found": False}
@@ -389,6 +389,9 @@ class ClusterNode:
             if part is not None and not part.ended:
                 reply.update(found=True, sid=part.sid,
                              participants=[participant_view(m) for m in part.members.values()])
+        elif kind == "live":  # the dashboard's feed
+            reply.update(found=True, conferences=live_conferences(
+                self.svc.registry.all(), self.node_id, time.time()))
         with contextlib.suppress(RedisError, OSError):
             await self.redis.publish(f"{scripts.PREFIX}reply:{msg.get('id')}",
                                      json.dumps(reply))
@@ -444,6 +447,13 @@ class ClusterNode:
                 "start_time": iso(entry.started_at),
                 "duration": max(0, int(time.time() - entry.started_at)),
                 "members": len(participants), "participants": participants}
+
+    async def live_conferences(self) -> list[dict[str, Any]]:
+        from confroom.conference.control import merge_live
+
+        replies = await self._command("live", {}, first_found=False)
+        return merge_live(r["conferences"] for r in replies
+                          if r.get("found") and isinstance(r.get("conferences"), list))
 
     async def end_conference(self, account: str, name: str) -> dict[str, Any] | None:
         entry = await self._entry(account, name)

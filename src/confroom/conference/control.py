@@ -4,7 +4,9 @@ Owns `parse_call_update` (sans-IO: a decoded JSON body -> one `ControlRequest`, 
 `ControlError` whose message names the field at fault), `apply` (carries a request out on a
 member through the `ConferenceService`: mute, hold, tag, coach, kick, and the conference-wide
 mute of every non-moderator), the member state setters that report `mute` / `unmute` /
-`hold` / `unhold` status events, and `conference_detail` (the JSON view of one conference).
+`hold` / `unhold` status events, `conference_detail` (the JSON view of one conference), and
+the dashboard's view of every live conference (`live_conferences` of one node, `merge_live` of
+the views of every node of a cluster).
 
 A *moderator* is a member that joined with `endConferenceOnExit: true` or with
 `startConferenceOnEnter` explicitly `true`; `conf_mute_status` leaves moderators alone.
@@ -13,7 +15,7 @@ A *moderator* is a member that joined with `endConferenceOnExit: true` or with
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -228,3 +230,46 @@ def conference_detail(conf: Conference, now: float) -> dict[str, Any]:
         "members": len(conf.members),
         "participants": [participant_view(m) for m in conf.members.values()],
     }
+
+
+def live_conferences(confs: Iterable[Conference], node: str, now: float,
+                     ) -> list[dict[str, Any]]:
+    """The dashboard's view of this node's live conferences: `conference_detail` with the
+    account and, on every participant, the node it is on."""
+    out = []
+    for conf in confs:
+        if conf.ended:
+            continue
+        detail = conference_detail(conf, now)
+        detail["account_sid"] = conf.account_sid
+        for p in detail["participants"]:
+            p["node"] = node
+        out.append(detail)
+    out.sort(key=lambda c: (str(c["friendly_name"]), str(c["account_sid"])))
+    return out
+
+
+def merge_live(views: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One conference per (account, name, sid) out of the `live_conferences` of several nodes:
+    participants of every node, ordered by joining time, the earliest start and longest
+    duration."""
+    merged: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for view in views:
+        for conf in view:
+            key = (str(conf.get("account_sid")), str(conf.get("friendly_name")),
+                   str(conf.get("conference_sid")))
+            have = merged.get(key)
+            if have is None:
+                merged[key] = {**conf, "participants": list(conf.get("participants") or ())}
+                continue
+            have["participants"].extend(conf.get("participants") or ())
+            have["start_time"] = min(str(have.get("start_time")), str(conf.get("start_time")))
+            have["duration"] = max(int(have.get("duration") or 0),
+                                   int(conf.get("duration") or 0))
+    out = []
+    for conf in merged.values():
+        conf["participants"].sort(key=lambda p: (p.get("joined_at") or "~", str(p["call_sid"])))
+        conf["members"] = len(conf["participants"])
+        out.append(conf)
+    out.sort(key=lambda c: (str(c["friendly_name"]), str(c["account_sid"])))
+    return out

@@ -60,6 +60,11 @@ class ClusterControl(Protocol):
         """End it on every node: the REST summary, or None when it is not in progress."""
         ...
 
+    async def live_conferences(self) -> list[dict[str, Any]]:
+        """Every live conference of every node, each participant with its node (the
+        dashboard's feed: `conference.control.live_conferences`, merged)."""
+        ...
+
 
 class SharedState(ClusterControl, Protocol):
     async def enter(self, account: str, name: str, member: Member, *, start: bool,

@@ -6,9 +6,11 @@ Pages and the vendored JsSIP build (pinned in `web/package.json` and its lockfil
 `make vendor-js`) ship inside this package; nothing is loaded from a CDN. The pages are
 static: `/phone?conference=NAME` joins NAME over SIP over WebSocket (`/sip`), `/dashboard`
 asks for the API token and shows nothing without it. The feed sends the state of every live
-conference of this node as one JSON event whenever it changed (checked every
-`FEED_INTERVAL` seconds, so talking changes reach the page within that), and a comment line
-every `KEEPALIVE` seconds.
+conference as one JSON event whenever it changed (checked every `FEED_INTERVAL` seconds, so
+talking changes reach the page within that), and a comment line every `KEEPALIVE` seconds.
+In a cluster it is the state of every node (asked over the cluster's command bus every
+`CLUSTER_FEED_INTERVAL` seconds; each participant names its node); while Redis is
+unreachable, this node's own conferences.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
-from confroom.conference.control import conference_detail
+from confroom.conference.control import live_conferences
 from confroom.conference.service import ConferenceService
+from confroom.conference.shared import SharedStateError
 
 __all__ = ["add_routes", "snapshot"]
 
 FEED_INTERVAL: Final = 0.2
+CLUSTER_FEED_INTERVAL: Final = 0.4
 KEEPALIVE: Final = 15.0
 _TYPES: Final = {".js": "text/javascript", ".html": "text/html", ".css": "text/css",
                  ".md": "text/plain", ".png": "image/png"}
@@ -43,20 +47,25 @@ def _read(name: str) -> bytes:
 
 
 def snapshot(server: HasConferences, node: str) -> list[dict[str, Any]]:
-    """Every live conference with its members, for the dashboard."""
-    now = time.time()
-    out = []
-    for conf in server.conferences.registry.all():
-        detail = conference_detail(conf, now)
-        detail["account_sid"] = conf.account_sid
-        detail["node"] = node
-        out.append(detail)
-    out.sort(key=lambda c: str(c["friendly_name"]))
-    return out
+    """Every live conference of this node with its members, for the dashboard."""
+    return live_conferences(server.conferences.registry.all(), node, time.time())
+
+
+async def cluster_snapshot(server: HasConferences, node: str) -> list[dict[str, Any]]:
+    """Every live conference of the cluster (of this node without one, or while the
+    cluster's Redis is unreachable)."""
+    shared = server.conferences.shared
+    if shared is not None:
+        try:
+            return await shared.live_conferences()
+        except SharedStateError:
+            pass  # the node has logged the outage once
+    return snapshot(server, node)
 
 
 def add_routes(app: web.Application, server: HasConferences) -> None:
     node = socket.gethostname()
+    interval = FEED_INTERVAL if server.conferences.shared is None else CLUSTER_FEED_INTERVAL
     static_names = {p.name for p in (resources.files("confroom.web") / "static").iterdir()}
 
     async def page(request: web.Request) -> web.Response:
@@ -79,7 +88,7 @@ def add_routes(app: web.Application, server: HasConferences) -> None:
         quiet_since = time.monotonic()
         try:
             while True:
-                text = json.dumps(snapshot(server, node), sort_keys=True)
+                text = json.dumps(await cluster_snapshot(server, node), sort_keys=True)
                 if text != last:
                     await resp.write(f"event: conferences\ndata: {text}\n\n".encode())
                     last = text
@@ -87,7 +96,7 @@ def add_routes(app: web.Application, server: HasConferences) -> None:
                 elif time.monotonic() - quiet_since > KEEPALIVE:
                     await resp.write(b": keepalive\n\n")
                     quiet_since = time.monotonic()
-                await asyncio.sleep(FEED_INTERVAL)
+                await asyncio.sleep(interval)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         return resp

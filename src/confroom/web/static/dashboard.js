@@ -61,10 +61,11 @@
         row.dataset.from = p.from || "";
         row.dataset.talking = String(p.talking);
         row.dataset.muted = String(p.muted);
+        row.dataset.node = p.node || "";
         const update = (body) => api("PUT", calls + p.call_sid, body);
         row.append(
           el("td", { textContent: p.from || p.call_sid }),
-          el("td", { textContent: c.node }),
+          el("td", { textContent: p.node || "" }),
           el("td", { textContent: p.muted ? "yes" : "no" }),
           el("td", { textContent: p.on_hold ? "yes" : "no" }),
           el("td", { textContent: p.talking ? "talking" : "", className: p.talking ? "talking" : "" }),
