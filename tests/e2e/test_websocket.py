@@ -1,6 +1,7 @@
 """SIP over WebSocket (RFC 7118) and WebRTC media end to end: callers on `ws://.../sip` of the
 HTTP port join a conference like UDP callers (INVITE, 200 with WS Via/Contact, ACK, audio heard
-on the wire, BYE); garbage closes the connection without hurting the server; a WebRTC peer
+on the wire, BYE); garbage and a 10 MB frame close the connection (1003, 1009) without hurting
+the server or the calls on other connections; a WebRTC peer
 (ICE check, DTLS client, SRTP, from the libraries browsers' stacks are built like) hears and is
 heard; one that never completes DTLS is ended with a clear log line and a BYE."""
 
@@ -136,6 +137,51 @@ def test_websocket_callers_join_a_conference_and_hear_each_other(
 
     asyncio.run(scenario())
     srv.wait_log(r"SIP over WebSocket: closed: not a SIP message")
+    assert srv.proc is not None and srv.proc.poll() is None
+
+
+def test_a_10_mb_frame_is_closed_with_1009_and_calls_go_on(
+    confroom: ConfroomFactory, rtp_peer_factory: type[RtpPeer]
+) -> None:
+    """A 10 MB frame on `/sip` (over the 64 KiB limit) gets close code 1009 and a log line; a
+    call in progress on another connection goes on (heard on the wire, BYE answered) and a new
+    connection is served."""
+    port = free_tcp_port()
+    srv: ConfroomProcess = confroom(
+        verbs=[{"verb": "conference", "name": "ws-room"}],
+        extra_toml={"http": {"port": port, "token": "ws-e2e-token"}})
+    srv.wait_log(rf"ws on {re.escape(HOST)}:{port}/sip")
+    alice_rtp, bob_rtp = rtp_peer_factory(), rtp_peer_factory()
+    url = f"http://{HOST}:{port}/sip"
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as s, \
+                s.ws_connect(url, protocols=("sip",)) as ws_a, \
+                s.ws_connect(url, protocols=("sip",), max_msg_size=0) as ws_big:
+            alice = WsCaller(ws_a, "alice")
+            ok_a = await alice.invite(alice_rtp)
+            assert ok_a.startswith("SIP/2.0 200"), ok_a
+            big = b"INVITE sip:x@y SIP/2.0\r\n" + b"X" * (10 * 1024 * 1024)
+            with contextlib.suppress(ConnectionError):  # the server may close mid-frame
+                await ws_big.send_bytes(big)
+            msg = await ws_big.receive(timeout=10)
+            assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1009, msg
+            # the server carries on: a new caller joins alice and hears her
+            async with s.ws_connect(url, protocols=("sip",)) as ws_b:
+                bob = WsCaller(ws_b, "bob")
+                ok_b = await bob.invite(bob_rtp)
+                assert ok_b.startswith("SIP/2.0 200"), ok_b
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, alice_rtp.send_pcm, tone(440, 1.5),
+                                           _rtp_target(ok_a))
+                heard = bob_rtp.decoded_pcm()
+                assert len(heard) > 4000 and abs(dominant_frequency(heard) - 440) < 15
+                for caller in (alice, bob):
+                    bye = await caller.bye()
+                    assert bye.startswith("SIP/2.0 200"), bye
+
+    asyncio.run(scenario())
+    srv.wait_log(r"SIP over WebSocket: closed \(1009\): Message size \d+ exceeds limit 65536")
     assert srv.proc is not None and srv.proc.poll() is None
 
 

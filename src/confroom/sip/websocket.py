@@ -80,8 +80,9 @@ class SipWebSocket:
                 elif msg.type == WSMsgType.BINARY:
                     data = bytes(msg.data)
                 elif msg.type == WSMsgType.ERROR:  # e.g. a frame over max_msg_size: 1009
-                    self._refuse(f"{host}:{port}", f"closed ({ws.close_code}): "
-                                 f"{ws.exception()}")
+                    exc = ws.exception()  # its code is the one sent (close_code says 1006)
+                    self._refuse(f"{host}:{port}", f"closed "
+                                 f"({getattr(exc, 'code', ws.close_code)}): {exc}")
                     break
                 else:
                     continue
