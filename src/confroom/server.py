@@ -324,9 +324,8 @@ class Server:
             line = self.shed_log.summary(self._now(), force=True)
             if line is not None:
                 log.warning("%s", line)
-        if self.api is not None:
-            await self.api.stop()
-            self.api = None
+        if self.api is not None:  # no new connection; browsers' `/sip` ones get their BYE
+            await self.api.stop_listening()
         self.conferences.end_all()
         self.outbound.cancel_all()
         waiters: list[asyncio.Future[None]] = []
@@ -342,6 +341,11 @@ class Server:
                 call.finish("failed", "server shutdown", sip_status=503)
         if waiters:
             await asyncio.wait(waiters, timeout=grace)
+        if self.transports.websocket is not None:
+            await self.transports.websocket.close()
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
         # Let verb runners wind down and status hooks go out, then cancel what is left.
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)

@@ -88,6 +88,18 @@ class WsCaller:
         await self.ws.send_str(self._request("BYE", 2))
         return await self.final_response()
 
+    async def answer_bye(self, timeout: float = 10.0) -> str:
+        """Wait for the server's BYE on this connection and answer it 200; the BYE."""
+        msg = await self.ws.receive(timeout=timeout)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        bye: str = msg.data
+        assert bye.startswith("BYE "), bye
+        copied = [line for line in bye.split("\r\n")
+                  if line.split(":", 1)[0] in ("Via", "From", "To", "Call-ID", "CSeq")]
+        await self.ws.send_str("SIP/2.0 200 OK\r\n" + "\r\n".join(copied)
+                               + "\r\nContent-Length: 0\r\n\r\n")
+        return bye
+
 
 def _rtp_target(answer: str) -> tuple[str, int]:
     host = re.search(r"^c=IN IP4 (\S+)", answer, re.M)
@@ -183,6 +195,46 @@ def test_a_10_mb_frame_is_closed_with_1009_and_calls_go_on(
     asyncio.run(scenario())
     srv.wait_log(r"SIP over WebSocket: closed \(1009\): Message size \d+ exceeds limit 65536")
     assert srv.proc is not None and srv.proc.poll() is None
+
+
+@pytest.mark.parametrize("verb", [{"verb": "conference", "name": "ws-room"},
+                                  {"verb": "pause", "length": 60}], ids=["conference", "pause"])
+def test_shutdown_sends_bye_over_the_websocket(
+    confroom: ConfroomFactory, rtp_peer_factory: type[RtpPeer], verb: dict[str, object]
+) -> None:
+    """SIGTERM (drain_time 0): a caller over `/sip` gets the server's BYE on its connection,
+    answers it, and the server exits 0 at once after that, like for UDP callers (an open
+    dashboard feed does not hold the exit up). In a
+    conference the drain ends it (the app hangs up); in a pause the call is still up when the
+    server stops (its BYE goes out before the HTTP server, which carries `/sip`, closes)."""
+    port = free_tcp_port()
+    srv: ConfroomProcess = confroom(
+        verbs=[verb],
+        extra_toml={"http": {"port": port, "token": "ws-e2e-token"},
+                    "limits": {"drain_time": 0}})
+    srv.wait_log(rf"ws on {re.escape(HOST)}:{port}/sip")
+    url = f"http://{HOST}:{port}/sip"
+
+    async def scenario() -> str:
+        async with aiohttp.ClientSession() as s, s.ws_connect(url, protocols=("sip",)) as ws, \
+                s.get(f"http://{HOST}:{port}/v1/Events",
+                      headers={"Authorization": "Bearer ws-e2e-token"}) as feed:
+            # the dashboard's feed is open too: it must not hold the exit up either
+            assert feed.status == 200 and await feed.content.readany()
+            alice = WsCaller(ws, "alice")
+            ok = await alice.invite(rtp_peer_factory())
+            assert ok.startswith("SIP/2.0 200"), ok
+            loop = asyncio.get_running_loop()
+            stopped = loop.run_in_executor(None, srv.stop)
+            bye = await alice.answer_bye()
+            t_bye = time.monotonic()
+            assert await stopped == 0
+            assert time.monotonic() - t_bye < 5, "the server did not exit after the BYE"
+            return bye
+
+    bye = asyncio.run(scenario())
+    assert re.search(r"^Call-ID: .*@ws\.invalid", bye, re.M), bye
+    assert re.search(r"call end call_sid=\S+ status=completed", srv.log_text())
 
 
 # ---- WebRTC media: a Python peer made of the same pieces a browser uses ---------------------

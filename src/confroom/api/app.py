@@ -54,6 +54,9 @@ log = logging.getLogger("confroom.api")
 http_log = logging.getLogger("confroom.api.http")
 
 MAX_BODY = 64 * 1024
+# at stop, requests still being handled get this long before they are cancelled (the live feed
+# and the `/sip` WebSockets are closed before, so this is a backstop; aiohttp's default is 60 s)
+SHUTDOWN_TIMEOUT = 2.0
 USER_AGENT = "confroom/0.1"  # the default Server header (the SIP User-Agent's default)
 # used when ApiServer is given no limits (the server passes limits sized from its fd limit)
 DEFAULT_LIMITS = Limits(max_total=256, max_per_source=32, message_timeout=10.0,
@@ -360,7 +363,8 @@ class ApiServer:
         self._quiet = QuietHttpErrors(loop.time)
         http_log.addFilter(self._quiet)
         runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
-                               logger=http_log, keepalive_timeout=self.limits.idle_timeout)
+                               logger=http_log, keepalive_timeout=self.limits.idle_timeout,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT)
         listener = GuardedListener(runner, self.limits)
         self._app[GUARD] = listener
         await runner.setup()
@@ -379,6 +383,12 @@ class ApiServer:
     @property
     def connection_count(self) -> int:
         return len(self._listener.table) if self._listener is not None else 0
+
+    async def stop_listening(self) -> None:
+        """Take no new connection; the open ones (a browser's `/sip` WebSocket that is yet to
+        get its BYE) go on until `stop()`."""
+        if self._listener is not None:
+            await self._listener.close()
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None

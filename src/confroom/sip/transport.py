@@ -35,6 +35,8 @@ OnMessage = Callable[[bytes, Peer], None]
 class WebSocketSender(Protocol):
     def send(self, peer: Peer, data: bytes) -> None: ...
 
+    async def close(self) -> None: ...
+
 DEFAULT_MAX_MESSAGE_BYTES = 65536
 # what SipTransports uses unless the server passes limits sized from the descriptor limit
 DEFAULT_LIMITS = Limits(max_total=1000, max_per_source=100, message_timeout=10.0,

@@ -16,6 +16,7 @@ unreachable, this node's own conferences.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -80,6 +81,13 @@ def add_routes(app: web.Application, server: HasConferences) -> None:
         ctype = _TYPES.get(name[name.rfind("."):], "application/octet-stream")
         return web.Response(body=_read(name), content_type=ctype)
 
+    closing = asyncio.Event()  # the server stops: every feed ends
+
+    async def close_feeds(_app: web.Application) -> None:
+        closing.set()
+
+    app.on_shutdown.append(close_feeds)
+
     async def events(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -87,7 +95,7 @@ def add_routes(app: web.Application, server: HasConferences) -> None:
         last = ""
         quiet_since = time.monotonic()
         try:
-            while True:
+            while not closing.is_set():
                 text = json.dumps(await cluster_snapshot(server, node), sort_keys=True)
                 if text != last:
                     await resp.write(f"event: conferences\ndata: {text}\n\n".encode())
@@ -96,7 +104,8 @@ def add_routes(app: web.Application, server: HasConferences) -> None:
                 elif time.monotonic() - quiet_since > KEEPALIVE:
                     await resp.write(b": keepalive\n\n")
                     quiet_since = time.monotonic()
-                await asyncio.sleep(interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closing.wait(), interval)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         return resp
