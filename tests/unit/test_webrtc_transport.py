@@ -167,3 +167,53 @@ def test_webrtc_offer_errors() -> None:
                                                     "")))
     with pytest.raises(SdpError, match="setup:passive"):
         split_webrtc(parse_sdp(CHROME_OFFER.replace("setup:actpass", "setup:passive")))
+
+
+def test_ice_consent_is_lost_after_30_s_without_a_valid_check(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RFC 7675: a WebRTC member whose valid ICE checks stop for 30 s is ended by the engine
+    (its `on_timeout`, once) with one log line; checks every few seconds keep it, and checks
+    with a wrong password do not count."""
+    from confroom.media.engine import MediaEngine
+    from confroom.media.session import MediaSession
+    from confroom.media.webrtc import CONSENT_TIMEOUT, WebRtcTransport
+
+    assert CONSENT_TIMEOUT == 30.0
+    identity = DtlsIdentity.generate()
+    # no DTLS client here: its handshake deadline is put out of the way
+    rtc = WebRtcTransport(identity, identity.fingerprint, "brws", now=100.0, timeout=1e6)
+
+    class Sink:
+        def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+            pass
+
+    engine = MediaEngine("127.0.0.1", 42000, 42010, 0)
+    s = MediaSession(42000)
+    s.update("PCMU", 0, None, "192.0.2.7", 50123)
+    engine.add_session(s, Sink())
+    engine.set_webrtc(s, rtc)
+    ended: list[float] = []
+    now = 100.0
+    s.on_timeout = lambda: ended.append(now)
+    addr = ("192.0.2.7", 50123)
+    good = f"{rtc.ice.local_ufrag}:brws"
+    for now in (101.0, 106.0, 111.0, 125.0):  # checks every few seconds (and one late)
+        rtc.handle(_check(rtc.ice, good, rtc.ice.local_pwd), addr, now)
+        engine._webrtc_io(now)
+    assert rtc.outbox == [] and rtc.error is None and not ended
+    for now in (130.0, 150.0):  # a stranger's checks (wrong password) do not keep consent
+        rtc.handle(_check(rtc.ice, good, "x" * 32), addr, now)
+        engine._webrtc_io(now)
+    now = 154.9
+    engine._webrtc_io(now)
+    assert rtc.error is None and not ended
+    with caplog.at_level("WARNING", logger="confroom.media.engine"):
+        for now in (155.1, 155.12, 160.0):
+            engine._webrtc_io(now)
+    assert ended == [155.1]
+    assert rtc.error is not None and "ICE consent lost: no valid check for 30 s" in rtc.error
+    lines = [r.getMessage() for r in caplog.records if "consent" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("WebRTC media on port 42000: ICE consent "
+                                                   "lost") and lines[0].endswith(
+        "(ICE checks answered 4, refused 2); ending the call"), lines

@@ -8,6 +8,12 @@ collects in `outbox` (datagram, address), flushed by the media engine once per t
 with `poll()` (DTLS retransmissions and the handshake deadline). When the handshake completes,
 `srtp` is the call's SRTP context and `selected` the browser's address: only then does the
 engine send it audio.
+
+ICE consent freshness (RFC 7675): a browser keeps sending checks (Chromium every ~5 s) for as
+long as it wants our media. When no valid check has come for `CONSENT_TIMEOUT` (30 s, the RFC's
+value) consent is lost: `error` says so and the engine ends the call with one log line, as for
+a failed handshake, so a browser tab that vanished without a BYE does not stay a member (and
+we stop sending it audio).
 """
 
 from __future__ import annotations
@@ -22,16 +28,23 @@ __all__ = ["WebRtcTransport"]
 
 log = logging.getLogger(__name__)
 
+CONSENT_TIMEOUT = 30.0  # s without a valid ICE check: consent lost (RFC 7675 section 5.1)
+
 
 class WebRtcTransport:
     """One call's ICE-lite responder and DTLS-SRTP association (see the module docstring)."""
 
-    __slots__ = ("dtls", "dtls_dropped", "failure_reported", "ice", "outbox")
+    __slots__ = ("consent_at", "consent_lost", "consent_timeout", "dtls", "dtls_dropped",
+                 "failure_reported", "ice", "outbox")
 
     def __init__(self, identity: DtlsIdentity, remote_fingerprint: str,
                  remote_ufrag: str | None, now: float,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT,
+                 consent_timeout: float = CONSENT_TIMEOUT) -> None:
         self.ice = IceLite(remote_ufrag)
+        self.consent_at = now  # the latest valid ICE check (the start until there is one)
+        self.consent_timeout = consent_timeout
+        self.consent_lost: str | None = None
         self.dtls = DtlsSrtp(identity, remote_fingerprint, now, server=True, timeout=timeout)
         self.outbox: list[tuple[bytes, tuple[str, int]]] = []
         self.dtls_dropped = 0  # DTLS datagrams from an address without a valid ICE check
@@ -47,7 +60,8 @@ class WebRtcTransport:
 
     @property
     def error(self) -> str | None:
-        return self.dtls.error
+        """Why the media cannot go on (handshake failed or timed out, consent lost), or None."""
+        return self.dtls.error or self.consent_lost
 
     def handle(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         """One STUN or DTLS datagram (first byte < 128) from `addr`."""
@@ -56,6 +70,7 @@ class WebRtcTransport:
             resp = self.ice.handle(data, addr)
             if resp is not None:
                 self.outbox.append((resp, addr))
+                self.consent_at = now
         elif is_dtls(first):
             if addr != self.ice.selected:
                 self.dtls_dropped += 1
@@ -64,7 +79,10 @@ class WebRtcTransport:
                 self.outbox.append((out, addr))
 
     def poll(self, now: float) -> None:
-        """Once per tick: DTLS retransmissions and the handshake deadline."""
+        """Once per tick: DTLS retransmissions, the handshake deadline and consent."""
+        if self.consent_lost is None and now - self.consent_at > self.consent_timeout:
+            self.consent_lost = (f"ICE consent lost: no valid check for "
+                                 f"{now - self.consent_at:.0f} s (RFC 7675)")
         if self.dtls.srtp is not None or self.dtls.error is not None:
             return
         addr = self.ice.selected
