@@ -65,7 +65,8 @@ async def cluster_snapshot(server: HasConferences, node: str) -> list[dict[str, 
 
 
 def add_routes(app: web.Application, server: HasConferences) -> None:
-    node = socket.gethostname()
+    # the name members' node column shows: a cluster node's id, else the host's name
+    node = str(getattr(server.conferences.shared, "node_id", None) or socket.gethostname())
     interval = FEED_INTERVAL if server.conferences.shared is None else CLUSTER_FEED_INTERVAL
     static_names = {p.name for p in (resources.files("confroom.web") / "static").iterdir()}
 
