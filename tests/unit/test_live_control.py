@@ -355,3 +355,34 @@ def test_merge_live_joins_each_conference_across_nodes() -> None:
     assert merged[1]["participants"] == [{"call_sid": "s", "node": "node0", "joined_at": None}]
     # the inputs are not changed
     assert len(node0[0]["participants"]) == 1
+
+
+async def test_cluster_feed_falls_back_to_this_node_while_redis_is_unreachable() -> None:
+    """The dashboard feed in a cluster: the cluster's merged view; while the cluster's Redis
+    is unreachable (`SharedStateError`), this node's own conferences."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from confroom.conference.shared import SharedStateError
+    from confroom.web import HasConferences, cluster_snapshot
+
+    class Shared:
+        node_id = "node7"
+        down = False
+
+        async def live_conferences(self) -> list[dict[str, Any]]:
+            if self.down:
+                raise SharedStateError("the cluster's Redis is unreachable")
+            return [{"friendly_name": "everywhere"}]
+
+    engine = MediaEngine("127.0.0.1", 43000, 43010, 0)
+    svc = ConferenceService(engine, Hooks(), lambda c: asyncio.get_running_loop().create_task(c))
+    svc.start(mk_member("a"), {"name": "here"})
+    shared = Shared()
+    server = cast(HasConferences, SimpleNamespace(
+        conferences=SimpleNamespace(shared=shared, registry=svc.registry)))
+    assert await cluster_snapshot(server, "node7") == [{"friendly_name": "everywhere"}]
+    shared.down = True
+    local = await cluster_snapshot(server, "node7")
+    assert [c["friendly_name"] for c in local] == ["here"]
+    assert [p["node"] for p in local[0]["participants"]] == ["node7"]
