@@ -297,6 +297,12 @@ class Config:
     cluster_advertise: str = ""
     workers: int = 1  # >1: a supervisor runs that many cluster nodes on the SIP/HTTP ports
     reuse_port: bool = False  # SO_REUSEPORT on the SIP and HTTP sockets (set for workers)
+    # set by the --workers supervisor for worker i of n (CONFROOM_WORKER_SLOT="i/n") and its
+    # private directory (CONFROOM_WORKER_DIR), where the workers pass SIP messages between
+    # them (`confroom.cluster.forward`); -1 in any other process
+    worker_index: int = -1
+    worker_count: int = 0
+    worker_dir: str = ""
     webhook_timeout: float = 10.0
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
     # CA bundle trusted by outgoing TLS (https hooks, wss app sockets); None = system store
@@ -774,6 +780,15 @@ def load(
         kw["workers"] = n
     if env.get("CONFROOM_REUSE_PORT") == "1":  # set by the --workers supervisor for its workers
         kw["reuse_port"] = True
+    if env.get("CONFROOM_WORKER_SLOT"):  # likewise: "i/n", with CONFROOM_WORKER_DIR
+        idx, sep, cnt = env["CONFROOM_WORKER_SLOT"].partition("/")
+        if not (sep and idx.isdigit() and cnt.isdigit() and int(idx) < int(cnt) <= 256):
+            raise ConfigError(f"CONFROOM_WORKER_SLOT: expected index/count, got "
+                              f"{env['CONFROOM_WORKER_SLOT']!r}")
+        if not env.get("CONFROOM_WORKER_DIR"):
+            raise ConfigError("CONFROOM_WORKER_SLOT needs CONFROOM_WORKER_DIR")
+        kw["worker_index"], kw["worker_count"] = int(idx), int(cnt)
+        kw["worker_dir"] = env["CONFROOM_WORKER_DIR"]
     if env.get("CONFROOM_TALK_GATE"):
         flag = env["CONFROOM_TALK_GATE"].strip().lower()
         if flag not in _BOOLS:

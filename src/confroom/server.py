@@ -43,6 +43,7 @@ from confroom.app.wsclient import WsClient, WsSettings
 from confroom.app.wsproto import Command
 from confroom.call import Call, log_call_end
 from confroom.callupdate import ControlError, UpdateError, apply_update, command_update
+from confroom.cluster.forward import WorkerChannel
 from confroom.conference.audio import TalkGate
 from confroom.conference.service import ConferenceService
 from confroom.conference.verb import verb_table
@@ -75,7 +76,14 @@ from confroom.sip.core import (
     ReInvite,
     SipCore,
 )
-from confroom.sip.message import Request, SipParseError, parse_name_addr
+from confroom.sip.message import (
+    Request,
+    SipParseError,
+    parse_message,
+    parse_name_addr,
+    set_owner_mark,
+)
+from confroom.sip.ownership import worker_mark
 from confroom.sip.peer import Peer
 from confroom.sip.sdp import NoCommonCodec, SdpError, SrtpRequired, negotiate, parse_sdp
 from confroom.sip.transaction import ServerTransaction
@@ -190,6 +198,7 @@ class Server:
         self._bye_waiters: dict[int, asyncio.Future[None]] = {}
         self._ordered = KeyedSerial(self._spawn)
         self.api: ApiServer | None = None  # the REST API, when http_port > 0
+        self.forwarder: WorkerChannel | None = None  # --workers: the channel to the others
         self._dtls_identity: DtlsIdentity | None = None  # see dtls_identity()
         # INVITEs refused, by the reason logged with them (the metrics read this)
         self.rejected: Counter[str] = Counter()
@@ -228,10 +237,17 @@ class Server:
         if cfg.tls_cert is not None and cfg.tls_key is not None:
             tls = server_context(cfg.tls_cert, cfg.tls_key)
         self.transports.configure(sip_limits, cfg.sip_max_message_bytes)
+        if cfg.worker_index >= 0:  # one of --workers N: SIP messages go to their owner
+            set_owner_mark(worker_mark(cfg.worker_index))
+            self.forwarder = WorkerChannel(cfg.worker_index, cfg.worker_count, cfg.worker_dir,
+                                           self._on_forwarded_sip, self.transports.send_here)
+            self.transports.relay = self.forwarder.relay
         await self.transports.start(cfg.sip_host, cfg.sip_port, cfg.sip_transports,
                                     cfg.sip_tls_port, tls, reuse_port=cfg.reuse_port)
         self.core = SipCore(cfg.contact_host, self.transports.port,
                             tls_port=self.transports.tls_port, user_agent=cfg.user_agent)
+        if self.forwarder is not None:
+            self.forwarder.start()
         self.core.gate = self._gate
         now = self._now()
         self.admission = Admission(cfg.limits, now=now, period=self.engine.period)
@@ -358,6 +374,8 @@ class Server:
         if self._timer is not None:
             self._timer.cancel()
         await self.transports.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
         await self.engine.stop()
         await self.hooks.close()
         await self.ws.close()
@@ -369,6 +387,25 @@ class Server:
         return self._loop.time()
 
     def _on_sip_bytes(self, data: bytes, peer: Peer) -> None:
+        core = self.core
+        if core is None:
+            return
+        if self.forwarder is not None:
+            try:
+                msg = parse_message(data)
+            except SipParseError:
+                pass  # keep-alive or garbage: the core's
+            else:
+                if self.forwarder.divert(msg, data, peer):
+                    return
+                core.receive_message(msg, peer, self._now())
+                self._flush()
+                return
+        core.receive_datagram(data, peer, self._now())
+        self._flush()
+
+    def _on_forwarded_sip(self, data: bytes, peer: Peer) -> None:
+        """A SIP message another worker read from `peer` and found to be ours."""
         if self.core is None:
             return
         self.core.receive_datagram(data, peer, self._now())

@@ -86,6 +86,10 @@ class _Api(Protocol):
     def connection_count(self) -> int: ...
 
 
+class _Forwarder(Protocol):
+    stats: Counter[str]
+
+
 class MetricsSource(Protocol):
     """What the collector reads (`confroom.server.Server` fits)."""
 
@@ -118,6 +122,9 @@ class MetricsSource(Protocol):
 
     @property
     def outbound(self) -> _Outbound: ...
+
+    @property
+    def forwarder(self) -> _Forwarder | None: ...
 
 
 def open_fds() -> int | None:
@@ -268,6 +275,18 @@ class ServerCollector(Collector):
     def _resources(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("confroom_sip_tcp_connections", "Open SIP TCP connections.",
                                 value=self.server.transports.tcp_connections)
+        fwd = self.server.forwarder
+        if fwd is not None:  # --workers: SIP messages passed between the workers
+            c = CounterMetricFamily(
+                "confroom_sip_worker_messages",
+                "SIP messages passed between --workers processes: forwarded (read here, "
+                "sent to their owner), received (from another worker), relayed (sent back to "
+                "the worker holding a stream connection), relayed_in (written on our "
+                "connection for another worker), owner_down (owner unreachable: handled "
+                "here), dropped (owner's queue full), bad_frames.", labels=["event"])
+            for event, n in sorted(fwd.stats.items()):
+                c.add_metric([event], n)
+            yield c
         api = self.server.api
         yield GaugeMetricFamily("confroom_http_connections",
                                 "Open connections to the REST API (0 when it is off).",

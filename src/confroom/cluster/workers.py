@@ -4,14 +4,21 @@ The supervisor runs no calls itself. It starts a private `redis-server` (on a Un
 a private temporary directory, no persistence) unless a Redis URL is configured, then N
 worker processes: `confroom serve` with the same arguments, each with `--redis` (that URL),
 `--node-id <host>-w<i>`, its own slice of the RTP port range and SO_REUSEPORT on the SIP and
-HTTP sockets, so the kernel spreads callers over them by source address (a caller's requests
-from one address and port keep reaching the same worker) and every RTP packet reaches the
-worker that owns its port. A worker that dies is started again (its calls are lost, the
-others' go on; the cluster reaps its members). SIGTERM/SIGINT go to every worker (each
-drains as usual); the supervisor exits when they have, and stops its Redis.
+HTTP sockets. RTP cannot reach the wrong worker: each owns the ports of its calls. SIP can:
+the kernel hands a datagram to a worker by a hash of its source address, which changes when a
+caller changes its source port and for every flow when a worker dies or comes back. So each
+worker decides whose every message is (`confroom.sip.ownership`: our mark in the To tag or
+the top Via branch, the Call-ID hash for new calls) and passes other workers' messages to
+them over Unix datagram sockets in the private directory (`confroom.cluster.forward`); the
+owner answers from its own socket on the same port.
 
-Not done: a request that the kernel hands to another worker than the dialog's (a caller
-changing its source port, or the set of workers changing) is not forwarded to the right one.
+A worker that dies is started again after `RESTART_DELAY_S`. Its calls are lost: their RTP
+ports get nothing until the new process reuses them, their in-dialog requests are answered
+481 by whichever worker reads them, and the cluster reaps their conference members. The
+other workers' calls go on (their messages reach them whichever worker the kernel picks);
+new calls that hash to the dead worker are taken by the next one while it is down.
+SIGTERM/SIGINT go to every worker (each drains as usual); the supervisor exits when they have,
+and stops its Redis.
 """
 
 from __future__ import annotations
@@ -95,7 +102,8 @@ async def supervise(config: Config, argv: list[str]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
-        env = {**os.environ, "CONFROOM_WORKERS": "1", "CONFROOM_REUSE_PORT": "1"}
+        env = {**os.environ, "CONFROOM_WORKERS": "1", "CONFROOM_REUSE_PORT": "1",
+               "CONFROOM_WORKER_DIR": str(workdir)}
 
         async def run_worker(i: int) -> None:
             a = lo + i * per
@@ -104,7 +112,8 @@ async def supervise(config: Config, argv: list[str]) -> int:
                     "--rtp-ports", f"{a}-{a + per - 1}"]
             while True:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "confroom", *args, env=env,
+                    sys.executable, "-m", "confroom", *args,
+                    env={**env, "CONFROOM_WORKER_SLOT": f"{i}/{n}"},
                     stdin=asyncio.subprocess.DEVNULL)
                 log.info("workers: worker %d started (pid %d, rtp %d-%d)", i, proc.pid, a,
                          a + per - 1)

@@ -29,6 +29,7 @@ __all__ = [
     "parse_name_addr",
     "parse_uri",
     "parse_via",
+    "set_owner_mark",
 ]
 
 
@@ -1007,11 +1008,23 @@ class StreamFramer:
 # --------------------------------------------------------------------------- identifiers
 
 
+# appended (after a ".") to every branch and tag this process makes: with `--workers`, the
+# worker's mark ("w<index>", see `confroom.sip.ownership`), so that a message that reaches
+# another worker names its owner; "" in a single process
+_owner_suffix = ""
+
+
+def set_owner_mark(mark: str) -> None:
+    """Make every later `new_branch` / `new_tag` end with `.<mark>` ("" for none)."""
+    global _owner_suffix
+    _owner_suffix = f".{mark}" if mark else ""
+
+
 def new_branch() -> str:
-    """A fresh RFC 3261 branch: magic cookie + 16 random URL-safe characters."""
-    return "z9hG4bK" + secrets.token_urlsafe(12)
+    """A fresh RFC 3261 branch: magic cookie + 16 random URL-safe characters (+ owner mark)."""
+    return "z9hG4bK" + secrets.token_urlsafe(12) + _owner_suffix
 
 
 def new_tag() -> str:
-    """A fresh From/To tag (10 random hex characters)."""
-    return secrets.token_hex(5)
+    """A fresh From/To tag (10 random hex characters, + the owner mark)."""
+    return secrets.token_hex(5) + _owner_suffix

@@ -8,7 +8,8 @@ Responses and requests to a TCP peer reuse its connection, or open a new one to 
 SIP over TLS (RFC 3261 section 26) is the same connection class on its own port with the
 `[tls]` server context (peers of transport "tls"); we never dial out over TLS (a phone has
 no certificate to check and cannot be reached behind NAT), so a message for a TLS peer whose
-connection has gone is dropped and logged.
+connection has gone is dropped and logged. With `--workers`, a message for a stream peer
+whose connection another worker holds goes through `relay` to that worker.
 TCP and TLS connections are kept within caps and deadlines by one
 `confroom.connlimits.ConnectionTable` (see `SipTransports`).
 """
@@ -254,6 +255,9 @@ class SipTransports:
         self._loop: asyncio.AbstractEventLoop | None = None
         # SIP over WebSocket (`confroom.sip.websocket`), served by the HTTP server when set
         self.websocket: WebSocketSender | None = None
+        # --workers: sends `data` to a stream peer whose connection another worker holds;
+        # False when the peer is not known as such (see `confroom.cluster.forward`)
+        self.relay: Callable[[Peer, bytes], bool] | None = None
 
     def configure(self, limits: Limits, max_message_bytes: int) -> None:
         """Set the stream limits (before `start`)."""
@@ -320,6 +324,12 @@ class SipTransports:
         self._sweeper = self._loop.call_later(self.limits.limits.sweep_interval, self._sweep)
 
     def send(self, peer: Peer, data: bytes) -> None:
+        if peer.reliable and self.relay is not None and self.relay(peer, data):
+            return  # another worker holds this connection (`confroom.cluster.forward`)
+        self.send_here(peer, data)
+
+    def send_here(self, peer: Peer, data: bytes) -> None:
+        """Send on this process's own socket or connection (never relayed)."""
         if peer.websocket:
             if self.websocket is not None:
                 self.websocket.send(peer, data)
