@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -192,9 +193,12 @@ async def _gc_ticks(policy: GcPolicy, server: Server) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # --workers starts them again
+    # a --workers worker names itself in every line (they share the supervisor's stderr)
+    slot = os.environ.get("CONFROOM_WORKER_SLOT", "").partition("/")[0]
+    who = f"[w{slot}] " if slot.isdigit() else ""
     logging.basicConfig(
         level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     if args.command == "serve":

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_sip_core import PEER, SDP, req
 
 from confroom.cluster.forward import (
     KIND_RECEIVED,
@@ -31,8 +32,6 @@ from confroom.sip.message import (
 )
 from confroom.sip.ownership import call_id_worker, marked_worker, owners, worker_mark
 from confroom.sip.peer import Peer
-
-from test_sip_core import PEER, SDP, req
 
 TCP = Peer("tcp", "127.0.0.1", 40123)
 
@@ -77,7 +76,7 @@ def test_marks_in_tags_and_branches() -> None:
 
 def test_in_dialog_requests_go_to_the_worker_whose_tag_they_carry() -> None:
     core = worker_core(1)
-    ev, tag = answered_call(core)
+    _ev, tag = answered_call(core)
     assert marked_worker(tag) == 1
     for method in ("ACK", "BYE", "INFO", "INVITE"):
         m = msg(req(method, to_tag=tag, cseq=2, branch="z9hG4bKx9"))
@@ -107,8 +106,8 @@ def test_responses_go_to_the_worker_whose_branch_is_on_top() -> None:
     inv_core = worker_core(0)
     leg = inv_core.invite("sip:bob@127.0.0.1:5070", PEER, "<sip:conf@127.0.0.1>", SDP.encode(),
                           0.0)
-    invite = [m for _, d in inv_core.datagrams_to_send() if isinstance(m := parse_message(d),
-                                                                        Request)][0]
+    invite = next(m for _, d in inv_core.datagrams_to_send() if isinstance(m := parse_message(d),
+                                                                        Request))
     ringing = msg(make_response(invite, 180, to_tag="callee1").to_bytes())
     assert owners(ringing, PEER, 1, 2) == (0,)
     # the callee's BYE later carries our From tag as its To tag

@@ -131,6 +131,7 @@ class WorkerChannel:
             self._loop.remove_reader(sock.fileno())
         sock.close()
         Path(self._paths[self.index]).unlink(missing_ok=True)
+        log.info("worker channel: %s", " ".join(f"{k}={v}" for k, v in self.stats.items()))
 
     def _now(self) -> float:
         return self._loop.time() if self._loop is not None else 0.0

@@ -12,7 +12,9 @@ the top Via branch, the Call-ID hash for new calls) and passes other workers' me
 them over Unix datagram sockets in the private directory (`confroom.cluster.forward`); the
 owner answers from its own socket on the same port.
 
-A worker that dies is started again after `RESTART_DELAY_S`. Its calls are lost: their RTP
+A worker that dies is started again after `RESTART_DELAY_S`, as a new cluster node
+(`--node-id <id>-w<i>-r<n>`: the survivors reap the dead one's conference members). Its calls
+are lost: their RTP
 ports get nothing until the new process reuses them, their in-dialog requests are answered
 481 by whichever worker reads them, and the cluster reaps their conference members. The
 other workers' calls go on (their messages reach them whichever worker the kernel picks);
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -57,6 +60,14 @@ def _strip_workers(argv: list[str]) -> list[str]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In the worker, before exec: SIGTERM it when the supervisor dies (even by SIGKILL), so
+    that no worker is left serving the port on its own (Linux prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+
 async def _private_redis(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
     exe = shutil.which("redis-server")
     if exe is None:
@@ -68,7 +79,7 @@ async def _private_redis(workdir: Path) -> tuple[asyncio.subprocess.Process, str
         "--save", "", "--appendonly", "no", "--dir", str(workdir),
         "--logfile", str(workdir / "redis.log"),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)
+        stderr=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent)
     for _ in range(100):
         if sock.exists():
             with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
@@ -107,14 +118,18 @@ async def supervise(config: Config, argv: list[str]) -> int:
 
         async def run_worker(i: int) -> None:
             a = lo + i * per
-            args = [*base, "--redis", url, "--node-id", config.cluster_node_id + f"-w{i}"
-                    if config.cluster_node_id else f"{host}-{os.getpid()}-w{i}",
-                    "--rtp-ports", f"{a}-{a + per - 1}"]
+            node = (config.cluster_node_id + f"-w{i}" if config.cluster_node_id
+                    else f"{host}-{os.getpid()}-w{i}")
+            life = 0
             while True:
+                # a restarted worker is a new cluster node: the survivors reap the old one
+                args = [*base, "--redis", url, "--node-id", node if not life
+                        else f"{node}-r{life}", "--rtp-ports", f"{a}-{a + per - 1}"]
+                life += 1
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "confroom", *args,
                     env={**env, "CONFROOM_WORKER_SLOT": f"{i}/{n}"},
-                    stdin=asyncio.subprocess.DEVNULL)
+                    stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent)
                 log.info("workers: worker %d started (pid %d, rtp %d-%d)", i, proc.pid, a,
                          a + per - 1)
                 waiter = asyncio.ensure_future(proc.wait())
