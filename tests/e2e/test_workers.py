@@ -1,0 +1,273 @@
+"""`--workers 2` end to end: every SIP request of a dialog reaches the worker that has the call.
+
+A small raw-socket UA (`RawUa`) places calls and sends its ACK from the INVITE's source port
+but its later requests (INFO, BYE) each from a new source port, so the kernel's SO_REUSEPORT
+hash hands about half of them to the other worker, which must pass them on. Which worker took
+a call is known from the test side too: the Call-ID picks it (`call_id_worker`) and the To
+tag of our 200 carries its mark. Audio is checked on the wire (FFT), as in test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from harness import HOST, ConfroomFactory, ConfroomProcess, HookApp, RtpPeer
+from test_cluster import EVENTS, wait_hearing
+from test_conference import CALL, STATUS, Sender, conference, tone
+
+from confroom.sip.message import Request, Response, parse_message
+from confroom.sip.ownership import call_id_worker, marked_worker
+
+pytestmark = pytest.mark.e2e
+
+def call_id_for(worker: int, count: int = 2) -> str:
+    """A fresh Call-ID that worker `worker` of `count` takes."""
+    while True:
+        cid = f"{uuid.uuid4().hex}@e2e-workers"
+        if call_id_worker(cid, count) == worker:
+            return cid
+
+
+class RawUa:
+    """One caller on plain UDP sockets: INVITE (offering PCMU to `rtp`) and its ACK from one
+    source port; `request()` sends an in-dialog request from a new source port each time."""
+
+    def __init__(self, name: str, server: tuple[str, int], rtp: RtpPeer, call_id: str) -> None:
+        self.name, self.server, self.rtp, self.call_id = name, server, rtp, call_id
+        self.sock = self._socket()
+        self.from_tag = uuid.uuid4().hex[:10]
+        self.to_tag = ""
+        self.cseq = 0
+        self.media: tuple[str, int] | None = None  # the server's RTP address (its SDP)
+
+    @staticmethod
+    def _socket() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((HOST, 0))
+        s.settimeout(0.1)
+        return s
+
+    @property
+    def worker(self) -> int | None:
+        """The worker that has the call (the mark in its To tag)."""
+        return marked_worker(self.to_tag)
+
+    def _message(self, sock: socket.socket, method: str, cseq: int, body: str = "") -> bytes:
+        port = sock.getsockname()[1]
+        to = f"<sip:room@{HOST}>" + (f";tag={self.to_tag}" if self.to_tag else "")
+        ctype = "Content-Type: application/sdp\r\n" if body else ""
+        return (
+            f"{method} sip:room@{self.server[0]}:{self.server[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {HOST}:{port};branch=z9hG4bK{uuid.uuid4().hex};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:{self.name}@{HOST}>;tag={self.from_tag}\r\n"
+            f"To: {to}\r\n"
+            f"Call-ID: {self.call_id}\r\n"
+            f"CSeq: {cseq} {method}\r\n"
+            f"Contact: <sip:{self.name}@{HOST}:{self.sock.getsockname()[1]}>\r\n"
+            f"{ctype}Content-Length: {len(body)}\r\n\r\n{body}"
+        ).encode()
+
+    def _final(self, sock: socket.socket, data: bytes, method: str, cseq: int,
+               timeout: float = 10.0) -> Response:
+        """Send `data` (again every 0.5 s until a provisional response) and return the final
+        response to it; requests from the server meanwhile get 200."""
+        deadline = time.monotonic() + timeout
+        sock.sendto(data, self.server)
+        resend_at = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            if resend_at and time.monotonic() > resend_at:
+                sock.sendto(data, self.server)
+                resend_at = time.monotonic() + 0.5
+            try:
+                raw, src = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            msg = parse_message(raw)
+            if isinstance(msg, Request):
+                if msg.method != "ACK":
+                    sock.sendto(_ok(msg), src)
+                continue
+            if msg.call_id != self.call_id or msg.cseq != (cseq, method):
+                continue
+            assert src == self.server, f"{method} answered from {src}, not {self.server}"
+            if msg.status < 200:
+                resend_at = 0.0
+                continue
+            return msg
+        raise AssertionError(f"{self.name}: no final response to {method} within {timeout}s")
+
+    def invite(self) -> Response:
+        sdp = (f"v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
+               f"m=audio {self.rtp.port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+        self.cseq += 1
+        resp = self._final(self.sock, self._message(self.sock, "INVITE", self.cseq, sdp),
+                           "INVITE", self.cseq)
+        assert resp.status == 200, f"{self.name}: INVITE answered {resp.status}"
+        self.to_tag = resp.to_tag or ""
+        ack = self._message(self.sock, "ACK", self.cseq)
+        self.sock.sendto(ack, self.server)
+        body = resp.body.decode()
+        c = re.search(r"(?m)^c=IN IP4 (\S+)", body)
+        m = re.search(r"(?m)^m=audio (\d+) ", body)
+        assert c and m, body
+        self.media = (c.group(1), int(m.group(1)))
+        return resp
+
+    def request(self, method: str) -> Response:
+        """An in-dialog request from a new source port: its final response."""
+        self.cseq += 1
+        with self._socket() as sock:
+            return self._final(sock, self._message(sock, method, self.cseq), method, self.cseq)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _ok(req: Request) -> bytes:
+    head = ["SIP/2.0 200 OK"]
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        head += [f"{name}: {v}" for v in req.headers.get_all(name)]
+    return ("\r\n".join([*head, "Content-Length: 0", "", ""])).encode()
+
+
+def start_workers(confroom: ConfroomFactory, hook_app: HookApp) -> ConfroomProcess:
+    srv = confroom(hook_app.url(CALL), extra_toml={"cluster": {"workers": 2},
+                                                   "limits": {"drain_time": 0.5}})
+    srv.wait_logs("confroom ready", 2, timeout=20)
+    return srv
+
+
+def channel_stats(srv: ConfroomProcess) -> list[dict[str, int]]:
+    """The per-worker channel counters logged when the workers stopped."""
+    return [{k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+            for m in srv.find_logs(r"worker channel: (.*)")]
+
+
+def call_sid(hook_app: HookApp, ua: RawUa) -> str:
+    reqs = hook_app.wait_for(lambda rs: any(r.path == CALL and r.json.get("call_id")
+                                            == ua.call_id for r in rs), timeout=10)
+    return next(str(r.json["call_sid"]) for r in reqs
+                if r.path == CALL and r.json.get("call_id") == ua.call_id)
+
+
+def test_workers_requests_from_a_new_source_port_reach_the_worker_with_the_call(
+        confroom: ConfroomFactory, hook_app: HookApp,
+        rtp_peer_factory: Callable[[], RtpPeer]) -> None:
+    """Ten calls over two workers (five taken by each, by Call-ID), each INFO and BYE sent
+    from a new source port: every request is answered 200 by the worker that has the call
+    (To tag, from the shared port) and every call ends on that worker."""
+    hook_app.route(CALL, [{"verb": "answer"}, {"verb": "pause", "length": 60}])
+    srv = start_workers(confroom, hook_app)
+    server = (HOST, srv.sip_port)
+    uas = [RawUa(f"caller{i}", server, rtp_peer_factory(), call_id_for(i % 2))
+           for i in range(10)]
+    try:
+        for i, ua in enumerate(uas):
+            ua.invite()
+            assert ua.worker == i % 2, f"{ua.name}: taken by worker {ua.worker}, not {i % 2}"
+        for ua in uas:
+            resp = ua.request("INFO")
+            assert (resp.status, resp.to_tag) == (200, ua.to_tag), f"{ua.name}: INFO {resp.status}"
+        for ua in uas:
+            resp = ua.request("BYE")
+            assert (resp.status, resp.to_tag) == (200, ua.to_tag), f"{ua.name}: BYE {resp.status}"
+        for i, ua in enumerate(uas):
+            sid = call_sid(hook_app, ua)
+            srv.wait_log(rf"\[w{i % 2}\] confroom\.call: call end call_sid={sid} "
+                         rf"status=completed", timeout=10)
+            assert not srv.find_logs(rf"\[w{1 - i % 2}\] .*call_sid={sid}"), \
+                f"{ua.name}'s call was seen by the other worker"
+    finally:
+        for ua in uas:
+            ua.close()
+    assert srv.stop() == 0
+    stats = channel_stats(srv)
+    assert len(stats) == 2, srv.log_text()
+    print(f"worker channel counters: {stats}")
+    # INVITEs, ACKs, INFOs, BYEs from 40 source ports: some landed on the other worker
+    assert sum(s["forwarded"] for s in stats) == sum(s["received"] for s in stats) > 0
+    assert sum(s["owner_down"] + s["dropped"] + s["bad_frames"] for s in stats) == 0
+
+
+def worker_pid(srv: ConfroomProcess, index: int, since: int = 0) -> int:
+    m = srv.wait_log(rf"workers: worker {index} started \(pid (\d+)", since=since, timeout=20)
+    return int(m.group(1))
+
+
+def test_workers_kill_one_worker_the_other_keeps_its_calls(
+        confroom: ConfroomFactory, hook_app: HookApp,
+        rtp_peer_factory: Callable[[], RtpPeer]) -> None:
+    """alice and bob on worker 0, carol and dave on worker 1, one conference. kill -9
+    worker 1: alice and bob keep hearing each other, their requests from new source ports
+    still get 200 (not 481); carol and dave leave the conference (the survivor reaps them)
+    and their BYE gets 481; worker 1 is started again and new calls work on both workers
+    (erin, on the new worker 1, hears alice and bob)."""
+    hook_app.route(STATUS, [])
+    hook_app.route(CALL, conference("room", statusHook=STATUS, statusEvents=EVENTS))
+    srv = start_workers(confroom, hook_app)
+    server = (HOST, srv.sip_port)
+    want = {"alice": 0, "bob": 0, "carol": 1, "dave": 1, "erin": 1, "frank": 0}
+    uas = {n: RawUa(n, server, rtp_peer_factory(), call_id_for(w)) for n, w in want.items()}
+    freqs = {"alice": 500.0, "bob": 1100.0, "carol": 1700.0}
+    senders: list[Sender] = []
+
+    def dial(name: str) -> RawUa:  # carol, the last sender, is the last in `senders`
+        ua = uas[name]
+        ua.invite()
+        assert ua.worker == want[name], f"{name}: on worker {ua.worker}, not {want[name]}"
+        sid = call_sid(hook_app, ua)
+        srv.wait_log(rf"\[w{want[name]}\] confroom\.conference: conference join name=room "
+                     rf"call_sid={sid} ", timeout=15)
+        if name in freqs:
+            assert ua.media is not None
+            senders.append(Sender(ua.rtp, ua.media, tone(freqs[name], 0.2, amplitude=0.2)))
+        return ua
+
+    try:
+        alice, bob, carol, dave = (dial(n) for n in ("alice", "bob", "carol", "dave"))
+        wait_hearing([(alice.rtp, freqs["bob"]), (bob.rtp, freqs["alice"]),
+                      (dave.rtp, freqs["alice"]), (alice.rtp, freqs["carol"])],
+                     "the callers of the two workers never met", timeout=15)
+        mark = srv.mark()
+        os.kill(worker_pid(srv, 1), signal.SIGKILL)
+        # the survivor's calls: audio goes on, requests from new source ports are answered
+        t_kill = time.monotonic()
+        wait_hearing([(alice.rtp, freqs["bob"]), (bob.rtp, freqs["alice"])],
+                     "alice and bob stopped hearing each other", timeout=5)
+        for ua in (alice, bob):
+            resp = ua.request("INFO")
+            assert resp.status == 200, f"{ua.name}: INFO {resp.status} after the kill"
+        # the dead worker's calls: reaped from the conference (leave events), BYE 481
+        for ua in (carol, dave):
+            sid = call_sid(hook_app, ua)
+            hook_app.wait_for(lambda rs, sid=sid: any(
+                r.path == STATUS and r.json.get("event") == "leave"
+                and r.json.get("call_sid") == sid for r in rs), timeout=15)
+            assert ua.request("BYE").status == 481
+        # carol's phone stops its RTP: the call is gone (a restarted worker reuses the ports)
+        senders.pop().stop()
+        print(f"dead worker's members reaped {time.monotonic() - t_kill:.1f} s after the kill")
+        # worker 1 again: new calls on both workers, erin (worker 1) hears alice and bob
+        worker_pid(srv, 1, since=mark)
+        srv.wait_logs("confroom ready", 3, timeout=20)
+        erin, frank = dial("erin"), dial("frank")
+        wait_hearing([(erin.rtp, freqs["alice"]), (erin.rtp, freqs["bob"]),
+                      (frank.rtp, freqs["alice"]), (alice.rtp, freqs["bob"])],
+                     "the new calls do not hear the conference", timeout=15)
+        for ua in (alice, bob, erin, frank):
+            assert ua.request("INFO").status == 200, ua.name
+            assert ua.request("BYE").status == 200, ua.name
+    finally:
+        for s in senders:
+            s.stop()
+        for ua in uas.values():
+            ua.close()
+    assert srv.stop() == 0
