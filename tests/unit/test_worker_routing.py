@@ -220,3 +220,16 @@ async def test_channel_passes_messages_to_the_owner_and_answers_back(tmp_path: P
         a.close()
         b.close()
     assert not (tmp_path / "w0.sock").exists()
+
+
+def test_worker_slot_from_the_supervisor_environment() -> None:
+    from confroom.config import ConfigError, load
+
+    cfg = load(env={"CONFROOM_WORKER_SLOT": "1/3", "CONFROOM_WORKER_DIR": "/tmp/x"})
+    assert (cfg.worker_index, cfg.worker_count, cfg.worker_dir) == (1, 3, "/tmp/x")
+    assert load(env={}).worker_index == -1
+    for bad in ("3/3", "x/2", "1", "1/300", "-1/2"):
+        with pytest.raises(ConfigError, match="CONFROOM_WORKER_SLOT"):
+            load(env={"CONFROOM_WORKER_SLOT": bad, "CONFROOM_WORKER_DIR": "/tmp/x"})
+    with pytest.raises(ConfigError, match="CONFROOM_WORKER_DIR"):
+        load(env={"CONFROOM_WORKER_SLOT": "0/2"})
