@@ -8,12 +8,11 @@ To tag), with a fresh branch and CSeq each time, handled two ways, alternated ro
 both):
 
 - here: what the worker with the call does when the kernel hands it the request (the
-  server's path with --workers: parse, `owners()` says "mine", `SipCore.receive_message`,
-  the 200 taken from the core);
-- forwarded: worker 0 reads it (parse, `owners()` says worker 1, the frame sent on a real
-  Unix datagram socket by `WorkerChannel.divert`), worker 1 reads the frame
-  (`WorkerChannel._readable`: decode, then the server's handler: parse again, the core,
-  the 200).
+  server's path with --workers: `WorkerChannel.divert` says "mine" from the raw bytes, then
+  `SipCore.receive_datagram` parses and answers, the 200 taken from the core);
+- forwarded: worker 0 reads it (`divert`: the decision from the raw bytes, the frame sent on
+  a real Unix datagram socket), worker 1 reads the frame (`WorkerChannel._readable`: decode,
+  then the server's handler: the core, the 200).
 
 Prints the CPU per request of each and the difference (the cost of a forward).
 """
@@ -29,8 +28,8 @@ from collections.abc import Callable
 
 from confroom.cluster.forward import WorkerChannel
 from confroom.sip.core import IncomingCall, SipCore
-from confroom.sip.message import parse_message, set_owner_mark
-from confroom.sip.ownership import owners, worker_mark
+from confroom.sip.message import set_owner_mark
+from confroom.sip.ownership import worker_mark
 from confroom.sip.peer import Peer
 
 PEER = Peer("udp", "127.0.0.1", 5070)
@@ -91,17 +90,15 @@ async def main() -> None:
             tag = new_call()
             return [request("INFO", n, f"b{n}", tag) for n in range(2, args.messages + 2)]
 
-        def here(msgs: list[bytes]) -> None:
+        def here(msgs: list[bytes]) -> None:  # the server's _on_sip_bytes, at the owner
             for data in msgs:
-                msg = parse_message(data)
-                assert owners(msg, PEER, 1, 2) == ()
-                cur[0].receive_message(msg, PEER, 1.0)
+                assert not b.divert(data, PEER)
+                cur[0].receive_datagram(data, PEER, 1.0)
                 answered[0] += len(cur[0].datagrams_to_send())
 
-        def forwarded(msgs: list[bytes]) -> None:
+        def forwarded(msgs: list[bytes]) -> None:  # at another worker, then at the owner
             for data in msgs:
-                msg = parse_message(data)
-                assert a.divert(msg, data, PEER)
+                assert a.divert(data, PEER)
                 b._readable()
 
         def cpu(fn: Callable[[list[bytes]], None]) -> float:

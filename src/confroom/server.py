@@ -76,13 +76,7 @@ from confroom.sip.core import (
     ReInvite,
     SipCore,
 )
-from confroom.sip.message import (
-    Request,
-    SipParseError,
-    parse_message,
-    parse_name_addr,
-    set_owner_mark,
-)
+from confroom.sip.message import Request, SipParseError, parse_name_addr, set_owner_mark
 from confroom.sip.ownership import worker_mark
 from confroom.sip.peer import Peer
 from confroom.sip.sdp import NoCommonCodec, SdpError, SrtpRequired, negotiate, parse_sdp
@@ -390,17 +384,8 @@ class Server:
         core = self.core
         if core is None:
             return
-        if self.forwarder is not None:
-            try:
-                msg = parse_message(data)
-            except SipParseError:
-                pass  # keep-alive or garbage: the core's
-            else:
-                if self.forwarder.divert(msg, data, peer):
-                    return
-                core.receive_message(msg, peer, self._now())
-                self._flush()
-                return
+        if self.forwarder is not None and self.forwarder.divert(data, peer):
+            return  # another worker's (--workers)
         core.receive_datagram(data, peer, self._now())
         self._flush()
 

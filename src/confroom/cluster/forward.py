@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Final
 
 from confroom.ratelog import RateLimitedWarning
-from confroom.sip.message import Request, Response
-from confroom.sip.ownership import owners
+from confroom.sip.message import SipParseError, parse_message
+from confroom.sip.ownership import owners, owners_of_bytes
 from confroom.sip.peer import Peer
 
 log = logging.getLogger("confroom.workers")
@@ -138,10 +138,17 @@ class WorkerChannel:
 
     # ---- out ------------------------------------------------------------------------------
 
-    def divert(self, msg: Request | Response, data: bytes, peer: Peer) -> bool:
-        """Forward `msg` (raw `data`, read here from `peer`) to its owner. False: it is this
-        worker's to handle (ours, nobody's, or its owner cannot be reached)."""
-        for j in owners(msg, peer, self.index, self.count):
+    def divert(self, data: bytes, peer: Peer) -> bool:
+        """Forward the SIP message `data`, read here from `peer`, to its owner. False: it is
+        this worker's to handle (ours, nobody's, unparsable, or its owner cannot be
+        reached)."""
+        candidates = owners_of_bytes(data, peer, self.index, self.count)
+        if candidates is None:
+            try:
+                candidates = owners(parse_message(data), peer, self.index, self.count)
+            except SipParseError:
+                return False  # keep-alive or garbage: the core's
+        for j in candidates:
             if j == self.index:
                 return False
             if self._send(j, KIND_RECEIVED, peer, data):

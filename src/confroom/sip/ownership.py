@@ -21,10 +21,15 @@ So a worker decides for every message it reads whose it is, without any lookup:
   so does anything else without our mark (OPTIONS pings, REGISTER, garbage).
 
 A forwarded message is handled where it arrives and never forwarded again.
+
+`owners_of_bytes` makes the same decision from the raw bytes without parsing the whole
+message (a forwarded message is parsed again by its owner, so a full parse here would be paid
+twice); it gives up (None) on anything unusual, and the caller then parses and asks `owners`.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Final
 
@@ -80,6 +85,72 @@ def owners(msg: Request | Response, peer: Peer, index: int, count: int) -> tuple
                 return _NOT_MINE
     except SipParseError:
         return _NOT_MINE  # the core answers it (400) or drops it
+    if owner is None or owner == index or owner >= count:
+        return _NOT_MINE
+    return (owner,)
+
+
+_TAG = re.compile(rb";\s*tag\s*=\s*([^;,\s]+)", re.IGNORECASE)
+_BRANCH = re.compile(rb";\s*branch\s*=\s*([^;,\s]+)", re.IGNORECASE)
+_TO: Final = (b"to", b"t")
+_VIA: Final = (b"via", b"v")
+_CALL_ID: Final = (b"call-id", b"i")
+
+
+def owners_of_bytes(data: bytes, peer: Peer, index: int,
+                    count: int) -> tuple[int, ...] | None:
+    """`owners` decided on the raw message, reading only its start line and its first To
+    (request) or Via (response) header and Call-ID; None when it cannot tell cheaply
+    (folded or repeated headers, no blank line, anything odd): then parse and ask `owners`."""
+    if count <= 1:
+        return _NOT_MINE
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = data[:end].split(b"\r\n")
+    start = lines[0]
+    response = start.startswith(b"SIP/2.0 ")
+    method = b"" if response else start.partition(b" ")[0]
+    if not response and (not method or not start.endswith(b" SIP/2.0")):
+        return None
+    want = _VIA if response else _TO
+    value: bytes | None = None
+    call_id: bytes | None = None
+    for line in lines[1:]:
+        if not line or line[0] in b" \t":
+            return None  # folded: leave it to the parser
+        name, colon, rest = line.partition(b":")
+        if not colon:
+            return None
+        name = name.rstrip().lower()
+        if name in want:
+            if value is not None:
+                return None  # a second one: the parser knows which counts
+            value = rest
+        elif name in _CALL_ID:
+            if call_id is not None:
+                return None
+            call_id = rest.strip()
+    if value is None or not call_id or not call_id.isascii():
+        return None
+    if response:
+        first_via = value.partition(b",")[0]
+        m = _BRANCH.search(first_via)
+        owner = marked_worker(m.group(1).decode("ascii", "replace")) if m else None
+    else:
+        params = value.rpartition(b">")[2] if b"<" in value else value
+        if b'"' in params:
+            return None
+        m = _TAG.search(params)
+        if m is not None:
+            owner = marked_worker(m.group(1).decode("ascii", "replace"))
+        elif method in (b"INVITE", b"CANCEL") and not peer.reliable:
+            first = zlib.crc32(call_id) % count
+            if first == index:
+                return _NOT_MINE
+            return tuple((first + k) % count for k in range(count))
+        else:
+            return _NOT_MINE
     if owner is None or owner == index or owner >= count:
         return _NOT_MINE
     return (owner,)
