@@ -22,7 +22,7 @@ from harness import HOST, ConfroomFactory, ConfroomProcess, HookApp, RtpPeer
 from test_cluster import EVENTS, wait_hearing
 from test_conference import CALL, STATUS, Sender, conference, tone
 
-from confroom.sip.message import Request, Response, parse_message
+from confroom.sip.message import Request, Response, StreamFramer, parse_message
 from confroom.sip.ownership import call_id_worker, marked_worker
 
 pytestmark = pytest.mark.e2e
@@ -35,65 +35,104 @@ def call_id_for(worker: int, count: int = 2) -> str:
             return cid
 
 
-class RawUa:
-    """One caller on plain UDP sockets: INVITE (offering PCMU to `rtp`) and its ACK from one
-    source port; `request()` sends an in-dialog request from a new source port each time."""
+class _Link:
+    """One UDP socket or TCP connection of a `RawUa`, bound to 127.0.0.1 (new source port)."""
 
-    def __init__(self, name: str, server: tuple[str, int], rtp: RtpPeer, call_id: str) -> None:
+    def __init__(self, transport: str, server: tuple[str, int]) -> None:
+        self.tcp = transport == "tcp"
+        self.server = server
+        self.sock = socket.socket(socket.AF_INET,
+                                  socket.SOCK_STREAM if self.tcp else socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        if self.tcp:
+            self.sock.connect(server)
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self.framer = StreamFramer()
+        self.queue: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        if self.tcp:
+            self.sock.sendall(data)
+        else:
+            self.sock.sendto(data, self.server)
+
+    def recv(self) -> tuple[bytes, tuple[str, int]] | None:
+        """One message (and where it came from), or None after 0.1 s."""
+        if self.tcp:
+            if not self.queue:
+                try:
+                    chunk = self.sock.recv(65535)
+                except TimeoutError:
+                    return None
+                assert chunk, "the server closed the connection"
+                self.queue += self.framer.feed(chunk)
+            return (self.queue.pop(0), self.server) if self.queue else None
+        try:
+            data, src = self.sock.recvfrom(65535)
+        except TimeoutError:
+            return None
+        return data, src
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class RawUa:
+    """One caller on plain sockets (UDP, or TCP connections): INVITE (offering PCMU to `rtp`)
+    and its ACK on one; `request()` sends an in-dialog request on a new one (a new source
+    port) each time."""
+
+    def __init__(self, name: str, server: tuple[str, int], rtp: RtpPeer, call_id: str,
+                 transport: str = "udp") -> None:
         self.name, self.server, self.rtp, self.call_id = name, server, rtp, call_id
-        self.sock = self._socket()
+        self.transport = transport
+        self.link = _Link(transport, server)
         self.from_tag = uuid.uuid4().hex[:10]
         self.to_tag = ""
         self.cseq = 0
         self.media: tuple[str, int] | None = None  # the server's RTP address (its SDP)
-
-    @staticmethod
-    def _socket() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((HOST, 0))
-        s.settimeout(0.1)
-        return s
 
     @property
     def worker(self) -> int | None:
         """The worker that has the call (the mark in its To tag)."""
         return marked_worker(self.to_tag)
 
-    def _message(self, sock: socket.socket, method: str, cseq: int, body: str = "") -> bytes:
-        port = sock.getsockname()[1]
+    def _message(self, link: _Link, method: str, cseq: int, body: str = "") -> bytes:
         to = f"<sip:room@{HOST}>" + (f";tag={self.to_tag}" if self.to_tag else "")
         ctype = "Content-Type: application/sdp\r\n" if body else ""
+        t = self.transport.upper()
         return (
             f"{method} sip:room@{self.server[0]}:{self.server[1]} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {HOST}:{port};branch=z9hG4bK{uuid.uuid4().hex};rport\r\n"
+            f"Via: SIP/2.0/{t} {HOST}:{link.port};branch=z9hG4bK{uuid.uuid4().hex};rport\r\n"
             "Max-Forwards: 70\r\n"
             f"From: <sip:{self.name}@{HOST}>;tag={self.from_tag}\r\n"
             f"To: {to}\r\n"
             f"Call-ID: {self.call_id}\r\n"
             f"CSeq: {cseq} {method}\r\n"
-            f"Contact: <sip:{self.name}@{HOST}:{self.sock.getsockname()[1]}>\r\n"
+            f"Contact: <sip:{self.name}@{HOST}:{self.link.port};transport={self.transport}>\r\n"
             f"{ctype}Content-Length: {len(body)}\r\n\r\n{body}"
         ).encode()
 
-    def _final(self, sock: socket.socket, data: bytes, method: str, cseq: int,
+    def _final(self, link: _Link, data: bytes, method: str, cseq: int,
                timeout: float = 10.0) -> Response:
-        """Send `data` (again every 0.5 s until a provisional response) and return the final
-        response to it; requests from the server meanwhile get 200."""
+        """Send `data` (over UDP again every 0.5 s until a provisional response) and return
+        the final response to it; requests from the server meanwhile get 200."""
         deadline = time.monotonic() + timeout
-        sock.sendto(data, self.server)
-        resend_at = time.monotonic() + 0.5
+        link.send(data)
+        resend_at = 0.0 if link.tcp else time.monotonic() + 0.5
         while time.monotonic() < deadline:
             if resend_at and time.monotonic() > resend_at:
-                sock.sendto(data, self.server)
+                link.send(data)
                 resend_at = time.monotonic() + 0.5
-            try:
-                raw, src = sock.recvfrom(65535)
-            except TimeoutError:
+            got = link.recv()
+            if got is None:
                 continue
+            raw, src = got
             msg = parse_message(raw)
             if isinstance(msg, Request):
                 if msg.method != "ACK":
-                    sock.sendto(_ok(msg), src)
+                    link.send(_ok(msg))
                 continue
             if msg.call_id != self.call_id or msg.cseq != (cseq, method):
                 continue
@@ -108,12 +147,11 @@ class RawUa:
         sdp = (f"v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
                f"m=audio {self.rtp.port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
         self.cseq += 1
-        resp = self._final(self.sock, self._message(self.sock, "INVITE", self.cseq, sdp),
+        resp = self._final(self.link, self._message(self.link, "INVITE", self.cseq, sdp),
                            "INVITE", self.cseq)
         assert resp.status == 200, f"{self.name}: INVITE answered {resp.status}"
         self.to_tag = resp.to_tag or ""
-        ack = self._message(self.sock, "ACK", self.cseq)
-        self.sock.sendto(ack, self.server)
+        self.link.send(self._message(self.link, "ACK", self.cseq))
         body = resp.body.decode()
         c = re.search(r"(?m)^c=IN IP4 (\S+)", body)
         m = re.search(r"(?m)^m=audio (\d+) ", body)
@@ -124,11 +162,14 @@ class RawUa:
     def request(self, method: str) -> Response:
         """An in-dialog request from a new source port: its final response."""
         self.cseq += 1
-        with self._socket() as sock:
-            return self._final(sock, self._message(sock, method, self.cseq), method, self.cseq)
+        link = _Link(self.transport, self.server)
+        try:
+            return self._final(link, self._message(link, method, self.cseq), method, self.cseq)
+        finally:
+            link.close()
 
     def close(self) -> None:
-        self.sock.close()
+        self.link.close()
 
 
 def _ok(req: Request) -> bytes:
@@ -139,9 +180,11 @@ def _ok(req: Request) -> bytes:
 
 
 def start_workers(confroom: ConfroomFactory, hook_app: HookApp) -> ConfroomProcess:
+    # not an overload test: a busy CI machine must not make the workers shed these calls
+    limits = {"drain_time": 0.5, "max_clock_lateness": 1.0}
     srv = confroom(hook_app.url(CALL), extra_toml={"cluster": {"workers": 2},
-                                                   "limits": {"drain_time": 0.5}})
-    srv.wait_logs("confroom ready", 2, timeout=20)
+                                                   "limits": limits}, ready_timeout=30)
+    srv.wait_logs("confroom ready", 2, timeout=30)
     return srv
 
 
@@ -195,6 +238,37 @@ def test_workers_requests_from_a_new_source_port_reach_the_worker_with_the_call(
     # INVITEs, ACKs, INFOs, BYEs from 40 source ports: some landed on the other worker
     assert sum(s["forwarded"] for s in stats) == sum(s["received"] for s in stats) > 0
     assert sum(s["owner_down"] + s["dropped"] + s["bad_frames"] for s in stats) == 0
+
+
+def test_workers_tcp_requests_on_another_connection_are_answered_on_it(
+        confroom: ConfroomFactory, hook_app: HookApp,
+        rtp_peer_factory: Callable[[], RtpPeer]) -> None:
+    """Over TCP a new call stays with the worker that accepted its connection; INFO and BYE
+    each on a new connection (accepted by either worker) are answered 200 on that connection
+    by the worker with the call, which relays the answer when another worker holds it."""
+    hook_app.route(CALL, [{"verb": "answer"}, {"verb": "pause", "length": 60}])
+    srv = start_workers(confroom, hook_app)
+    server = (HOST, srv.sip_port)
+    uas = [RawUa(f"tcp{i}", server, rtp_peer_factory(), f"{uuid.uuid4().hex}@e2e", "tcp")
+           for i in range(8)]
+    try:
+        for ua in uas:
+            ua.invite()
+        for ua in uas:
+            for method in ("INFO", "BYE"):
+                resp = ua.request(method)
+                assert (resp.status, resp.to_tag) == (200, ua.to_tag), \
+                    f"{ua.name}: {method} {resp.status}"
+    finally:
+        for ua in uas:
+            ua.close()
+    assert srv.stop() == 0
+    stats = channel_stats(srv)
+    print(f"worker channel counters: {stats}, calls per worker: "
+          f"{[sum(ua.worker == w for ua in uas) for w in (0, 1)]}")
+    # the answers to requests passed from another worker's connection went back to it
+    assert sum(s["relayed"] for s in stats) == sum(s["relayed_in"] for s in stats) \
+        >= sum(s["received"] for s in stats) > 0
 
 
 def worker_pid(srv: ConfroomProcess, index: int, since: int = 0) -> int:

@@ -550,7 +550,9 @@ class ClusterNode:
     # ---- the heartbeat --------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        while True:
+        # not `while True`: a cancel that lands inside a Redis call can be swallowed by the
+        # client, and `stop()` then waited for this task for ever (seen with --workers)
+        while not self._stopping:
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 await self._beat()
