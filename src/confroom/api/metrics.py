@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from confroom.app.control import CallInfo
 from confroom.app.hooks import FAILURE_KINDS, HookStats
 from confroom.app.wsclient import WsStats
+from confroom.cluster.forward import EVENTS
 from confroom.conference.service import ConferenceService
 from confroom.histogram import Histogram
 from confroom.media.engine import EngineStats
@@ -275,18 +276,17 @@ class ServerCollector(Collector):
     def _resources(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("confroom_sip_tcp_connections", "Open SIP TCP connections.",
                                 value=self.server.transports.tcp_connections)
-        fwd = self.server.forwarder
-        if fwd is not None:  # --workers: SIP messages passed between the workers
-            c = CounterMetricFamily(
-                "confroom_sip_worker_messages",
-                "SIP messages passed between --workers processes: forwarded (read here, "
-                "sent to their owner), received (from another worker), relayed (sent back to "
-                "the worker holding a stream connection), relayed_in (written on our "
-                "connection for another worker), owner_down (owner unreachable: handled "
-                "here), dropped (owner's queue full), bad_frames.", labels=["event"])
-            for event, n in sorted(fwd.stats.items()):
-                c.add_metric([event], n)
-            yield c
+        fwd = self.server.forwarder  # --workers: SIP messages passed between the workers
+        c = CounterMetricFamily(
+            "confroom_sip_worker_messages",
+            "SIP messages passed between --workers processes: forwarded (read here, "
+            "sent to their owner), received (from another worker), relayed (sent back to "
+            "the worker holding a stream connection), relayed_in (written on our "
+            "connection for another worker), owner_down (owner unreachable: handled "
+            "here), dropped (owner's queue full), bad_frames.", labels=["event"])
+        for event in EVENTS:
+            c.add_metric([event], fwd.stats[event] if fwd is not None else 0)
+        yield c
         api = self.server.api
         yield GaugeMetricFamily("confroom_http_connections",
                                 "Open connections to the REST API (0 when it is off).",

@@ -49,6 +49,9 @@ MAX_FRAME: Final = 65535 + 512
 # stream peers whose connection another worker holds (most recently used kept)
 MAX_HOLDERS: Final = 10000
 _BATCH: Final = 64
+# the keys of `WorkerChannel.stats` (the /metrics labels)
+EVENTS: Final = ("forwarded", "received", "relayed", "relayed_in", "owner_down", "dropped",
+                 "bad_frames")
 
 
 class FrameError(ValueError):
@@ -97,9 +100,7 @@ class WorkerChannel:
         self.directory = Path(directory)
         self.on_received = on_received
         self.on_send = on_send
-        self.stats: Counter[str] = Counter(
-            {k: 0 for k in ("forwarded", "received", "relayed", "relayed_in", "owner_down",
-                            "dropped", "bad_frames")})
+        self.stats: Counter[str] = Counter({k: 0 for k in EVENTS})
         self._paths = [str(channel_path(directory, i)) for i in range(count)]
         self._holders: OrderedDict[Peer, int] = OrderedDict()
         self._sock: socket.socket | None = None
