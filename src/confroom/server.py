@@ -234,7 +234,7 @@ class Server:
         if cfg.worker_index >= 0:  # one of --workers N: SIP messages go to their owner
             set_owner_mark(worker_mark(cfg.worker_index))
             self.forwarder = WorkerChannel(cfg.worker_index, cfg.worker_count, cfg.worker_dir,
-                                           self._on_forwarded_sip, self.transports.send_here)
+                                           self._on_forwarded_sip, self.transports.send_relayed)
             self.transports.relay = self.forwarder.relay
         await self.transports.start(cfg.sip_host, cfg.sip_port, cfg.sip_transports,
                                     cfg.sip_tls_port, tls, reuse_port=cfg.reuse_port)

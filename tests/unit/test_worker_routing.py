@@ -286,3 +286,16 @@ def test_worker_slot_from_the_supervisor_environment() -> None:
             load(env={"CONFROOM_WORKER_SLOT": bad, "CONFROOM_WORKER_DIR": "/tmp/x"})
     with pytest.raises(ConfigError, match="CONFROOM_WORKER_DIR"):
         load(env={"CONFROOM_WORKER_SLOT": "0/2"})
+
+
+async def test_transports_relay_stream_messages_and_never_dial_for_another_worker() -> None:
+    from confroom.sip.transport import SipTransports
+
+    relayed: list[tuple[Peer, bytes]] = []
+    t = SipTransports(lambda data, peer: None)
+    t.relay = lambda peer, data: relayed.append((peer, data)) is None and peer == TCP
+    t.send(TCP, b"to the holder")
+    assert relayed == [(TCP, b"to the holder")]
+    # a relayed message whose connection has gone here: dropped, no connection dialled
+    t.send_relayed(TCP, b"x")
+    assert not t._pending

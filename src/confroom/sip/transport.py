@@ -324,9 +324,19 @@ class SipTransports:
         self._sweeper = self._loop.call_later(self.limits.limits.sweep_interval, self._sweep)
 
     def send(self, peer: Peer, data: bytes) -> None:
-        if peer.reliable and self.relay is not None and self.relay(peer, data):
+        if (peer.reliable and self.relay is not None and peer not in self._tcp
+                and self.relay(peer, data)):
             return  # another worker holds this connection (`confroom.cluster.forward`)
         self.send_here(peer, data)
+
+    def send_relayed(self, peer: Peer, data: bytes) -> None:
+        """Write what another worker sends to a stream peer on our connection to it (never
+        dialling a new one, never relaying again); dropped when the connection has gone."""
+        if peer.websocket or peer in self._tcp:
+            self.send_here(peer, data)
+        else:
+            log.debug("relayed SIP message for %s:%s dropped: its connection has gone",
+                      peer.host, peer.port)
 
     def send_here(self, peer: Peer, data: bytes) -> None:
         """Send on this process's own socket or connection (never relayed)."""
