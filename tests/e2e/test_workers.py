@@ -271,6 +271,19 @@ def test_workers_tcp_requests_on_another_connection_are_answered_on_it(
         >= sum(s["received"] for s in stats) > 0
 
 
+def keep_hearing(want: list[tuple[RtpPeer, float]], what: str, timeout: float) -> None:
+    """`wait_hearing` until `timeout`, also over windows cut short (a loaded machine's late
+    media clock): fails only if no 1 s window within `timeout` had every tone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            wait_hearing(want, what, timeout=max(0.0, deadline - time.monotonic()))
+            return
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+
+
 def worker_pid(srv: ConfroomProcess, index: int, since: int = 0) -> int:
     m = srv.wait_log(rf"workers: worker {index} started \(pid (\d+)", since=since, timeout=20)
     return int(m.group(1))
@@ -307,14 +320,14 @@ def test_workers_kill_one_worker_the_other_keeps_its_calls(
 
     try:
         alice, bob, carol, dave = (dial(n) for n in ("alice", "bob", "carol", "dave"))
-        wait_hearing([(alice.rtp, freqs["bob"]), (bob.rtp, freqs["alice"]),
+        keep_hearing([(alice.rtp, freqs["bob"]), (bob.rtp, freqs["alice"]),
                       (dave.rtp, freqs["alice"]), (alice.rtp, freqs["carol"])],
                      "the callers of the two workers never met", timeout=15)
         mark = srv.mark()
         os.kill(worker_pid(srv, 1), signal.SIGKILL)
         # the survivor's calls: audio goes on, requests from new source ports are answered
         t_kill = time.monotonic()
-        wait_hearing([(alice.rtp, freqs["bob"]), (bob.rtp, freqs["alice"])],
+        keep_hearing([(alice.rtp, freqs["bob"]), (bob.rtp, freqs["alice"])],
                      "alice and bob stopped hearing each other", timeout=5)
         for ua in (alice, bob):
             resp = ua.request("INFO")
@@ -333,7 +346,7 @@ def test_workers_kill_one_worker_the_other_keeps_its_calls(
         worker_pid(srv, 1, since=mark)
         srv.wait_logs("confroom ready", 3, timeout=20)
         erin, frank = dial("erin"), dial("frank")
-        wait_hearing([(erin.rtp, freqs["alice"]), (erin.rtp, freqs["bob"]),
+        keep_hearing([(erin.rtp, freqs["alice"]), (erin.rtp, freqs["bob"]),
                       (frank.rtp, freqs["alice"]), (alice.rtp, freqs["bob"])],
                      "the new calls do not hear the conference", timeout=15)
         for ua in (alice, bob, erin, frank):
